@@ -1,0 +1,1 @@
+//! File source: JSON lines from files or globs, optionally tailed.

@@ -1,0 +1,1 @@
+//! The expression language of pipelines: CEL compiled once, evaluated over records.

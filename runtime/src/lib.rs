@@ -1,0 +1,9 @@
+//! The sluice engine: values, pipeline specs, planning, timely execution, and the contracts
+//! that sources and sinks implement.
+
+pub mod operators;
+pub mod record;
+pub mod value;
+
+pub use record::{DeadLetter, DeadLetters, Diff, Pos, Row, Rows, Time};
+pub use value::Value;

@@ -1,0 +1,1 @@
+//! Timely/differential operators the engine and the dataflows share.

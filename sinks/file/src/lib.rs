@@ -1,0 +1,1 @@
+//! File and stdout sinks: JSON lines in upsert, changelog or append mode.

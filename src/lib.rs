@@ -1,0 +1,1 @@
+//! sluice: wiring of sources, dataflows and sinks into runnable pipelines.
