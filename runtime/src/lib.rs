@@ -3,6 +3,7 @@
 
 pub mod operators;
 pub mod record;
+pub mod spec;
 pub mod value;
 
 pub use record::{DeadLetter, DeadLetters, Diff, Pos, Row, Rows, Time};

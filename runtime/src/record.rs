@@ -83,3 +83,21 @@ pub struct DeadLetter {
     /// The record as received: the raw line for decode failures, its JSON otherwise.
     pub raw: Arc<str>,
 }
+
+/// Builds a row key from field paths of a record: always a map from each dotted field path to
+/// its value (`{"app": "a", "push_token": "t"}`, or `{"id": 7}` for one field).
+///
+/// A map even for one field keeps keys self-describing in sink output and identical whichever
+/// node produced them. A missing or null field is an error naming the field.
+pub fn key_from_fields(record: &Value, fields: &[Vec<String>]) -> Result<Value, String> {
+    let mut key = crate::value::ValueMap::new();
+    for path in fields {
+        match record.get_path(path) {
+            Some(v) if !v.is_null() => {
+                key.insert(Arc::from(path.join(".")), v.clone());
+            }
+            _ => return Err(format!("missing key field `{}`", path.join("."))),
+        }
+    }
+    Ok(Value::Map(Arc::new(key)))
+}

@@ -1,0 +1,284 @@
+//! Graph-level checks: references, cycles, and whether each edge's shape fits its use.
+
+use std::collections::BTreeMap;
+
+use super::walk::nearest;
+use super::{Envelope, NodeSpec, Pipeline, Problem, Ref, SinkMode};
+
+/// What the planner knows about a collection without running it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    /// Rows carry a meaningful key (set by a source key, `key_by`, or a keyed node).
+    pub keyed: bool,
+    /// The collection only ever receives insertions (events); no retractions.
+    pub append_only: bool,
+}
+
+/// The checked graph: a topological order of the nodes and the shape of every output.
+#[derive(Clone, Debug)]
+pub struct Graph {
+    /// Node indices (into `Pipeline::nodes`) such that inputs come before their readers.
+    pub order: Vec<usize>,
+    /// The shape of every referencable collection, by reference (`src`, `node`, `node.out`).
+    pub shapes: BTreeMap<String, Shape>,
+}
+
+/// Checks references, cycles and shapes; returns every problem found.
+pub fn check(p: &Pipeline) -> Result<Graph, Vec<Problem>> {
+    let file = p.file.as_path();
+    let mut problems = Vec::new();
+
+    // Every name a reference may use, and the outputs it offers.
+    let mut producers: BTreeMap<&str, &'static [&'static str]> = BTreeMap::new();
+    for s in &p.sources {
+        producers.insert(&s.name.value, &[]);
+    }
+    for n in &p.nodes {
+        if producers.contains_key(n.name.value.as_str()) {
+            problems.push(Problem::at(
+                file,
+                &n.name,
+                format!("`{}` is already the name of a source; names are shared by sources and nodes", n.name.value),
+            ));
+        }
+        producers.insert(&n.name.value, n.spec.outputs());
+    }
+    let all_refs: Vec<String> = producers
+        .iter()
+        .flat_map(|(name, outs)| {
+            if outs.is_empty() {
+                vec![(*name).to_owned()]
+            } else {
+                outs.iter().map(|o| format!("{name}.{o}")).collect()
+            }
+        })
+        .collect();
+    let resolve = |r: &Ref, problems: &mut Vec<Problem>| -> bool {
+        let (name, output) = match r.value.split_once('.') {
+            Some((n, o)) => (n, Some(o)),
+            None => (r.value.as_str(), None),
+        };
+        match (producers.get(name), output) {
+            (None, _) => {
+                let candidates: Vec<&str> = all_refs.iter().map(String::as_str).collect();
+                let hint = nearest(&r.value, &candidates)
+                    .map(|n| format!("; did you mean `{n}`?"))
+                    .unwrap_or_else(|| format!("; defined: {}", candidates.join(", ")));
+                problems.push(Problem::at(file, r, format!("`{}` is not a source or node{hint}", r.value)));
+                false
+            }
+            (Some(outs), None) if !outs.is_empty() => {
+                let list: Vec<String> = outs.iter().map(|o| format!("{name}.{o}")).collect();
+                problems.push(Problem::at(
+                    file,
+                    r,
+                    format!("`{name}` has several outputs; reference one of: {}", list.join(", ")),
+                ));
+                false
+            }
+            (Some(outs), Some(o)) if !outs.contains(&o) => {
+                let msg = if outs.is_empty() {
+                    format!("`{name}` has a single output: reference it as `{name}`")
+                } else {
+                    format!("`{name}` has no output `{o}`; its outputs are: {}", outs.join(", "))
+                };
+                problems.push(Problem::at(file, r, msg));
+                false
+            }
+            _ => true,
+        }
+    };
+
+    let node_index: BTreeMap<&str, usize> =
+        p.nodes.iter().enumerate().map(|(i, n)| (n.name.value.as_str(), i)).collect();
+    let mut deps: Vec<Vec<usize>> = vec![Vec::new(); p.nodes.len()];
+    let mut refs_ok = true;
+    for (i, n) in p.nodes.iter().enumerate() {
+        for r in n.spec.inputs() {
+            refs_ok &= resolve(r, &mut problems);
+            let base = r.value.split('.').next().unwrap_or_default();
+            if let Some(&j) = node_index.get(base) {
+                deps[i].push(j);
+            }
+        }
+    }
+    for s in &p.sinks {
+        refs_ok &= resolve(&s.input, &mut problems);
+    }
+    if p.sinks.is_empty() {
+        problems.push(Problem {
+            file: file.to_path_buf(),
+            loc: None,
+            path: "sinks".to_owned(),
+            message: "the pipeline has no sinks, so it would compute nothing visible; add a `[sinks.NAME]` table"
+                .to_owned(),
+        });
+    }
+
+    let order = match topo_order(&deps) {
+        Ok(order) => order,
+        Err(cycle) => {
+            let names: Vec<&str> = cycle.iter().map(|&i| p.nodes[i].name.value.as_str()).collect();
+            let first = &p.nodes[cycle[0]].name;
+            problems.push(Problem::at(
+                file,
+                first,
+                format!("the graph has a cycle: {} -> {}", names.join(" -> "), names[0]),
+            ));
+            return Err(sorted(problems));
+        }
+    };
+    if !refs_ok {
+        return Err(sorted(problems));
+    }
+
+    let shapes = infer_shapes(p, &order, &mut problems);
+    for s in &p.sinks {
+        let Some(shape) = shapes.get(&s.input.value) else { continue };
+        match s.mode.value {
+            SinkMode::Upsert if !shape.keyed => problems.push(Problem::at(
+                file,
+                &s.mode,
+                format!(
+                    "upsert mode needs a keyed input, and `{}` is not keyed; add a `key_by` node or use mode \"changelog\"",
+                    s.input.value
+                ),
+            )),
+            SinkMode::Append if !shape.append_only => problems.push(Problem::at(
+                file,
+                &s.mode,
+                format!(
+                    "append mode writes insertions only, but `{}` also retracts; use mode \"upsert\" or \"changelog\"",
+                    s.input.value
+                ),
+            )),
+            _ => {}
+        }
+    }
+    if problems.is_empty() { Ok(Graph { order, shapes }) } else { Err(sorted(problems)) }
+}
+
+fn sorted(mut problems: Vec<Problem>) -> Vec<Problem> {
+    problems.sort();
+    problems.dedup();
+    problems
+}
+
+/// Kahn's algorithm; on a cycle returns the nodes of one cycle in order.
+fn topo_order(deps: &[Vec<usize>]) -> Result<Vec<usize>, Vec<usize>> {
+    let n = deps.len();
+    let mut state = vec![0u8; n]; // 0 new, 1 on stack, 2 done
+    let mut order = Vec::with_capacity(n);
+    fn visit(i: usize, deps: &[Vec<usize>], state: &mut [u8], order: &mut Vec<usize>, stack: &mut Vec<usize>) -> Result<(), Vec<usize>> {
+        match state[i] {
+            2 => return Ok(()),
+            1 => {
+                let start = stack.iter().position(|&s| s == i).unwrap_or(0);
+                return Err(stack[start..].to_vec());
+            }
+            _ => {}
+        }
+        state[i] = 1;
+        stack.push(i);
+        for &d in &deps[i] {
+            visit(d, deps, state, order, stack)?;
+        }
+        stack.pop();
+        state[i] = 2;
+        order.push(i);
+        Ok(())
+    }
+    for i in 0..n {
+        visit(i, deps, &mut state, &mut order, &mut Vec::new())?;
+    }
+    Ok(order)
+}
+
+fn infer_shapes(p: &Pipeline, order: &[usize], problems: &mut Vec<Problem>) -> BTreeMap<String, Shape> {
+    let file = p.file.as_path();
+    let mut shapes = BTreeMap::new();
+    for s in &p.sources {
+        let shape = match &s.envelope {
+            Envelope::Append { key } => Shape { keyed: key.is_some(), append_only: true },
+            Envelope::Upsert { .. } => Shape { keyed: true, append_only: false },
+        };
+        shapes.insert(s.name.value.clone(), shape);
+    }
+    for &i in order {
+        let n = &p.nodes[i];
+        let get = |r: &Ref| shapes.get(&r.value).copied();
+        let need_keyed = |r: &Ref, what: &str, problems: &mut Vec<Problem>| {
+            if let Some(s) = get(r) {
+                if !s.keyed {
+                    problems.push(Problem::at(
+                        file,
+                        r,
+                        format!("{what} needs a keyed input, and `{}` is not keyed; add a `key_by` node or a source `key`", r.value),
+                    ));
+                }
+            }
+        };
+        let out = match &n.spec {
+            NodeSpec::Filter { input, .. } | NodeSpec::Map { input, .. } => get(input),
+            NodeSpec::KeyBy { input, .. } => get(input).map(|s| Shape { keyed: true, ..s }),
+            NodeSpec::Latest { input, order_by } => {
+                need_keyed(input, "`latest`", problems);
+                if order_by.is_none() && get(input).is_some_and(|s| !s.append_only) {
+                    problems.push(Problem::at(
+                        file,
+                        input,
+                        format!(
+                            "`latest` by arrival needs an append-only input, and `{}` retracts; set `order_by` to a field",
+                            input.value
+                        ),
+                    ));
+                }
+                Some(Shape { keyed: true, append_only: false })
+            }
+            NodeSpec::Join { left, right, .. } => {
+                need_keyed(left, "`join`", problems);
+                need_keyed(right, "`join`", problems);
+                Some(Shape { keyed: true, append_only: false })
+            }
+            NodeSpec::Count { input } => {
+                need_keyed(input, "`count`", problems);
+                Some(Shape { keyed: true, append_only: false })
+            }
+            NodeSpec::Aggregate { input, .. } => {
+                need_keyed(input, "`aggregate`", problems);
+                Some(Shape { keyed: true, append_only: false })
+            }
+            NodeSpec::Union { inputs } => {
+                let shapes_in: Vec<Shape> = inputs.iter().filter_map(get).collect();
+                if shapes_in.iter().any(|s| s.keyed) && shapes_in.iter().any(|s| !s.keyed) {
+                    problems.push(Problem::at(
+                        file,
+                        &n.name,
+                        "a union mixes keyed and unkeyed inputs; key them the same way first",
+                    ));
+                }
+                Some(Shape {
+                    keyed: shapes_in.iter().all(|s| s.keyed),
+                    append_only: shapes_in.iter().all(|s| s.append_only),
+                })
+            }
+            NodeSpec::Delivery(d) => {
+                if get(&d.input).is_some_and(|s| !s.append_only) {
+                    problems.push(Problem::at(
+                        file,
+                        &d.input,
+                        format!("`delivery` reads delivery reports as events, and `{}` retracts; use an append source", d.input.value),
+                    ));
+                }
+                for o in n.spec.outputs() {
+                    shapes.insert(format!("{}.{o}", n.name.value), Shape { keyed: true, append_only: false });
+                }
+                None
+            }
+        };
+        if let Some(shape) = out {
+            shapes.insert(n.name.value.clone(), shape);
+        }
+    }
+    shapes
+}

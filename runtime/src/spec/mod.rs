@@ -1,0 +1,416 @@
+//! Pipeline files: the declarative description of sources, graph nodes and sinks.
+//!
+//! A pipeline is a TOML file. Parsing ([`parse`]) never stops at the first problem: it walks
+//! the whole document, collects every [`Problem`] with its file, line, column and key path,
+//! and only returns a [`Pipeline`] when there are none. [`check`] then validates the graph
+//! (references, cycles, keyed/append shapes). Nothing here opens a file other than the
+//! pipeline itself or makes a connection: `sluice validate` is offline by construction.
+//!
+//! Expressions and domain-node parameters are checked by the layer that owns their
+//! compilers (the CLI wiring), which reports through the same [`Problem`] type using the
+//! locations recorded here.
+
+mod check;
+mod dot;
+mod parse;
+mod walk;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use check::{Graph, Shape, check};
+pub use dot::to_dot;
+pub use parse::parse;
+
+/// A 1-based line and column in the pipeline file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Loc {
+    /// Line, starting at 1.
+    pub line: usize,
+    /// Column (in characters), starting at 1.
+    pub col: usize,
+}
+
+/// A value from the pipeline file with where it was written.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Spanned<T> {
+    /// The value (after `${VAR}` interpolation for strings).
+    pub value: T,
+    /// Where the value starts in the file.
+    pub loc: Loc,
+    /// The dotted key path of the value, e.g. `nodes.errors.expr`.
+    pub path: String,
+}
+
+/// One problem found in a pipeline file, with enough context to fix it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Problem {
+    /// The pipeline file.
+    pub file: PathBuf,
+    /// Where in the file; `None` when the problem is about the file as a whole.
+    pub loc: Option<Loc>,
+    /// The dotted key path the problem is about.
+    pub path: String,
+    /// What is wrong and, where possible, what to do.
+    pub message: String,
+}
+
+impl Problem {
+    /// A problem at a spanned value.
+    pub fn at<T>(file: &Path, at: &Spanned<T>, message: impl Into<String>) -> Problem {
+        Problem {
+            file: file.to_path_buf(),
+            loc: Some(at.loc),
+            path: at.path.clone(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(loc) = self.loc {
+            write!(f, ":{}:{}", loc.line, loc.col)?;
+        }
+        if self.path.is_empty() {
+            write!(f, ": {}", self.message)
+        } else {
+            write!(f, ": {}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// A parsed pipeline file.
+#[derive(Clone, Debug)]
+pub struct Pipeline {
+    /// The file it was read from.
+    pub file: PathBuf,
+    /// The directory relative paths in the file are resolved against.
+    pub base_dir: PathBuf,
+    /// The pipeline's name (defaults to the file stem).
+    pub name: String,
+    /// Timely worker threads (overridable by `--workers`).
+    pub workers: usize,
+    /// The epoch clock tick in milliseconds.
+    pub epoch_ms: u64,
+    /// Where dead letters go.
+    pub dead_letters: SinkTarget,
+    /// Sources in file order; a source's index here is its `Pos::source`.
+    pub sources: Vec<SourceDecl>,
+    /// Graph nodes in file order.
+    pub nodes: Vec<NodeDecl>,
+    /// Sinks in file order.
+    pub sinks: Vec<SinkDecl>,
+}
+
+/// A named source.
+#[derive(Clone, Debug)]
+pub struct SourceDecl {
+    /// The source's name, as referenced by nodes and sinks.
+    pub name: Spanned<String>,
+    /// What to read.
+    pub spec: SourceSpec,
+    /// How bytes become values.
+    pub format: Format,
+    /// How values become a collection.
+    pub envelope: Envelope,
+}
+
+/// The closed set of source kinds; adding a connector adds a variant.
+#[derive(Clone, Debug)]
+pub enum SourceSpec {
+    /// JSON lines from one file or a glob of files.
+    File(FileSourceSpec),
+}
+
+impl SourceSpec {
+    /// The `type` name of the source kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceSpec::File(_) => "file",
+        }
+    }
+}
+
+/// Configuration of a `file` source.
+#[derive(Clone, Debug)]
+pub struct FileSourceSpec {
+    /// A file path or glob, resolved against the pipeline's directory.
+    pub path: Spanned<String>,
+    /// Keep reading lines appended to the files (an unbounded source).
+    pub follow: bool,
+    /// How often a followed file is checked for new lines, in milliseconds.
+    pub poll_ms: u64,
+}
+
+/// How a source's bytes are decoded into values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON document per record (a line, for files).
+    Json,
+}
+
+/// How decoded records become a collection.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Envelope {
+    /// Each record is an event; `key` (if any) sets the row key.
+    Append {
+        /// Fields forming the row key; `None` leaves rows unkeyed.
+        key: Option<KeyFields>,
+    },
+    /// Each record is the latest value of its key; a tombstone retracts it.
+    Upsert {
+        /// Fields forming the key.
+        key: KeyFields,
+        /// A record whose value of this field is `true` is a tombstone (besides `null`).
+        deleted_field: Option<String>,
+    },
+}
+
+impl Envelope {
+    /// The key fields, if the envelope has any.
+    pub fn key(&self) -> Option<&KeyFields> {
+        match self {
+            Envelope::Append { key } => key.as_ref(),
+            Envelope::Upsert { key, .. } => Some(key),
+        }
+    }
+}
+
+/// A list of field paths that form a key (`["app", "push_token"]`, `["a.b"]`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyFields {
+    /// Each field as a path of names (`"a.b"` → `["a", "b"]`).
+    pub fields: Vec<Vec<String>>,
+    /// Where the list was written.
+    pub loc: Loc,
+    /// The key path of the list.
+    pub path: String,
+}
+
+/// A named graph node.
+#[derive(Clone, Debug)]
+pub struct NodeDecl {
+    /// The node's name.
+    pub name: Spanned<String>,
+    /// What the node computes.
+    pub spec: NodeSpec,
+}
+
+/// A reference to a source, a single-output node (`name`) or one output of a node
+/// (`name.output`).
+pub type Ref = Spanned<String>;
+
+/// The closed set of node kinds.
+#[derive(Clone, Debug)]
+pub enum NodeSpec {
+    /// Keeps records for which a CEL expression is true.
+    Filter {
+        /// The input collection.
+        input: Ref,
+        /// The condition.
+        expr: Spanned<String>,
+    },
+    /// Replaces each record by the value of a CEL expression.
+    Map {
+        /// The input collection.
+        input: Ref,
+        /// The new record.
+        expr: Spanned<String>,
+    },
+    /// Sets the key of each record.
+    KeyBy {
+        /// The input collection.
+        input: Ref,
+        /// The key fields.
+        key: KeyFields,
+    },
+    /// The latest record per key.
+    Latest {
+        /// The input collection (keyed).
+        input: Ref,
+        /// Order by this field (greatest wins); by arrival when absent.
+        order_by: Option<Spanned<String>>,
+    },
+    /// Joins two keyed collections on their keys.
+    Join {
+        /// The left input.
+        left: Ref,
+        /// The right input.
+        right: Ref,
+        /// Inner or left join.
+        kind: JoinKind,
+    },
+    /// The number of records per key.
+    Count {
+        /// The input collection (keyed).
+        input: Ref,
+    },
+    /// Aggregates per key.
+    Aggregate {
+        /// The input collection (keyed).
+        input: Ref,
+        /// The aggregates to compute, by output field name.
+        aggregates: Vec<AggregateDecl>,
+    },
+    /// The union of several collections.
+    Union {
+        /// The inputs.
+        inputs: Vec<Ref>,
+    },
+    /// The push delivery-report dataflow (spec/delivery.md).
+    Delivery(DeliverySpec),
+}
+
+/// Parameters of a `delivery` node.
+#[derive(Clone, Debug)]
+pub struct DeliverySpec {
+    /// The delivery reports (append).
+    pub input: Ref,
+    /// A classification table file replacing the built-in one.
+    pub classification: Option<Spanned<PathBuf>>,
+    /// Share of `SENDER_ID_MISMATCH` reports in a window above which unsubscribes are held.
+    pub guard_share: Option<Spanned<f64>>,
+    /// The guard's tumbling window, in milliseconds of report `ts`.
+    pub guard_window_ms: Option<Spanned<u64>>,
+    /// Reports an app needs in a window before the guard can trip.
+    pub guard_min_reports: Option<Spanned<u64>>,
+}
+
+/// The outputs of the delivery node, in a fixed order.
+pub const DELIVERY_OUTPUTS: &[&str] = &["unsubscribes", "token_replacements", "error_stats", "alerts"];
+
+impl NodeSpec {
+    /// The `type` name of the node kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            NodeSpec::Filter { .. } => "filter",
+            NodeSpec::Map { .. } => "map",
+            NodeSpec::KeyBy { .. } => "key_by",
+            NodeSpec::Latest { .. } => "latest",
+            NodeSpec::Join { .. } => "join",
+            NodeSpec::Count { .. } => "count",
+            NodeSpec::Aggregate { .. } => "aggregate",
+            NodeSpec::Union { .. } => "union",
+            NodeSpec::Delivery(_) => "delivery",
+        }
+    }
+
+    /// The collections this node reads.
+    pub fn inputs(&self) -> Vec<&Ref> {
+        match self {
+            NodeSpec::Filter { input, .. }
+            | NodeSpec::Map { input, .. }
+            | NodeSpec::KeyBy { input, .. }
+            | NodeSpec::Latest { input, .. }
+            | NodeSpec::Count { input }
+            | NodeSpec::Aggregate { input, .. } => vec![input],
+            NodeSpec::Join { left, right, .. } => vec![left, right],
+            NodeSpec::Union { inputs } => inputs.iter().collect(),
+            NodeSpec::Delivery(d) => vec![&d.input],
+        }
+    }
+
+    /// The names of the node's outputs; empty for single-output nodes (referenced by name).
+    pub fn outputs(&self) -> &'static [&'static str] {
+        match self {
+            NodeSpec::Delivery(_) => DELIVERY_OUTPUTS,
+            _ => &[],
+        }
+    }
+}
+
+/// The kind of a join.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JoinKind {
+    /// Only keys present on both sides.
+    Inner,
+    /// Every left record, with `right = null` where no right record matches.
+    Left,
+}
+
+/// One aggregate of an `aggregate` node.
+#[derive(Clone, Debug)]
+pub struct AggregateDecl {
+    /// The output field name.
+    pub name: String,
+    /// The function.
+    pub func: AggFunc,
+    /// The field aggregated (not used by `count`).
+    pub field: Option<Vec<String>>,
+    /// Where it was written.
+    pub loc: Loc,
+    /// Its key path.
+    pub path: String,
+}
+
+/// An aggregate function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AggFunc {
+    /// Number of records.
+    Count,
+    /// Sum of a numeric field.
+    Sum,
+    /// Smallest value of a field.
+    Min,
+    /// Greatest value of a field.
+    Max,
+}
+
+/// A named sink.
+#[derive(Clone, Debug)]
+pub struct SinkDecl {
+    /// The sink's name.
+    pub name: Spanned<String>,
+    /// The collection it writes.
+    pub input: Ref,
+    /// How updates are written.
+    pub mode: Spanned<SinkMode>,
+    /// Where they are written.
+    pub target: SinkTarget,
+}
+
+/// How a sink writes updates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SinkMode {
+    /// Key → latest value; a retraction with no replacement is a tombstone.
+    Upsert,
+    /// Every update with its time and diff.
+    Changelog,
+    /// Insertions only.
+    Append,
+}
+
+impl SinkMode {
+    /// The mode's name in pipeline files.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SinkMode::Upsert => "upsert",
+            SinkMode::Changelog => "changelog",
+            SinkMode::Append => "append",
+        }
+    }
+}
+
+/// The closed set of sink kinds; adding a sink adds a variant.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SinkTarget {
+    /// JSON lines to a file (truncated at start).
+    File {
+        /// The file, resolved against the pipeline's directory.
+        path: PathBuf,
+    },
+    /// JSON lines to standard output.
+    Stdout,
+}
+
+impl SinkTarget {
+    /// The `type` name of the sink kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkTarget::File { .. } => "file",
+            SinkTarget::Stdout => "stdout",
+        }
+    }
+}

@@ -1,0 +1,462 @@
+//! Reading a pipeline file into a [`Pipeline`], reporting every problem at once.
+
+use std::path::{Path, PathBuf};
+
+use toml_edit::{Document, TableLike};
+
+use super::walk::{Walker, join};
+use super::{
+    AggFunc, AggregateDecl, DeliverySpec, Envelope, FileSourceSpec, Format, JoinKind, KeyFields, Loc,
+    NodeDecl, NodeSpec, Pipeline, Problem, SinkDecl, SinkMode, SinkTarget, SourceDecl, SourceSpec,
+    Spanned,
+};
+
+const TOP_KEYS: &[&str] = &["pipeline", "dead_letters", "sources", "nodes", "sinks"];
+const PIPELINE_KEYS: &[&str] = &["name", "workers", "epoch_ms"];
+const SOURCE_TYPES: &[&str] = &["file"];
+const NODE_TYPES: &[&str] = &[
+    "filter", "map", "key_by", "latest", "join", "count", "aggregate", "union", "delivery",
+];
+const SINK_TYPES: &[&str] = &["file", "stdout"];
+
+/// Parses pipeline `text` read from `file`; `env` resolves `${VAR}` references.
+///
+/// Returns every problem found (unknown keys, wrong types, missing keys, bad names, missing
+/// variables), sorted by position, or the pipeline when there are none. Graph-level checks
+/// are [`super::check`]'s.
+pub fn parse(
+    file: &Path,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Pipeline, Vec<Problem>> {
+    let doc = match Document::parse(text) {
+        Ok(doc) => doc,
+        Err(e) => {
+            let mut w = Walker::new(file, text, env);
+            w.problem(e.span(), "", format!("not valid TOML: {}", e.message().trim()));
+            return Err(w.problems);
+        }
+    };
+    let mut w = Walker::new(file, text, env);
+    let root: &dyn TableLike = doc.as_table();
+    w.deny_unknown(root, "", TOP_KEYS);
+
+    let base_dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
+    let default_name = file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "pipeline".to_owned());
+    let (mut name, mut workers, mut epoch_ms) = (default_name, 1, 50);
+    if let Some(p) = w.table(root, "pipeline", "") {
+        w.deny_unknown(p, "pipeline", PIPELINE_KEYS);
+        if let Some(n) = w.string(p, "name", "pipeline") {
+            name = n.value;
+        }
+        if let Some(n) = w.uint(p, "workers", "pipeline", 1..=1024) {
+            workers = n.value as usize;
+        }
+        if let Some(n) = w.uint(p, "epoch_ms", "pipeline", 1..=60_000) {
+            epoch_ms = n.value;
+        }
+    }
+
+    let dead_letters = match w.table(root, "dead_letters", "") {
+        Some(t) => {
+            let loc = w.key_loc(root, "dead_letters");
+            w.deny_unknown(t, "dead_letters", &["type", "path"]);
+            sink_target(&mut w, t, "dead_letters", loc, &base_dir)
+                .unwrap_or(SinkTarget::Stdout)
+        }
+        None => SinkTarget::File {
+            path: PathBuf::from("dead-letters.jsonl"),
+        },
+    };
+
+    let sources = named_tables(&mut w, root, "sources")
+        .into_iter()
+        .filter_map(|(name, t, loc)| source(&mut w, name, t, loc, &base_dir))
+        .collect();
+    let nodes = named_tables(&mut w, root, "nodes")
+        .into_iter()
+        .filter_map(|(name, t, loc)| node(&mut w, name, t, loc, &base_dir))
+        .collect();
+    let sinks = named_tables(&mut w, root, "sinks")
+        .into_iter()
+        .filter_map(|(name, t, loc)| sink(&mut w, name, t, loc, &base_dir))
+        .collect();
+
+    if w.problems.is_empty() {
+        Ok(Pipeline {
+            file: file.to_path_buf(),
+            base_dir,
+            name,
+            workers,
+            epoch_ms,
+            dead_letters,
+            sources,
+            nodes,
+            sinks,
+        })
+    } else {
+        let mut problems = w.problems;
+        problems.sort();
+        problems.dedup();
+        Err(problems)
+    }
+}
+
+/// The entries of a table of named tables (`[sources.x]`, `[nodes.y]`), with valid names.
+fn named_tables<'d>(
+    w: &mut Walker,
+    root: &'d dyn TableLike,
+    section: &str,
+) -> Vec<(Spanned<String>, &'d dyn TableLike, Option<Loc>)> {
+    let Some(table) = w.table(root, section, "") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (key, item) in table.iter() {
+        let path = join(section, key);
+        let loc = w.key_loc(table, key);
+        let Some(t) = item.as_table_like() else {
+            w.problem(item.span(), &path, "expected a table: write it as `[section.name]` with its keys below");
+            continue;
+        };
+        let valid = key
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !valid {
+            w.problem_at(
+                loc.unwrap_or_default(),
+                &path,
+                format!("`{key}` is not a valid name: use letters, digits, `_` and `-`, starting with a letter"),
+            );
+            continue;
+        }
+        let name = Spanned {
+            value: key.to_owned(),
+            loc: loc.unwrap_or_default(),
+            path,
+        };
+        out.push((name, t, loc));
+    }
+    out
+}
+
+/// The `type` of an element, checked against the allowed kinds.
+fn kind(w: &mut Walker, t: &dyn TableLike, path: &str, loc: Option<Loc>, allowed: &[&str]) -> Option<String> {
+    let ty = required(w, t, "type", path, loc)?;
+    if allowed.contains(&ty.value.as_str()) {
+        return Some(ty.value);
+    }
+    let hint = super::walk::nearest(&ty.value, allowed)
+        .map(|n| format!("; did you mean `{n}`?"))
+        .unwrap_or_default();
+    w.problem_at(
+        ty.loc,
+        &ty.path,
+        format!("unknown type `{}`{hint} (one of: {})", ty.value, allowed.join(", ")),
+    );
+    None
+}
+
+/// A required key, reported at the table header when missing.
+fn required(w: &mut Walker, t: &dyn TableLike, key: &str, path: &str, loc: Option<Loc>) -> Option<Spanned<String>> {
+    if t.get(key).is_none() {
+        w.problem_at(loc.unwrap_or_default(), &join(path, key), format!("missing required key `{key}`"));
+        return None;
+    }
+    w.string(t, key, path)
+}
+
+fn key_fields(w: &mut Walker, t: &dyn TableLike, key: &str, path: &str) -> Option<KeyFields> {
+    let list = w.string_list(t, key, path)?;
+    if list.value.is_empty() {
+        w.problem_at(list.loc, &list.path, "a key needs at least one field");
+        return None;
+    }
+    let mut fields = Vec::new();
+    for f in &list.value {
+        let parts: Vec<String> = f.value.split('.').map(str::to_owned).collect();
+        if parts.iter().any(String::is_empty) {
+            w.problem_at(f.loc, &f.path, format!("`{}` is not a field path: write `field` or `outer.inner`", f.value));
+            return None;
+        }
+        fields.push(parts);
+    }
+    Some(KeyFields {
+        fields,
+        loc: list.loc,
+        path: list.path,
+    })
+}
+
+fn source(w: &mut Walker, name: Spanned<String>, t: &dyn TableLike, loc: Option<Loc>, base: &Path) -> Option<SourceDecl> {
+    let path = name.path.clone();
+    let ty = kind(w, t, &path, loc, SOURCE_TYPES);
+    let common = ["type", "format", "envelope", "key", "deleted_field"];
+    let spec = match ty.as_deref() {
+        Some("file") => {
+            w.deny_unknown(t, &path, &[&common[..], &["path", "follow", "poll_ms"]].concat());
+            let file = required(w, t, "path", &path, loc);
+            let follow = w.bool(t, "follow", &path).is_some_and(|b| b.value);
+            let poll_ms = w.uint(t, "poll_ms", &path, 1..=600_000).map_or(100, |p| p.value);
+            file.map(|mut f| {
+                f.value = resolve(base, &f.value).to_string_lossy().into_owned();
+                SourceSpec::File(FileSourceSpec { path: f, follow, poll_ms })
+            })
+        }
+        _ => None,
+    };
+    let format = match w.string(t, "format", &path) {
+        None => Some(Format::Json),
+        Some(f) if f.value == "json" => Some(Format::Json),
+        Some(f) => {
+            w.problem_at(f.loc, &f.path, format!("unknown format `{}` (one of: json)", f.value));
+            None
+        }
+    };
+    let key = key_fields(w, t, "key", &path);
+    let deleted_field = w.string(t, "deleted_field", &path);
+    let envelope = match w.string(t, "envelope", &path) {
+        None => Some("append".to_owned()),
+        Some(e) if e.value == "append" || e.value == "upsert" => Some(e.value),
+        Some(e) => {
+            w.problem_at(e.loc, &e.path, format!("unknown envelope `{}` (one of: append, upsert)", e.value));
+            None
+        }
+    };
+    let envelope = match envelope.as_deref() {
+        Some("upsert") => match key {
+            Some(key) => Some(Envelope::Upsert {
+                key,
+                deleted_field: deleted_field.map(|d| d.value),
+            }),
+            None => {
+                w.problem_at(
+                    loc.unwrap_or_default(),
+                    &join(&path, "key"),
+                    "the upsert envelope needs `key`: the fields that identify a record",
+                );
+                None
+            }
+        },
+        Some(_) => {
+            if let Some(d) = deleted_field {
+                w.problem_at(d.loc, &d.path, "`deleted_field` only applies to the upsert envelope");
+            }
+            Some(Envelope::Append { key })
+        }
+        None => None,
+    };
+    Some(SourceDecl {
+        name,
+        spec: spec?,
+        format: format?,
+        envelope: envelope?,
+    })
+}
+
+fn node(w: &mut Walker, name: Spanned<String>, t: &dyn TableLike, loc: Option<Loc>, base: &Path) -> Option<NodeDecl> {
+    let path = name.path.clone();
+    let ty = kind(w, t, &path, loc, NODE_TYPES)?;
+    let allowed: &[&str] = match ty.as_str() {
+        "filter" | "map" => &["type", "input", "expr"],
+        "key_by" => &["type", "input", "key"],
+        "latest" => &["type", "input", "order_by"],
+        "join" => &["type", "left", "right", "kind"],
+        "count" => &["type", "input"],
+        "aggregate" => &["type", "input", "aggregates"],
+        "union" => &["type", "inputs"],
+        _ => &["type", "input", "classification", "guard_share", "guard_window_ms", "guard_min_reports"],
+    };
+    w.deny_unknown(t, &path, allowed);
+    let spec = match ty.as_str() {
+        "filter" | "map" => {
+            let input = required(w, t, "input", &path, loc);
+            let expr = required(w, t, "expr", &path, loc);
+            let (input, expr) = (input?, expr?);
+            if ty == "filter" {
+                NodeSpec::Filter { input, expr }
+            } else {
+                NodeSpec::Map { input, expr }
+            }
+        }
+        "key_by" => {
+            let input = required(w, t, "input", &path, loc);
+            if t.get("key").is_none() {
+                w.problem_at(loc.unwrap_or_default(), &join(&path, "key"), "missing required key `key`");
+            }
+            let key = key_fields(w, t, "key", &path);
+            NodeSpec::KeyBy { input: input?, key: key? }
+        }
+        "latest" => {
+            let input = required(w, t, "input", &path, loc);
+            let order_by = w.string(t, "order_by", &path);
+            NodeSpec::Latest { input: input?, order_by }
+        }
+        "join" => {
+            let left = required(w, t, "left", &path, loc);
+            let right = required(w, t, "right", &path, loc);
+            let kind = match w.string(t, "kind", &path) {
+                None => Some(JoinKind::Inner),
+                Some(k) if k.value == "inner" => Some(JoinKind::Inner),
+                Some(k) if k.value == "left" => Some(JoinKind::Left),
+                Some(k) => {
+                    w.problem_at(k.loc, &k.path, format!("unknown join kind `{}` (one of: inner, left)", k.value));
+                    None
+                }
+            };
+            NodeSpec::Join { left: left?, right: right?, kind: kind? }
+        }
+        "count" => NodeSpec::Count { input: required(w, t, "input", &path, loc)? },
+        "aggregate" => {
+            let input = required(w, t, "input", &path, loc);
+            let aggregates = aggregates(w, t, &path, loc);
+            NodeSpec::Aggregate { input: input?, aggregates: aggregates? }
+        }
+        "union" => {
+            if t.get("inputs").is_none() {
+                w.problem_at(loc.unwrap_or_default(), &join(&path, "inputs"), "missing required key `inputs`");
+                return None;
+            }
+            let inputs = w.string_list(t, "inputs", &path)?;
+            if inputs.value.len() < 2 {
+                w.problem_at(inputs.loc, &inputs.path, "a union needs at least two inputs");
+                return None;
+            }
+            NodeSpec::Union { inputs: inputs.value }
+        }
+        _ => {
+            let input = required(w, t, "input", &path, loc);
+            let classification = w.string(t, "classification", &path).map(|c| Spanned {
+                value: resolve(base, &c.value),
+                loc: c.loc,
+                path: c.path,
+            });
+            let guard_share = w.float(t, "guard_share", &path, 0.0, 1.0);
+            let guard_window_ms = w.uint(t, "guard_window_ms", &path, 1..=u64::from(u32::MAX));
+            let guard_min_reports = w.uint(t, "guard_min_reports", &path, 1..=u64::from(u32::MAX));
+            NodeSpec::Delivery(DeliverySpec {
+                input: input?,
+                classification,
+                guard_share,
+                guard_window_ms,
+                guard_min_reports,
+            })
+        }
+    };
+    Some(NodeDecl { name, spec })
+}
+
+fn aggregates(w: &mut Walker, t: &dyn TableLike, path: &str, loc: Option<Loc>) -> Option<Vec<AggregateDecl>> {
+    let Some(aggs) = w.table(t, "aggregates", path) else {
+        if t.get("aggregates").is_none() {
+            w.problem_at(
+                loc.unwrap_or_default(),
+                &join(path, "aggregates"),
+                "missing required key `aggregates`, e.g. `aggregates = { total = { func = \"sum\", field = \"amount\" } }`",
+            );
+        }
+        return None;
+    };
+    let apath = join(path, "aggregates");
+    if aggs.is_empty() {
+        w.problem_at(loc.unwrap_or_default(), &apath, "at least one aggregate is needed");
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (name, item) in aggs.iter() {
+        let p = join(&apath, name);
+        let aloc = w.key_loc(aggs, name).unwrap_or_default();
+        let Some(a) = item.as_table_like() else {
+            w.problem_at(aloc, &p, "expected a table like `{ func = \"sum\", field = \"amount\" }`");
+            ok = false;
+            continue;
+        };
+        w.deny_unknown(a, &p, &["func", "field"]);
+        let func = match required(w, a, "func", &p, Some(aloc)) {
+            Some(f) => match f.value.as_str() {
+                "count" => Some(AggFunc::Count),
+                "sum" => Some(AggFunc::Sum),
+                "min" => Some(AggFunc::Min),
+                "max" => Some(AggFunc::Max),
+                other => {
+                    w.problem_at(f.loc, &f.path, format!("unknown function `{other}` (one of: count, sum, min, max)"));
+                    None
+                }
+            },
+            None => None,
+        };
+        let field = w.string(a, "field", &p);
+        match (func, field) {
+            (Some(AggFunc::Count), None) => out.push(AggregateDecl {
+                name: name.to_owned(),
+                func: AggFunc::Count,
+                field: None,
+                loc: aloc,
+                path: p,
+            }),
+            (Some(func), Some(f)) => out.push(AggregateDecl {
+                name: name.to_owned(),
+                func,
+                field: Some(f.value.split('.').map(str::to_owned).collect()),
+                loc: aloc,
+                path: p,
+            }),
+            (Some(_), None) => {
+                w.problem_at(aloc, &join(&p, "field"), "missing required key `field`: the field to aggregate");
+                ok = false;
+            }
+            (None, _) => ok = false,
+        }
+    }
+    ok.then_some(out)
+}
+
+fn sink(w: &mut Walker, name: Spanned<String>, t: &dyn TableLike, loc: Option<Loc>, base: &Path) -> Option<SinkDecl> {
+    let path = name.path.clone();
+    w.deny_unknown(t, &path, &["type", "input", "mode", "path"]);
+    let input = required(w, t, "input", &path, loc);
+    let target = sink_target(w, t, &path, loc, base);
+    let mode = match required(w, t, "mode", &path, loc) {
+        Some(m) => match m.value.as_str() {
+            "upsert" => Some(SinkMode::Upsert),
+            "changelog" => Some(SinkMode::Changelog),
+            "append" => Some(SinkMode::Append),
+            other => {
+                w.problem_at(m.loc, &m.path, format!("unknown mode `{other}` (one of: upsert, changelog, append)"));
+                None
+            }
+        }
+        .map(|value| Spanned { value, loc: m.loc, path: m.path }),
+        None => None,
+    };
+    Some(SinkDecl {
+        name,
+        input: input?,
+        mode: mode?,
+        target: target?,
+    })
+}
+
+fn sink_target(w: &mut Walker, t: &dyn TableLike, path: &str, loc: Option<Loc>, base: &Path) -> Option<SinkTarget> {
+    match kind(w, t, path, loc, SINK_TYPES)?.as_str() {
+        "file" => required(w, t, "path", path, loc).map(|p| SinkTarget::File { path: resolve(base, &p.value) }),
+        _ => {
+            if let Some(p) = w.string(t, "path", path) {
+                w.problem_at(p.loc, &p.path, "`path` only applies to `type = \"file\"`");
+            }
+            Some(SinkTarget::Stdout)
+        }
+    }
+}
+
+/// Resolves a path from the file against the pipeline's directory.
+fn resolve(base: &Path, path: &str) -> PathBuf {
+    let p = Path::new(path);
+    if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+}
