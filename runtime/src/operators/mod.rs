@@ -1,1 +1,3 @@
 //! Timely/differential operators the engine and the dataflows share.
+
+pub mod fold;

@@ -1,0 +1,302 @@
+//! `keyed_fold`: per-key state folded from append-only events, output as a collection.
+//!
+//! This is the engine's one mechanism for "state bounded by the number of keys, never by the
+//! number of events": the upsert envelope (latest value per key, tombstones forget), `latest`
+//! by a field, append-only aggregates and the delivery dataflow's latest report per token all
+//! fold events into one state per key and render that state as at most one output record.
+//!
+//! Semantics, per key (keys are exchanged by their `Hashable` hash, so one worker owns each):
+//!
+//! * Events wait until the input frontier passes their time `t`; then all events of `t` are
+//!   sorted by `(K, E)` and applied in that order. Callers pick the order within a time through
+//!   `E`'s `Ord`: `(Pos, value)` replays arrival order, `(ts, report)` makes "latest by ts"
+//!   independent of arrival order. Times are processed in increasing order.
+//! * For each key touched at `t` the output changes from `render(state before)` to
+//!   `render(state after)`: `(old, t, -1)` and `(new, t, +1)`, only when they differ.
+//! * The fold may set the state to `None`, which forgets the key (a tombstone).
+//!
+//! Two inputs are accepted: a timely stream of `(K, E)`, whose events happen at their message's
+//! time, and a differential collection of `(K, E)`, where an update `((k, e), t, d)` with
+//! `d > 0` is `d` events at `t`. Retractions (`d <= 0`) are ignored: events are facts that
+//! happened, and a fold cannot be un-applied. Callers that need retractions use differential's
+//! `reduce`, whose state is the history, not a summary.
+//!
+//! Checkpoints: [`keyed_fold_core`](KeyedFold::keyed_fold_core) returns a [`FoldState`] handle
+//! on the worker's state. It can read (`len`, `snapshot`) today; a `restore` would seed the map
+//! and emit `render` of every restored key at the restore time, which is all a checkpoint needs.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
+use std::rc::Rc;
+
+use differential_dataflow::{AsCollection, Data, ExchangeData, Hashable, VecCollection};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::StreamVec;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::generic::Operator;
+
+use crate::record::{Diff, Time};
+
+/// Folds keyed events into per-key state and renders each key's state as a collection.
+pub trait KeyedFold<'s, K, E>: Sized {
+    /// Folds events into one state per key and outputs `render(state)` for every key.
+    ///
+    /// `fold` applies one event to a key's state (`None` before the key's first event);
+    /// leaving `None` forgets the key. `render` gives the key's output record, if any.
+    ///
+    /// # Examples
+    /// ```
+    /// use differential_dataflow::input::Input;
+    /// use sluice_runtime::operators::fold::KeyedFold;
+    ///
+    /// timely::example(|scope| {
+    ///     let (_input, events) = scope.new_collection_from(vec![(1u32, 3), (1, 5), (2, 1)]);
+    ///     // The largest value seen per key.
+    ///     events.keyed_fold_named(
+    ///         "Max",
+    ///         |_k, max: &mut Option<i32>, v| *max = Some(max.map_or(v, |m| m.max(v))),
+    ///         |k, max| Some((*k, *max)),
+    ///     );
+    /// });
+    /// ```
+    fn keyed_fold_named<S, O, F, R>(
+        self,
+        name: &str,
+        fold: F,
+        render: R,
+    ) -> VecCollection<'s, Time, O, Diff>
+    where
+        S: 'static,
+        O: Data,
+        F: FnMut(&K, &mut Option<S>, E) + 'static,
+        R: FnMut(&K, &S) -> Option<O> + 'static,
+    {
+        self.keyed_fold_core(name, fold, render).0
+    }
+
+    /// As [`keyed_fold_named`](KeyedFold::keyed_fold_named), also returning a handle on the
+    /// calling worker's part of the state (for metrics, tests and checkpoints).
+    fn keyed_fold_core<S, O, F, R>(
+        self,
+        name: &str,
+        fold: F,
+        render: R,
+    ) -> (VecCollection<'s, Time, O, Diff>, FoldState<K, S>)
+    where
+        S: 'static,
+        O: Data,
+        F: FnMut(&K, &mut Option<S>, E) + 'static,
+        R: FnMut(&K, &S) -> Option<O> + 'static;
+}
+
+impl<'s, K, E> KeyedFold<'s, K, E> for StreamVec<'s, Time, (K, E)>
+where
+    K: ExchangeData + Hash,
+    E: ExchangeData,
+{
+    fn keyed_fold_core<S, O, F, R>(
+        self,
+        name: &str,
+        fold: F,
+        render: R,
+    ) -> (VecCollection<'s, Time, O, Diff>, FoldState<K, S>)
+    where
+        S: 'static,
+        O: Data,
+        F: FnMut(&K, &mut Option<S>, E) + 'static,
+        R: FnMut(&K, &S) -> Option<O> + 'static,
+    {
+        fold_operator(
+            self,
+            name,
+            |(k, _): &(K, E)| k.hashed(),
+            |(k, e), time| Some((k, e, time, 1)),
+            fold,
+            render,
+        )
+    }
+}
+
+impl<'s, K, E> KeyedFold<'s, K, E> for VecCollection<'s, Time, (K, E), Diff>
+where
+    K: ExchangeData + Hash,
+    E: ExchangeData,
+{
+    fn keyed_fold_core<S, O, F, R>(
+        self,
+        name: &str,
+        fold: F,
+        render: R,
+    ) -> (VecCollection<'s, Time, O, Diff>, FoldState<K, S>)
+    where
+        S: 'static,
+        O: Data,
+        F: FnMut(&K, &mut Option<S>, E) + 'static,
+        R: FnMut(&K, &S) -> Option<O> + 'static,
+    {
+        fold_operator(
+            self.inner,
+            name,
+            |((k, _), _, _): &((K, E), Time, Diff)| k.hashed(),
+            |((k, e), time, diff), _| {
+                usize::try_from(diff)
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .map(|n| (k, e, time, n))
+            },
+            fold,
+            render,
+        )
+    }
+}
+
+/// A handle on one worker's fold state: the state of the keys that hash to this worker.
+///
+/// Shared with the operator; read it between steps of the worker, never from inside an operator.
+pub struct FoldState<K, S> {
+    map: Rc<RefCell<HashMap<K, S>>>,
+}
+
+impl<K, S> Clone for FoldState<K, S> {
+    fn clone(&self) -> Self {
+        FoldState {
+            map: Rc::clone(&self.map),
+        }
+    }
+}
+
+impl<K: Ord + Clone, S: Clone> FoldState<K, S> {
+    /// Number of keys with state on this worker.
+    pub fn len(&self) -> usize {
+        self.map.borrow().len()
+    }
+
+    /// Whether this worker holds no state.
+    pub fn is_empty(&self) -> bool {
+        self.map.borrow().is_empty()
+    }
+
+    /// A copy of this worker's state, sorted by key (so it can be written deterministically).
+    pub fn snapshot(&self) -> Vec<(K, S)> {
+        let mut all: Vec<(K, S)> = self
+            .map
+            .borrow()
+            .iter()
+            .map(|(k, s)| (k.clone(), s.clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+}
+
+/// Events of one time waiting for the frontier: the capability to emit at that time, and the
+/// events as `(key, event, repetitions)`.
+type Pending<K, E> = BTreeMap<Time, (Capability<Time>, Vec<(K, E, usize)>)>;
+
+/// The operator behind both [`KeyedFold`] impls; `split` turns an input record and its
+/// message's time into `(key, event, time, repetitions)`, or nothing to skip it.
+fn fold_operator<'s, D, K, E, S, O, F, R>(
+    stream: StreamVec<'s, Time, D>,
+    name: &str,
+    route: impl Fn(&D) -> u64 + 'static,
+    mut split: impl FnMut(D, Time) -> Option<(K, E, Time, usize)> + 'static,
+    mut fold: F,
+    mut render: R,
+) -> (VecCollection<'s, Time, O, Diff>, FoldState<K, S>)
+where
+    D: ExchangeData,
+    K: ExchangeData + Hash,
+    E: ExchangeData,
+    S: 'static,
+    O: Data,
+    F: FnMut(&K, &mut Option<S>, E) + 'static,
+    R: FnMut(&K, &S) -> Option<O> + 'static,
+{
+    let state = FoldState {
+        map: Rc::new(RefCell::new(HashMap::new())),
+    };
+    let handle = state.clone();
+    let stream = stream.unary_frontier::<CapacityContainerBuilder<Vec<(O, Time, Diff)>>, _, _, _>(
+        Exchange::new(move |d: &D| route(d)),
+        name,
+        // The default capability is dropped at once: the operator holds capabilities only for
+        // times with pending events, so an idle fold never holds back its output frontier.
+        move |_default, _info| {
+            let mut pending: Pending<K, E> = BTreeMap::new();
+            move |(input, frontier), output| {
+                let port = output.output_index();
+                input.for_each_stamp(|cap, containers| {
+                    // Only messages sent under no capability lack a time; they make no progress
+                    // claims and nothing in the engine sends them, so they cannot be placed.
+                    let Some(least) = cap.least().copied() else {
+                        tracing::warn!("keyed fold received events without a time; dropped");
+                        return;
+                    };
+                    for container in containers {
+                        for datum in container.drain(..) {
+                            if let Some((key, event, time, n)) = split(datum, least) {
+                                pending
+                                    .entry(time)
+                                    .or_insert_with(|| (cap.delayed(&time, port), Vec::new()))
+                                    .1
+                                    .push((key, event, n));
+                            }
+                        }
+                    }
+                });
+
+                let mut map = state.map.borrow_mut();
+                while let Some(ready) = pending.first_entry() {
+                    if frontier.less_equal(ready.key()) {
+                        break;
+                    }
+                    let (time, (cap, mut events)) = ready.remove_entry();
+                    events.sort_unstable_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+                    let mut session = output.session(&cap);
+                    let mut events = events.into_iter().peekable();
+                    while let Some((key, event, n)) = events.next() {
+                        let mut current = map.remove(&key);
+                        let old = current.as_ref().and_then(|s| render(&key, s));
+                        apply(&mut fold, &key, &mut current, event, n);
+                        while let Some((_, event, n)) = events.next_if(|(k, _, _)| *k == key) {
+                            apply(&mut fold, &key, &mut current, event, n);
+                        }
+                        let new = current.as_ref().and_then(|s| render(&key, s));
+                        if let Some(s) = current {
+                            map.insert(key, s);
+                        }
+                        if old != new {
+                            if let Some(old) = old {
+                                session.give((old, time, -1));
+                            }
+                            if let Some(new) = new {
+                                session.give((new, time, 1));
+                            }
+                        }
+                    }
+                    // `cap` drops here, releasing the time.
+                }
+            }
+        },
+    );
+    (stream.as_collection(), handle)
+}
+
+/// Applies an event `n` times (an update with multiplicity `n` is `n` equal events).
+fn apply<K, E: Clone, S>(
+    fold: &mut impl FnMut(&K, &mut Option<S>, E),
+    key: &K,
+    state: &mut Option<S>,
+    event: E,
+    n: usize,
+) {
+    for _ in 1..n {
+        fold(key, state, event.clone());
+    }
+    fold(key, state, event);
+}
+
+#[cfg(test)]
+mod tests;
