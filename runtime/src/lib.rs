@@ -1,8 +1,13 @@
 //! The sluice engine: values, pipeline specs, planning, timely execution, and the contracts
 //! that sources and sinks implement.
 
+pub mod envelope;
+pub mod exec;
+pub mod ingest;
 pub mod operators;
 pub mod record;
+pub mod sink;
+pub mod source;
 pub mod spec;
 pub mod value;
 

@@ -1,6 +1,6 @@
 //! Graph-level checks: references, cycles, and whether each edge's shape fits its use.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::walk::nearest;
 use super::{Envelope, NodeSpec, Pipeline, Problem, Ref, SinkMode};
@@ -25,6 +25,12 @@ pub struct Graph {
 
 /// Checks references, cycles and shapes; returns every problem found.
 pub fn check(p: &Pipeline) -> Result<Graph, Vec<Problem>> {
+    check_partial(p, &BTreeSet::new())
+}
+
+/// As [`check`], for a pipeline some of whose elements did not parse: references to the
+/// `broken` names are not reported again, and shapes are not inferred past them.
+pub fn check_partial(p: &Pipeline, broken: &BTreeSet<String>) -> Result<Graph, Vec<Problem>> {
     let file = p.file.as_path();
     let mut problems = Vec::new();
 
@@ -59,6 +65,7 @@ pub fn check(p: &Pipeline) -> Result<Graph, Vec<Problem>> {
             None => (r.value.as_str(), None),
         };
         match (producers.get(name), output) {
+            (None, _) if broken.contains(name) => false,
             (None, _) => {
                 let candidates: Vec<&str> = all_refs.iter().map(String::as_str).collect();
                 let hint = nearest(&r.value, &candidates)
@@ -128,10 +135,6 @@ pub fn check(p: &Pipeline) -> Result<Graph, Vec<Problem>> {
             return Err(sorted(problems));
         }
     };
-    if !refs_ok {
-        return Err(sorted(problems));
-    }
-
     let shapes = infer_shapes(p, &order, &mut problems);
     for s in &p.sinks {
         let Some(shape) = shapes.get(&s.input.value) else { continue };
@@ -155,7 +158,7 @@ pub fn check(p: &Pipeline) -> Result<Graph, Vec<Problem>> {
             _ => {}
         }
     }
-    if problems.is_empty() { Ok(Graph { order, shapes }) } else { Err(sorted(problems)) }
+    if problems.is_empty() && refs_ok { Ok(Graph { order, shapes }) } else { Err(sorted(problems)) }
 }
 
 fn sorted(mut problems: Vec<Problem>) -> Vec<Problem> {

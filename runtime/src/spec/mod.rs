@@ -18,9 +18,9 @@ mod walk;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use check::{Graph, Shape, check};
+pub use check::{Graph, Shape, check, check_partial};
 pub use dot::to_dot;
-pub use parse::parse;
+pub use parse::{Parsed, parse, parse_partial};
 
 /// A 1-based line and column in the pipeline file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]

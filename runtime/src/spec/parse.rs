@@ -1,5 +1,6 @@
 //! Reading a pipeline file into a [`Pipeline`], reporting every problem at once.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use toml_edit::{Document, TableLike};
@@ -29,12 +30,39 @@ pub fn parse(
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Pipeline, Vec<Problem>> {
+    let parsed = parse_partial(file, text, env);
+    if parsed.problems.is_empty() {
+        parsed.pipeline.ok_or_else(Vec::new)
+    } else {
+        Err(parsed.problems)
+    }
+}
+
+/// What [`parse_partial`] could make of a file: every element that parsed, the problems,
+/// and the names of elements that did not parse (so graph checks can skip references to
+/// them instead of reporting them twice).
+pub struct Parsed {
+    /// The pipeline without the elements that failed; `None` if the file is not TOML.
+    pub pipeline: Option<Pipeline>,
+    /// Every problem found, sorted by position.
+    pub problems: Vec<Problem>,
+    /// Names of sources and nodes that failed to parse.
+    pub broken: BTreeSet<String>,
+}
+
+/// Parses as much of the file as possible, so that later checks can report their problems
+/// in the same run instead of one round of fixes at a time.
+pub fn parse_partial(file: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Parsed {
     let doc = match Document::parse(text) {
         Ok(doc) => doc,
         Err(e) => {
             let mut w = Walker::new(file, text, env);
             w.problem(e.span(), "", format!("not valid TOML: {}", e.message().trim()));
-            return Err(w.problems);
+            return Parsed {
+                pipeline: None,
+                problems: w.problems,
+                broken: BTreeSet::new(),
+            };
         }
     };
     let mut w = Walker::new(file, text, env);
@@ -72,21 +100,33 @@ pub fn parse(
         },
     };
 
-    let sources = named_tables(&mut w, root, "sources")
-        .into_iter()
-        .filter_map(|(name, t, loc)| source(&mut w, name, t, loc, &base_dir))
-        .collect();
-    let nodes = named_tables(&mut w, root, "nodes")
-        .into_iter()
-        .filter_map(|(name, t, loc)| node(&mut w, name, t, loc, &base_dir))
-        .collect();
-    let sinks = named_tables(&mut w, root, "sinks")
+    let mut broken = BTreeSet::new();
+    let mut sources = Vec::new();
+    for (name, t, loc) in named_tables(&mut w, root, "sources", &mut broken) {
+        let n = name.value.clone();
+        match source(&mut w, name, t, loc, &base_dir) {
+            Some(s) => sources.push(s),
+            None => drop(broken.insert(n)),
+        }
+    }
+    let mut nodes = Vec::new();
+    for (name, t, loc) in named_tables(&mut w, root, "nodes", &mut broken) {
+        let n = name.value.clone();
+        match node(&mut w, name, t, loc, &base_dir) {
+            Some(node) => nodes.push(node),
+            None => drop(broken.insert(n)),
+        }
+    }
+    let sinks = named_tables(&mut w, root, "sinks", &mut broken)
         .into_iter()
         .filter_map(|(name, t, loc)| sink(&mut w, name, t, loc, &base_dir))
         .collect();
 
-    if w.problems.is_empty() {
-        Ok(Pipeline {
+    let mut problems = w.problems;
+    problems.sort();
+    problems.dedup();
+    Parsed {
+        pipeline: Some(Pipeline {
             file: file.to_path_buf(),
             base_dir,
             name,
@@ -96,12 +136,9 @@ pub fn parse(
             sources,
             nodes,
             sinks,
-        })
-    } else {
-        let mut problems = w.problems;
-        problems.sort();
-        problems.dedup();
-        Err(problems)
+        }),
+        problems,
+        broken,
     }
 }
 
@@ -110,6 +147,7 @@ fn named_tables<'d>(
     w: &mut Walker,
     root: &'d dyn TableLike,
     section: &str,
+    broken: &mut BTreeSet<String>,
 ) -> Vec<(Spanned<String>, &'d dyn TableLike, Option<Loc>)> {
     let Some(table) = w.table(root, section, "") else {
         return Vec::new();
@@ -119,7 +157,8 @@ fn named_tables<'d>(
         let path = join(section, key);
         let loc = w.key_loc(table, key);
         let Some(t) = item.as_table_like() else {
-            w.problem(item.span(), &path, "expected a table: write it as `[section.name]` with its keys below");
+            w.problem(item.span(), &path, format!("expected a table: write it as `[{section}.{key}]` with its keys below"));
+            broken.insert(key.to_owned());
             continue;
         };
         let valid = key
@@ -133,6 +172,7 @@ fn named_tables<'d>(
                 &path,
                 format!("`{key}` is not a valid name: use letters, digits, `_` and `-`, starting with a letter"),
             );
+            broken.insert(key.to_owned());
             continue;
         }
         let name = Spanned {

@@ -1,0 +1,516 @@
+//! Running a pipeline: timely workers, the epoch clock, sources, sinks and termination.
+//!
+//! Each worker builds the same dataflow. Sources are not timely operators: the worker loop
+//! polls the partitions assigned to it and pushes what they return into the dataflow's
+//! inputs at the current **epoch** (milliseconds since the Unix epoch). Every `epoch_ms` the
+//! loop advances all inputs to a new epoch whether or not data arrived, so frontiers — and
+//! with them every sink's commit signal — keep moving on quiet streams.
+//!
+//! Backpressure: a worker stops reading while its sinks' frontier is more than
+//! [`MAX_EPOCHS_IN_FLIGHT`] epochs behind its inputs, so a fast file cannot flood memory.
+//!
+//! Termination: when every source of a worker is finished (bounded run) or a stop is
+//! requested (SIGINT/SIGTERM), the worker closes its inputs and keeps stepping until its
+//! sinks have seen the empty frontier, so everything read is written and flushed.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use differential_dataflow::input::{Input, InputSession};
+use timely::dataflow::operators::vec::Input as TimelyInput;
+use timely::dataflow::operators::vec::input::Handle;
+use timely::dataflow::{ProbeHandle, Scope};
+
+use crate::envelope;
+use crate::ingest::{Ingested, Ingester};
+use crate::record::{DeadLetter, DeadLetters, Diff, Pos, Row, Rows, Time};
+use crate::sink::{Sink, SinkError, sink_rows};
+use crate::source::{PartitionInfo, PartitionReader, Position, RawRecord, ReadState, Source, SourceError, assign};
+use crate::spec::{Envelope, Pipeline, SinkMode, SinkTarget};
+use crate::value::Value;
+
+/// Epochs a worker may have in flight before it pauses reading.
+pub const MAX_EPOCHS_IN_FLIGHT: u64 = 8;
+/// Records read from one partition before the worker steps the dataflow again.
+const POLL_BATCH: usize = 4096;
+/// How often unbounded sources are asked for new partitions.
+const DISCOVER_EVERY: Duration = Duration::from_secs(5);
+
+/// The domain-specific part of a run: opening connectors and rendering graph nodes.
+///
+/// The runtime knows no connector or dataflow crate; the CLI implements this trait with one
+/// exhaustive `match` over the closed spec enums.
+pub trait Wiring: Send + Sync + 'static {
+    /// Opens the source declared at `index` of the pipeline (once per process).
+    fn open_source(&self, pipeline: &Pipeline, index: usize) -> Result<Arc<dyn Source>, SourceError>;
+    /// Opens a sink (on worker 0 only).
+    fn open_sink(&self, target: &SinkTarget, mode: SinkMode) -> Result<Box<dyn Sink>, SinkError>;
+    /// Renders the graph nodes over the source collections, returning every referencable
+    /// output (by reference name) and the dead letters the nodes produce.
+    fn build<'s>(&self, scope: Scope<'s, Time>, sources: &BTreeMap<String, Rows<'s>>) -> Built<'s>;
+}
+
+/// The rendered graph of one worker.
+pub struct Built<'s> {
+    /// Every output by the name sinks reference (`node`, `node.output`, `source`).
+    pub outputs: BTreeMap<String, Rows<'s>>,
+    /// Dead letters produced by nodes.
+    pub dead_letters: Vec<DeadLetters<'s>>,
+}
+
+/// Options of one run.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Worker threads (overrides the pipeline's `workers`).
+    pub workers: Option<usize>,
+    /// Set to request a clean stop (drain, flush, exit).
+    pub stop: Arc<AtomicBool>,
+}
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A source could not be opened or read.
+    #[error("source {source_name}: {error}")]
+    Source {
+        /// The source's name.
+        source_name: String,
+        /// What went wrong.
+        error: SourceError,
+    },
+    /// A sink failed.
+    #[error("{0}")]
+    Sink(String),
+    /// timely could not start or a worker failed.
+    #[error("{0}")]
+    Workers(String),
+}
+
+/// What a finished run did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunReport {
+    /// Records read per source (including dead-lettered ones).
+    pub records_in: BTreeMap<String, u64>,
+    /// Updates written per sink (after consolidation).
+    pub updates_out: BTreeMap<String, u64>,
+    /// Records written to the dead-letter output (by sources and by nodes).
+    pub dead_letters: u64,
+    /// Whether the run ended because a stop was requested.
+    pub stopped: bool,
+}
+
+impl RunReport {
+    /// One line for humans: records read, updates written, dead letters, time and rate.
+    pub fn summary(&self, elapsed: Duration) -> String {
+        let read: u64 = self.records_in.values().sum();
+        let written: u64 = self
+            .updates_out
+            .iter()
+            .filter(|(sink, _)| *sink != DEAD_LETTER_SINK)
+            .map(|(_, n)| n)
+            .sum();
+        let secs = elapsed.as_secs_f64();
+        let rate = if secs > 0.0 { read as f64 / secs } else { 0.0 };
+        format!(
+            "sluice: read {read} records, wrote {written} updates, {} dead letters, in {secs:.2}s ({rate:.0} records/s){}",
+            self.dead_letters,
+            if self.stopped { "; stopped on request" } else { "" }
+        )
+    }
+}
+
+/// The name the dead-letter output has in counters.
+pub const DEAD_LETTER_SINK: &str = "dead_letters";
+
+/// Shared state of a run: counters, the first fatal error, sink completion.
+#[derive(Default)]
+pub struct RunStatus {
+    error: Mutex<Option<String>>,
+    abort: AtomicBool,
+    sinks_closed: AtomicUsize,
+    counters: Mutex<RunReport>,
+}
+
+impl RunStatus {
+    /// Records a fatal error; the first one wins and every worker stops.
+    pub fn fail(&self, message: String) {
+        if let Ok(mut e) = self.error.lock() {
+            e.get_or_insert(message);
+        }
+        self.abort.store(true, Ordering::SeqCst);
+    }
+
+    /// Counts updates written by a sink.
+    pub fn count_out(&self, sink: &str, n: usize) {
+        if let Ok(mut c) = self.counters.lock() {
+            *c.updates_out.entry(sink.to_owned()).or_default() += n as u64;
+        }
+    }
+
+    fn count_in(&self, source: &str, n: usize) {
+        if let Ok(mut c) = self.counters.lock() {
+            *c.records_in.entry(source.to_owned()).or_default() += n as u64;
+        }
+    }
+
+    /// Notes that a sink has seen the empty frontier and committed everything.
+    pub fn sink_closed(&self) {
+        self.sinks_closed.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn aborted(&self) -> bool {
+        self.abort.load(Ordering::SeqCst)
+    }
+}
+
+/// The partitions of every source, with stable indices (a partition keeps its index for
+/// the whole run, in the order it was first discovered).
+pub struct Catalog {
+    sources: Vec<CatalogEntry>,
+}
+
+struct CatalogEntry {
+    name: String,
+    offset_label: &'static str,
+    partitions: RwLock<Vec<PartitionInfo>>,
+}
+
+impl Catalog {
+    /// Adds newly discovered partitions of source `s`; returns the full list.
+    fn merge(&self, s: usize, found: Vec<PartitionInfo>) -> Vec<PartitionInfo> {
+        let entry = &self.sources[s];
+        let Ok(mut parts) = entry.partitions.write() else {
+            return Vec::new();
+        };
+        for p in found {
+            if !parts.iter().any(|q| q.id == p.id) {
+                parts.push(p);
+            }
+        }
+        parts.clone()
+    }
+
+    /// Renders a dead letter as the JSON row of the dead-letter output.
+    pub fn dead_letter_row(&self, d: &DeadLetter) -> Row {
+        let mut fields: Vec<(&str, Value)> = vec![
+            ("stage", Value::str(d.stage.clone())),
+            ("reason", Value::str(d.reason.clone())),
+            ("raw", Value::str(d.raw.clone())),
+        ];
+        if let Some(entry) = self.sources.get(d.pos.source as usize) {
+            fields.push(("source", Value::str(entry.name.as_str())));
+            let partition = entry
+                .partitions
+                .read()
+                .ok()
+                .and_then(|p| p.get(d.pos.partition as usize).map(|p| p.id.clone()));
+            if let Some(p) = partition {
+                fields.push(("partition", Value::from(p)));
+            }
+            fields.push((entry.offset_label, Value::from(d.pos.offset)));
+        }
+        Row { key: Value::Null, val: Value::map(fields), pos: d.pos }
+    }
+}
+
+/// Runs a pipeline to completion (bounded sources) or until `options.stop` is set.
+pub fn run<W: Wiring>(pipeline: Arc<Pipeline>, wiring: Arc<W>, options: RunOptions) -> Result<RunReport, RunError> {
+    let mut sources = Vec::new();
+    let mut entries = Vec::new();
+    for (i, decl) in pipeline.sources.iter().enumerate() {
+        let source = wiring.open_source(&pipeline, i).map_err(|error| RunError::Source {
+            source_name: decl.name.value.clone(),
+            error,
+        })?;
+        let partitions = source.discover().map_err(|error| RunError::Source {
+            source_name: decl.name.value.clone(),
+            error,
+        })?;
+        entries.push(CatalogEntry {
+            name: decl.name.value.clone(),
+            offset_label: source.offset_label(),
+            partitions: RwLock::new(partitions),
+        });
+        sources.push(source);
+    }
+    let catalog = Arc::new(Catalog { sources: entries });
+    let status = Arc::new(RunStatus::default());
+    let workers = options.workers.unwrap_or(pipeline.workers).max(1);
+    let ctx = Arc::new(Ctx { pipeline, wiring, sources, catalog, status: status.clone(), stop: options.stop.clone() });
+
+    let guards = timely::execute(timely::Config::process(workers), move |worker| worker_main(worker, &ctx))
+        .map_err(RunError::Workers)?;
+    let mut first_error = None;
+    for result in guards.join() {
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => first_error = first_error.or(Some(e)),
+            Err(panic) => first_error = first_error.or(Some(RunError::Workers(format!("a worker failed: {panic}")))),
+        }
+    }
+    if let Some(message) = status.error.lock().ok().and_then(|e| e.clone()) {
+        return Err(RunError::Sink(message));
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    let mut report = status.counters.lock().map(|c| c.clone()).unwrap_or_default();
+    report.stopped = options.stop.load(Ordering::SeqCst);
+    report.dead_letters = report.updates_out.get(DEAD_LETTER_SINK).copied().unwrap_or(0);
+    Ok(report)
+}
+
+struct Ctx<W> {
+    pipeline: Arc<Pipeline>,
+    wiring: Arc<W>,
+    sources: Vec<Arc<dyn Source>>,
+    catalog: Arc<Catalog>,
+    status: Arc<RunStatus>,
+    stop: Arc<AtomicBool>,
+}
+
+/// The input of one source in one worker's dataflow.
+enum SourceInput {
+    Append(InputSession<Time, Row, Diff>),
+    Upsert(Handle<Time, (Value, (Pos, Option<Value>))>),
+}
+
+impl SourceInput {
+    fn advance_to(&mut self, t: Time) {
+        match self {
+            SourceInput::Append(s) => s.advance_to(t),
+            SourceInput::Upsert(h) => h.advance_to(t),
+        }
+    }
+    fn flush(&mut self) {
+        match self {
+            SourceInput::Append(s) => s.flush(),
+            SourceInput::Upsert(h) => h.flush(),
+        }
+    }
+}
+
+/// A partition this worker reads.
+struct Assigned {
+    source: usize,
+    partition: u32,
+    reader: Box<dyn PartitionReader>,
+    finished: bool,
+    idle_until: Option<Instant>,
+}
+
+fn now_ms() -> Time {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as Time)
+}
+
+fn worker_main<W: Wiring>(
+    worker: &mut timely::worker::Worker,
+    ctx: &Ctx<W>,
+) -> Result<(), RunError> {
+    let index = worker.index();
+    let peers = worker.peers();
+    let p = &ctx.pipeline;
+    let probe = ProbeHandle::new();
+    let mut epoch = now_ms();
+    let n_sinks = p.sinks.len() + 1;
+
+    let (mut inputs, mut dead_input) = worker.dataflow::<Time, _, _>(|scope| {
+        let mut inputs = Vec::new();
+        let mut collections = BTreeMap::new();
+        for decl in &p.sources {
+            let (input, rows) = match &decl.envelope {
+                Envelope::Append { .. } => {
+                    let (session, rows) = scope.new_collection::<Row, Diff>();
+                    (SourceInput::Append(session), rows)
+                }
+                Envelope::Upsert { .. } => {
+                    let (handle, stream) = scope.new_input::<(Value, (Pos, Option<Value>))>();
+                    (SourceInput::Upsert(handle), envelope::upsert(stream, &decl.name.value))
+                }
+            };
+            inputs.push(input);
+            collections.insert(decl.name.value.clone(), rows);
+        }
+        let (dead_session, dead_rows) = scope.new_collection::<DeadLetter, Diff>();
+        let built = ctx.wiring.build(scope, &collections);
+        let mut outputs = built.outputs;
+        outputs.extend(collections);
+
+        for sink in &p.sinks {
+            let Some(rows) = outputs.get(&sink.input.value) else {
+                ctx.status.fail(format!("sink {}: input `{}` was not built", sink.name.value, sink.input.value));
+                continue;
+            };
+            let opened = if index == 0 {
+                match ctx.wiring.open_sink(&sink.target, sink.mode.value) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        ctx.status.fail(format!("sink {}: {e}", sink.name.value));
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            let rows = rows.clone().probe_with(&probe);
+            sink_rows(rows, &sink.name.value, opened, ctx.status.clone());
+        }
+
+        let catalog = ctx.catalog.clone();
+        let dead = differential_dataflow::collection::concatenate(scope, built.dead_letters.into_iter().chain([dead_rows]))
+            .map(move |d| catalog.dead_letter_row(&d))
+            .probe_with(&probe);
+        let dead_sink = if index == 0 {
+            match ctx.wiring.open_sink(&p.dead_letters, SinkMode::Append) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    ctx.status.fail(format!("dead letters: {e}"));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        sink_rows(dead, DEAD_LETTER_SINK, dead_sink, ctx.status.clone());
+        (inputs, dead_session)
+    });
+
+    let mut assigned: Vec<Assigned> = Vec::new();
+    let mut known: Vec<usize> = vec![0; ctx.sources.len()];
+    let mut last_discover = Instant::now();
+    open_new_partitions(ctx, index, peers, &mut known, &mut assigned, false)?;
+    for input in &mut inputs {
+        input.advance_to(epoch);
+    }
+    dead_input.advance_to(epoch);
+
+    let all_bounded = ctx.sources.iter().all(|s| s.bounded());
+    let mut next_tick = Instant::now() + Duration::from_millis(p.epoch_ms);
+    let mut buf: Vec<RawRecord> = Vec::with_capacity(POLL_BATCH);
+    let ingesters: Vec<Ingester> = p
+        .sources
+        .iter()
+        .map(|d| Ingester::new(&d.name.value, d.format, d.envelope.clone()))
+        .collect();
+
+    // Reading phase.
+    loop {
+        if ctx.status.aborted() {
+            return Ok(());
+        }
+        if ctx.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        if all_bounded && assigned.iter().all(|a| a.finished) {
+            break;
+        }
+        let behind = probe.less_than(&epoch.saturating_sub(MAX_EPOCHS_IN_FLIGHT * p.epoch_ms));
+        let mut busy = false;
+        if !behind {
+            let now = Instant::now();
+            for a in assigned.iter_mut().filter(|a| !a.finished && a.idle_until.is_none_or(|t| t <= now)) {
+                buf.clear();
+                let state = a.reader.poll(&mut buf, POLL_BATCH).map_err(|error| RunError::Source {
+                    source_name: p.sources[a.source].name.value.clone(),
+                    error,
+                })?;
+                let read = buf.len();
+                for rec in buf.drain(..) {
+                    let pos = Pos { source: a.source as u32, partition: a.partition, offset: rec.offset };
+                    match ingesters[a.source].ingest(pos, rec.key.as_deref(), rec.payload.as_deref()) {
+                        Ingested::Event { key, val } => {
+                            if let SourceInput::Append(s) = &mut inputs[a.source] {
+                                s.insert(Row { key, val, pos });
+                            }
+                        }
+                        Ingested::Upsert { key, val } => {
+                            if let SourceInput::Upsert(h) = &mut inputs[a.source] {
+                                h.send((key, (pos, val)));
+                            }
+                        }
+                        Ingested::Dead(d) => dead_input.insert(d),
+                    }
+                }
+                match state {
+                    ReadState::More => busy = true,
+                    ReadState::Idle => a.idle_until = Some(now + Duration::from_millis(idle_poll_ms(p, a.source))),
+                    ReadState::Finished => a.finished = true,
+                }
+                ctx.status.count_in(&p.sources[a.source].name.value, read);
+            }
+        }
+        if Instant::now() >= next_tick {
+            epoch = now_ms().max(epoch + 1);
+            for input in &mut inputs {
+                input.advance_to(epoch);
+            }
+            dead_input.advance_to(epoch);
+            next_tick = Instant::now() + Duration::from_millis(p.epoch_ms);
+        }
+        for input in &mut inputs {
+            input.flush();
+        }
+        dead_input.flush();
+        if !all_bounded && last_discover.elapsed() >= DISCOVER_EVERY {
+            last_discover = Instant::now();
+            open_new_partitions(ctx, index, peers, &mut known, &mut assigned, true)?;
+        }
+        let park = if busy && !behind { Some(Duration::ZERO) } else { Some(next_tick.saturating_duration_since(Instant::now())) };
+        worker.step_or_park(park);
+    }
+
+    // Draining phase: close the inputs, let every sink see the empty frontier.
+    drop(inputs);
+    drop(dead_input);
+    while !probe.done() || (index == 0 && ctx.status.sinks_closed.load(Ordering::SeqCst) < n_sinks) {
+        if ctx.status.aborted() {
+            return Ok(());
+        }
+        worker.step_or_park(Some(Duration::from_millis(10)));
+    }
+    Ok(())
+}
+
+fn idle_poll_ms(p: &Pipeline, source: usize) -> u64 {
+    match &p.sources[source].spec {
+        crate::spec::SourceSpec::File(f) => f.poll_ms,
+    }
+}
+
+/// Opens readers for partitions assigned to this worker that it does not read yet.
+fn open_new_partitions<W: Wiring>(
+    ctx: &Ctx<W>,
+    index: usize,
+    peers: usize,
+    known: &mut [usize],
+    assigned: &mut Vec<Assigned>,
+    rediscover: bool,
+) -> Result<(), RunError> {
+    for (s, source) in ctx.sources.iter().enumerate() {
+        let name = || ctx.pipeline.sources[s].name.value.clone();
+        let parts = if rediscover {
+            match source.discover() {
+                Ok(found) => ctx.catalog.merge(s, found),
+                Err(e) => {
+                    tracing::warn!(source = %name(), error = %e, "partition discovery failed; will retry");
+                    continue;
+                }
+            }
+        } else {
+            ctx.catalog.merge(s, Vec::new())
+        };
+        for (i, part) in parts.iter().enumerate().skip(known[s]) {
+            if assign(s, i, peers) != index {
+                continue;
+            }
+            let reader = source
+                .open(part, &Position::Start)
+                .map_err(|error| RunError::Source { source_name: name(), error })?;
+            assigned.push(Assigned { source: s, partition: i as u32, reader, finished: false, idle_until: None });
+        }
+        known[s] = parts.len();
+    }
+    Ok(())
+}

@@ -1,0 +1,95 @@
+//! The sink contract and the operator that feeds a sink in time order.
+//!
+//! A sink sees, for each time, the consolidated updates `(row, diff)` of that time — sorted,
+//! so output is deterministic whatever the number of workers — strictly in time order, and
+//! after them the new frontier: "every time before F is final". The frontier is the only
+//! commit signal in sluice; Kafka commits, continuation tokens and checkpoints hang on it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::Operator;
+
+use crate::exec::RunStatus;
+use crate::record::{Diff, Row, Rows, Time};
+
+/// Why a sink failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The sink's configuration cannot work (a directory that does not exist): fix the pipeline.
+    #[error("{0}")]
+    Config(String),
+    /// Writing failed (disk full, broker down).
+    #[error("{0}")]
+    Io(String),
+}
+
+/// An output of the pipeline.
+pub trait Sink {
+    /// Writes the consolidated updates of one time, given in time order and sorted by row.
+    fn write(&mut self, time: Time, updates: &[(Row, Diff)]) -> Result<(), SinkError>;
+    /// Everything before `frontier` has been written (`None`: the input ended); a sink makes
+    /// what it wrote durable here (flush, commit a transaction).
+    fn commit(&mut self, frontier: Option<Time>) -> Result<(), SinkError>;
+    /// The frontier up to which output is durable (`None` = all of it), for checkpoints and
+    /// source commits.
+    fn durable(&self) -> Option<Time>;
+}
+
+/// Feeds `rows` to `sink` on worker 0; other workers pass `None` and forward their rows.
+///
+/// A sink that fails records the error in `status` and stops receiving updates; the run
+/// loop sees the error and ends the run.
+pub fn sink_rows<'s>(rows: Rows<'s>, name: &str, mut sink: Option<Box<dyn Sink>>, status: Arc<RunStatus>) {
+    let mut stash: BTreeMap<Time, Vec<(Row, Diff)>> = BTreeMap::new();
+    let mut last_frontier: Option<Option<Time>> = None;
+    let label = name.to_owned();
+    rows.inner.sink(
+        Exchange::new(|_: &(Row, Time, Diff)| 0u64),
+        &format!("Sink: {name}"),
+        move |(input, frontier)| {
+            input.for_each(|_cap, data| {
+                for (row, time, diff) in data.drain(..) {
+                    stash.entry(time).or_default().push((row, diff));
+                }
+            });
+            let current = frontier.frontier().first().copied();
+            let Some(target) = sink.as_mut() else {
+                stash.clear();
+                return;
+            };
+            let ready: Vec<Time> = stash
+                .keys()
+                .copied()
+                .take_while(|t| current.is_none_or(|f| *t < f))
+                .collect();
+            let mut result = Ok(());
+            for time in ready {
+                let Some(mut updates) = stash.remove(&time) else { continue };
+                differential_dataflow::consolidation::consolidate(&mut updates);
+                if updates.is_empty() {
+                    continue;
+                }
+                status.count_out(&label, updates.len());
+                result = target.write(time, &updates);
+                if result.is_err() {
+                    break;
+                }
+            }
+            if result.is_ok() && last_frontier != Some(current) {
+                last_frontier = Some(current);
+                result = target.commit(current);
+                if result.is_ok() && current.is_none() {
+                    status.sink_closed();
+                }
+            }
+            if let Err(e) = result {
+                // A failed sink receives nothing more; the run loop ends the run on the error.
+                status.fail(format!("sink {label}: {e}"));
+                sink = None;
+                stash.clear();
+            }
+        },
+    );
+}

@@ -1,0 +1,131 @@
+//! The source contract: partitions, native positions, and readers that resume from them.
+//!
+//! Designed for every connector to come, not just files:
+//!
+//! | source        | partition                | native position (resume point)        |
+//! |---------------|--------------------------|---------------------------------------|
+//! | file          | one file of the glob     | byte offset and line number           |
+//! | kafka         | topic partition          | next offset                           |
+//! | kinesis       | shard (with parents)     | last sequence number (decimal string) |
+//! | dynamodb scan | scan segment             | last evaluated key                    |
+//! | http ingest   | segment of the local log | byte offset                           |
+//!
+//! A partition may name **parents** that must be read to their end before it starts (Kinesis
+//! child shards after a split or merge), and may **finish** (a file in a bounded run, a
+//! closed shard, a completed scan segment). Partitions are assigned to workers
+//! deterministically by [`assign`], so every worker agrees without talking.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::value::Value;
+
+/// One partition of a source, as discovered.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PartitionInfo {
+    /// A stable identifier: the file path, `topic/partition`, the shard id, `segment-3`.
+    pub id: String,
+    /// Partitions that must be read to their end before this one starts.
+    pub parents: Vec<String>,
+}
+
+/// Where a partition's reader is, in the source's own coordinates.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Position {
+    /// Nothing read yet: start at the configured start position.
+    Start,
+    /// A byte offset and the number of lines before it (files, local logs).
+    Line {
+        /// Byte offset of the next unread byte.
+        byte: u64,
+        /// Lines read so far (the next line's number is `line + 1`).
+        line: u64,
+    },
+    /// The next offset to read (Kafka).
+    Offset(u64),
+    /// The last sequence number read (Kinesis; a decimal string of up to 128 bits).
+    Sequence(String),
+    /// The last evaluated key of a scan segment (DynamoDB).
+    ScanKey(Value),
+    /// The partition has been read to its end and will not grow.
+    End,
+}
+
+/// One record as a source read it, before decoding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawRecord {
+    /// The record's ordinal within its partition (line number, Kafka offset): `Pos::offset`.
+    pub offset: u64,
+    /// The record's key bytes, for sources that carry keys apart from the value (Kafka).
+    pub key: Option<Vec<u8>>,
+    /// The payload; `None` is a tombstone (a Kafka null value).
+    pub payload: Option<Vec<u8>>,
+}
+
+/// What a reader's poll found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadState {
+    /// It returned records and may have more right away.
+    More,
+    /// Nothing more now; poll again later (a followed file, a quiet topic).
+    Idle,
+    /// The partition ended and will never have more (bounded file, closed shard).
+    Finished,
+}
+
+/// Why a source failed, classified by whose fault it is.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The configuration cannot work (a glob with no files, a missing stream): fix the pipeline.
+    #[error("{0}")]
+    Config(String),
+    /// An external system failed (I/O, broker down); retried with backoff by the runner.
+    #[error("{0}")]
+    Transient(String),
+}
+
+/// A source at run time: lists its partitions and opens readers for them.
+///
+/// One `Source` value is shared by all workers of a process, so it is `Send + Sync`; readers
+/// are owned by the worker that reads the partition.
+pub trait Source: Send + Sync {
+    /// Lists the partitions that exist now, in a stable order. Called at start and, for
+    /// unbounded sources, periodically (new Kafka partitions, Kinesis child shards).
+    fn discover(&self) -> Result<Vec<PartitionInfo>, SourceError>;
+    /// Opens a reader for `partition`, resuming after `from`.
+    fn open(&self, partition: &PartitionInfo, from: &Position) -> Result<Box<dyn PartitionReader>, SourceError>;
+    /// Whether every partition eventually finishes (the run can end by itself).
+    fn bounded(&self) -> bool;
+    /// What a record's ordinal is called in dead letters (`line`, `offset`).
+    fn offset_label(&self) -> &'static str;
+}
+
+/// Reads one partition.
+pub trait PartitionReader: Send {
+    /// Appends up to `max` records to `out` without blocking for long.
+    fn poll(&mut self, out: &mut Vec<RawRecord>, max: usize) -> Result<ReadState, SourceError>;
+    /// The position after the last record returned: resuming there reads what follows it.
+    fn position(&self) -> Position;
+}
+
+/// The worker that reads partition number `index` of source number `source`.
+///
+/// Offsetting by the source index spreads the first partitions of different sources over
+/// different workers instead of piling them all on worker 0.
+pub fn assign(source: usize, index: usize, peers: usize) -> usize {
+    (source + index) % peers.max(1)
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Position::Start => f.write_str("start"),
+            Position::Line { byte, line } => write!(f, "line {line} (byte {byte})"),
+            Position::Offset(o) => write!(f, "offset {o}"),
+            Position::Sequence(s) => write!(f, "sequence {s}"),
+            Position::ScanKey(k) => write!(f, "after key {k}"),
+            Position::End => f.write_str("end"),
+        }
+    }
+}
