@@ -99,6 +99,8 @@ pub struct RunReport {
     pub dead_letters: u64,
     /// Whether the run ended because a stop was requested.
     pub stopped: bool,
+    /// The process's peak resident memory at the end of the run, where the OS tells it.
+    pub peak_rss_bytes: Option<u64>,
 }
 
 impl RunReport {
@@ -113,8 +115,12 @@ impl RunReport {
             .sum();
         let secs = elapsed.as_secs_f64();
         let rate = if secs > 0.0 { read as f64 / secs } else { 0.0 };
+        let memory = self
+            .peak_rss_bytes
+            .map(|b| format!(", peak memory {:.1} MiB", b as f64 / (1024.0 * 1024.0)))
+            .unwrap_or_default();
         format!(
-            "sluice: read {read} records, wrote {written} updates, {} dead letters, in {secs:.2}s ({rate:.0} records/s){}",
+            "sluice: read {read} records, wrote {written} updates, {} dead letters, in {secs:.2}s ({rate:.0} records/s{memory}){}",
             self.dead_letters,
             if self.stopped { "; stopped on request" } else { "" }
         )
@@ -259,6 +265,7 @@ pub fn run<W: Wiring>(pipeline: Arc<Pipeline>, wiring: Arc<W>, options: RunOptio
     let mut report = status.counters.lock().map(|c| c.clone()).unwrap_or_default();
     report.stopped = options.stop.load(Ordering::SeqCst);
     report.dead_letters = report.updates_out.get(DEAD_LETTER_SINK).copied().unwrap_or(0);
+    report.peak_rss_bytes = peak_rss_bytes();
     Ok(report)
 }
 
@@ -299,6 +306,14 @@ struct Assigned {
     reader: Box<dyn PartitionReader>,
     finished: bool,
     idle_until: Option<Instant>,
+}
+
+/// The peak resident set size of this process (Linux `VmHWM`), if the OS reports it.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 fn now_ms() -> Time {
