@@ -217,7 +217,11 @@ impl Catalog {
             }
             fields.push((entry.offset_label, Value::from(d.pos.offset)));
         }
-        Row { key: Value::Null, val: Value::map(fields), pos: d.pos }
+        Row {
+            key: Value::Null,
+            val: Value::map(fields),
+            pos: d.pos,
+        }
     }
 }
 
@@ -244,10 +248,19 @@ pub fn run<W: Wiring>(pipeline: Arc<Pipeline>, wiring: Arc<W>, options: RunOptio
     let catalog = Arc::new(Catalog { sources: entries });
     let status = Arc::new(RunStatus::default());
     let workers = options.workers.unwrap_or(pipeline.workers).max(1);
-    let ctx = Arc::new(Ctx { pipeline, wiring, sources, catalog, status: status.clone(), stop: options.stop.clone() });
+    let ctx = Arc::new(Ctx {
+        pipeline,
+        wiring,
+        sources,
+        catalog,
+        status: status.clone(),
+        stop: options.stop.clone(),
+    });
 
-    let guards = timely::execute(timely::Config::process(workers), move |worker| worker_main(worker, &ctx))
-        .map_err(RunError::Workers)?;
+    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+        worker_main(worker, &ctx)
+    })
+    .map_err(RunError::Workers)?;
     let mut first_error = None;
     for result in guards.join() {
         match result {
@@ -317,13 +330,12 @@ pub fn peak_rss_bytes() -> Option<u64> {
 }
 
 fn now_ms() -> Time {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as Time)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as Time)
 }
 
-fn worker_main<W: Wiring>(
-    worker: &mut timely::worker::Worker,
-    ctx: &Ctx<W>,
-) -> Result<(), RunError> {
+fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> Result<(), RunError> {
     let index = worker.index();
     let peers = worker.peers();
     let p = &ctx.pipeline;
@@ -355,7 +367,10 @@ fn worker_main<W: Wiring>(
 
         for sink in &p.sinks {
             let Some(rows) = outputs.get(&sink.input.value) else {
-                ctx.status.fail(format!("sink {}: input `{}` was not built", sink.name.value, sink.input.value));
+                ctx.status.fail(format!(
+                    "sink {}: input `{}` was not built",
+                    sink.name.value, sink.input.value
+                ));
                 continue;
             };
             let opened = if index == 0 {
@@ -374,9 +389,10 @@ fn worker_main<W: Wiring>(
         }
 
         let catalog = ctx.catalog.clone();
-        let dead = differential_dataflow::collection::concatenate(scope, built.dead_letters.into_iter().chain([dead_rows]))
-            .map(move |d| catalog.dead_letter_row(&d))
-            .probe_with(&probe);
+        let dead =
+            differential_dataflow::collection::concatenate(scope, built.dead_letters.into_iter().chain([dead_rows]))
+                .map(move |d| catalog.dead_letter_row(&d))
+                .probe_with(&probe);
         let dead_sink = if index == 0 {
             match ctx.wiring.open_sink(&p.dead_letters, SinkMode::Append) {
                 Ok(s) => Some(s),
@@ -425,7 +441,10 @@ fn worker_main<W: Wiring>(
         let mut busy = false;
         if !behind {
             let now = Instant::now();
-            for a in assigned.iter_mut().filter(|a| !a.finished && a.idle_until.is_none_or(|t| t <= now)) {
+            for a in assigned
+                .iter_mut()
+                .filter(|a| !a.finished && a.idle_until.is_none_or(|t| t <= now))
+            {
                 buf.clear();
                 let state = a.reader.poll(&mut buf, POLL_BATCH).map_err(|error| RunError::Source {
                     source_name: p.sources[a.source].name.value.clone(),
@@ -433,7 +452,11 @@ fn worker_main<W: Wiring>(
                 })?;
                 let read = buf.len();
                 for rec in buf.drain(..) {
-                    let pos = Pos { source: a.source as u32, partition: a.partition, offset: rec.offset };
+                    let pos = Pos {
+                        source: a.source as u32,
+                        partition: a.partition,
+                        offset: rec.offset,
+                    };
                     match ingesters[a.source].ingest(pos, rec.key.as_deref(), rec.payload.as_deref()) {
                         Ingested::Event { key, val } => {
                             if let SourceInput::Append(s) = &mut inputs[a.source] {
@@ -472,7 +495,11 @@ fn worker_main<W: Wiring>(
             last_discover = Instant::now();
             open_new_partitions(ctx, index, peers, &mut known, &mut assigned, true)?;
         }
-        let park = if busy && !behind { Some(Duration::ZERO) } else { Some(next_tick.saturating_duration_since(Instant::now())) };
+        let park = if busy && !behind {
+            Some(Duration::ZERO)
+        } else {
+            Some(next_tick.saturating_duration_since(Instant::now()))
+        };
         worker.step_or_park(park);
     }
 
@@ -520,10 +547,17 @@ fn open_new_partitions<W: Wiring>(
             if assign(s, i, peers) != index {
                 continue;
             }
-            let reader = source
-                .open(part, &Position::Start)
-                .map_err(|error| RunError::Source { source_name: name(), error })?;
-            assigned.push(Assigned { source: s, partition: i as u32, reader, finished: false, idle_until: None });
+            let reader = source.open(part, &Position::Start).map_err(|error| RunError::Source {
+                source_name: name(),
+                error,
+            })?;
+            assigned.push(Assigned {
+                source: s,
+                partition: i as u32,
+                reader,
+                finished: false,
+                idle_until: None,
+            });
         }
         known[s] = parts.len();
     }

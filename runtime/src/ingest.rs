@@ -77,7 +77,10 @@ impl Ingester {
                 };
                 Ingested::Event { key, val }
             }
-            Envelope::Upsert { key: fields, deleted_field } => {
+            Envelope::Upsert {
+                key: fields,
+                deleted_field,
+            } => {
                 let val = value.filter(|v| !v.is_null());
                 let key = match &val {
                     Some(v) => key_from_fields(v, &fields.fields),
@@ -124,17 +127,30 @@ mod tests {
 
     fn keys(fields: &[&str]) -> KeyFields {
         KeyFields {
-            fields: fields.iter().map(|f| f.split('.').map(str::to_owned).collect()).collect(),
+            fields: fields
+                .iter()
+                .map(|f| f.split('.').map(str::to_owned).collect())
+                .collect(),
             loc: Loc::default(),
             path: String::new(),
         }
     }
 
-    const POS: Pos = Pos { source: 0, partition: 0, offset: 3 };
+    const POS: Pos = Pos {
+        source: 0,
+        partition: 0,
+        offset: 3,
+    };
 
     #[test]
     fn append_keys_and_rejects() {
-        let ing = Ingester::new("s", Format::Json, Envelope::Append { key: Some(keys(&["a.b"])) });
+        let ing = Ingester::new(
+            "s",
+            Format::Json,
+            Envelope::Append {
+                key: Some(keys(&["a.b"])),
+            },
+        );
         match ing.ingest(POS, None, Some(br#"{"a":{"b":1}}"#)) {
             Ingested::Event { key, .. } => assert_eq!(key.to_json_string(), r#"{"a.b":1}"#),
             other => panic!("unexpected {other:?}"),
@@ -153,11 +169,23 @@ mod tests {
 
     #[test]
     fn upsert_tombstones() {
-        let env = Envelope::Upsert { key: keys(&["id"]), deleted_field: Some("deleted".into()) };
+        let env = Envelope::Upsert {
+            key: keys(&["id"]),
+            deleted_field: Some("deleted".into()),
+        };
         let ing = Ingester::new("s", Format::Json, env);
-        assert!(matches!(ing.ingest(POS, None, Some(br#"{"id":1,"deleted":true}"#)), Ingested::Upsert { val: None, .. }));
-        assert!(matches!(ing.ingest(POS, None, Some(br#"{"id":1,"x":2}"#)), Ingested::Upsert { val: Some(_), .. }));
+        assert!(matches!(
+            ing.ingest(POS, None, Some(br#"{"id":1,"deleted":true}"#)),
+            Ingested::Upsert { val: None, .. }
+        ));
+        assert!(matches!(
+            ing.ingest(POS, None, Some(br#"{"id":1,"x":2}"#)),
+            Ingested::Upsert { val: Some(_), .. }
+        ));
         assert!(matches!(ing.ingest(POS, None, Some(b"null")), Ingested::Dead(_)));
-        assert!(matches!(ing.ingest(POS, Some(br#"{"id":1}"#), None), Ingested::Upsert { val: None, .. }));
+        assert!(matches!(
+            ing.ingest(POS, Some(br#"{"id":1}"#), None),
+            Ingested::Upsert { val: None, .. }
+        ));
     }
 }

@@ -66,7 +66,9 @@ pub fn sink_rows<'s>(rows: Rows<'s>, name: &str, mut sink: Option<Box<dyn Sink>>
                 .collect();
             let mut result = Ok(());
             for time in ready {
-                let Some(mut updates) = stash.remove(&time) else { continue };
+                let Some(mut updates) = stash.remove(&time) else {
+                    continue;
+                };
                 differential_dataflow::consolidation::consolidate(&mut updates);
                 if updates.is_empty() {
                     continue;

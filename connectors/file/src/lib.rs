@@ -136,7 +136,9 @@ impl FileReader {
 
     /// Reopens from the start when the file shrank below what was read.
     fn check_truncation(&mut self) -> Result<(), SourceError> {
-        let len = std::fs::metadata(&self.path).map_err(|e| io_error(&self.path, e))?.len();
+        let len = std::fs::metadata(&self.path)
+            .map_err(|e| io_error(&self.path, e))?
+            .len();
         if len < self.byte {
             tracing::warn!(file = %self.path.display(), "file shrank below the read position; reading it again from the start");
             *self = FileReader::open(&self.path, 0, 0, self.follow)?;

@@ -7,7 +7,12 @@ fn read_all(reader: &mut dyn PartitionReader) -> (Vec<(u64, String)>, ReadState)
     let state = loop {
         let mut buf = Vec::new();
         let state = reader.poll(&mut buf, 2).expect("poll");
-        out.extend(buf.into_iter().map(|r| (r.offset, String::from_utf8(r.payload.unwrap_or_default()).unwrap_or_default())));
+        out.extend(buf.into_iter().map(|r| {
+            (
+                r.offset,
+                String::from_utf8(r.payload.unwrap_or_default()).unwrap_or_default(),
+            )
+        }));
         if state != ReadState::More {
             break state;
         }
@@ -26,7 +31,14 @@ fn reads_lines_with_numbers_skipping_blanks() {
     let mut reader = source.open(&parts[0], &Position::Start).expect("open");
     let (lines, state) = read_all(reader.as_mut());
     assert_eq!(state, ReadState::Finished);
-    assert_eq!(lines, vec![(1, "{\"a\":1}".into()), (4, "{\"a\":2}".into()), (5, "{\"a\":3}".into())]);
+    assert_eq!(
+        lines,
+        vec![
+            (1, "{\"a\":1}".into()),
+            (4, "{\"a\":2}".into()),
+            (5, "{\"a\":3}".into())
+        ]
+    );
 }
 
 #[test]
@@ -70,8 +82,13 @@ fn glob_partitions_are_sorted_and_missing_files_are_config_errors() {
         std::fs::write(dir.path().join(name), "{}\n").expect("write");
     }
     let pattern = dir.path().join("*.jsonl");
-    let parts = FileSource::new(pattern.to_string_lossy(), false).discover().expect("discover");
-    let names: Vec<_> = parts.iter().map(|p| Path::new(&p.id).file_name().map(|n| n.to_string_lossy().into_owned())).collect();
+    let parts = FileSource::new(pattern.to_string_lossy(), false)
+        .discover()
+        .expect("discover");
+    let names: Vec<_> = parts
+        .iter()
+        .map(|p| Path::new(&p.id).file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
     assert_eq!(names, vec![Some("a.jsonl".to_owned()), Some("b.jsonl".to_owned())]);
     let missing = FileSource::new(dir.path().join("nope.jsonl").to_string_lossy(), false).discover();
     assert!(matches!(missing, Err(SourceError::Config(m)) if m.contains("does not exist")));

@@ -225,11 +225,7 @@ impl Reader {
     }
 
     fn problem(&mut self, span: Option<Range<usize>>, message: String) {
-        let line = span.map(|s| {
-            self.line_starts
-                .partition_point(|&start| start <= s.start)
-                .max(1)
-        });
+        let line = span.map(|s| self.line_starts.partition_point(|&start| start <= s.start).max(1));
         self.problems.push(TableProblem { line, message });
     }
 
@@ -247,10 +243,7 @@ impl Reader {
             return Vec::new();
         };
         let Some(entries) = item.as_array_of_tables() else {
-            self.problem(
-                item.span(),
-                "`rule` must be a list of `[[rule]]` tables".to_owned(),
-            );
+            self.problem(item.span(), "`rule` must be a list of `[[rule]]` tables".to_owned());
             return Vec::new();
         };
         // Numbered as in the file, so problems name rules the way a reader counts them.
@@ -269,10 +262,7 @@ impl Reader {
         let errors_before = self.problems.len();
         for (key, item) in table.iter() {
             if !RULE_KEYS.contains(&key) {
-                let span = table
-                    .key(key)
-                    .and_then(|k| k.span())
-                    .or_else(|| item.span());
+                let span = table.key(key).and_then(|k| k.span()).or_else(|| item.span());
                 self.problem(
                     span,
                     format!(
@@ -289,13 +279,9 @@ impl Reader {
             &Protocol::ALL.map(Protocol::as_str),
             Protocol::parse,
         );
-        let when = self.name(
-            table,
-            "when",
-            n,
-            &Condition::ALL.map(Condition::as_str),
-            |s| Condition::ALL.into_iter().find(|c| c.as_str() == s),
-        );
+        let when = self.name(table, "when", n, &Condition::ALL.map(Condition::as_str), |s| {
+            Condition::ALL.into_iter().find(|c| c.as_str() == s)
+        });
         let category = match self.name(
             table,
             "category",
@@ -317,9 +303,7 @@ impl Reader {
         let (codes, category) = (codes?, category?);
         for code in &codes {
             let shadow = earlier.iter().find(|(_, r)| {
-                r.when.is_none()
-                    && r.codes.contains(code)
-                    && (r.protocol.is_none() || r.protocol == protocol)
+                r.when.is_none() && r.codes.contains(code) && (r.protocol.is_none() || r.protocol == protocol)
             });
             if let Some((i, _)) = shadow {
                 let span = table.get("codes").and_then(Item::span);
@@ -353,10 +337,7 @@ impl Reader {
                 if found.is_none() {
                     self.problem(
                         item.span(),
-                        format!(
-                            "rule {n}: unknown {key} `{s}`; expected one of: {}",
-                            allowed.join(", ")
-                        ),
+                        format!("rule {n}: unknown {key} `{s}`; expected one of: {}", allowed.join(", ")),
                     );
                 }
                 found
@@ -364,10 +345,7 @@ impl Reader {
             None => {
                 self.problem(
                     item.span(),
-                    format!(
-                        "rule {n}: `{key}` must be a string, found {}",
-                        item.type_name()
-                    ),
+                    format!("rule {n}: `{key}` must be a string, found {}", item.type_name()),
                 );
                 None
             }
@@ -404,20 +382,14 @@ impl Reader {
                 }
                 Some(code) => {
                     if !codes.insert(Arc::from(code)) {
-                        self.problem(
-                            value.span(),
-                            format!("rule {n}: code `{code}` is listed twice"),
-                        );
+                        self.problem(value.span(), format!("rule {n}: code `{code}` is listed twice"));
                         ok = false;
                     }
                 }
                 None => {
                     self.problem(
                         value.span(),
-                        format!(
-                            "rule {n}: codes must be strings, found {}",
-                            value.type_name()
-                        ),
+                        format!("rule {n}: codes must be strings, found {}", value.type_name()),
                     );
                     ok = false;
                 }
@@ -483,9 +455,7 @@ mod tests {
 
     #[test]
     fn a_new_code_is_one_line() {
-        let text = format!(
-            "{BUILTIN_TABLE}\n[[rule]]\ncodes = [\"NEW_DEAD\"]\ncategory = \"token-dead\"\n"
-        );
+        let text = format!("{BUILTIN_TABLE}\n[[rule]]\ncodes = [\"NEW_DEAD\"]\ncategory = \"token-dead\"\n");
         let t = Classification::parse(&text, "test").expect("valid");
         assert_eq!(
             t.classify(Protocol::V1, "NEW_DEAD", Facts::default()),
@@ -550,10 +520,7 @@ category = "bad-message"
     fn syntax_errors_have_a_line() {
         let err = Classification::parse("[[rule]]\ncodes = [\n", "t.toml").expect_err("invalid");
         assert_eq!(err.problems.len(), 1);
-        assert!(
-            err.problems[0].message.starts_with("not valid TOML"),
-            "{err}"
-        );
+        assert!(err.problems[0].message.starts_with("not valid TOML"), "{err}");
         assert!(err.problems[0].line.is_some());
     }
 }

@@ -54,10 +54,7 @@ impl Guard {
     fn check(&self) -> Vec<String> {
         let mut problems = Vec::new();
         if !(0.0..=1.0).contains(&self.share) {
-            problems.push(format!(
-                "guard share must be between 0 and 1, found {}",
-                self.share
-            ));
+            problems.push(format!("guard share must be between 0 and 1, found {}", self.share));
         }
         if self.window_ms == 0 {
             problems.push("guard window must be at least 1 ms".to_owned());
@@ -113,9 +110,7 @@ impl DeliveryConfig {
                 Ok(text) => Classification::parse(&text, &path.display().to_string()),
                 Err(e) => {
                     return Err(DeliveryConfigError {
-                        problems: std::iter::once(read_problem(path, &e))
-                            .chain(guard.check())
-                            .collect(),
+                        problems: std::iter::once(read_problem(path, &e)).chain(guard.check()).collect(),
                         table: None,
                     });
                 }

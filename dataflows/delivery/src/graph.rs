@@ -89,12 +89,7 @@ impl Latest {
     fn of(c: &Classified) -> Latest {
         let r = &c.report;
         let verdict = match (&r.outcome, c.category) {
-            (
-                Outcome::Delivered {
-                    replacement: Some(new),
-                },
-                _,
-            ) => Verdict::Replaced {
+            (Outcome::Delivered { replacement: Some(new) }, _) => Verdict::Replaced {
                 new_token: Arc::clone(new),
             },
             (Outcome::Failed { code, .. }, Some(Category::TokenDead)) => Verdict::Dead {
@@ -125,16 +120,11 @@ type SenderProblem = (u64, Str, Str, Protocol);
 
 /// Whether a report is a sender-id mismatch.
 fn is_mismatch(r: &Report) -> bool {
-    r.code()
-        .is_some_and(|c| SENDER_ID_MISMATCH_CODES.contains(&&**c))
+    r.code().is_some_and(|c| SENDER_ID_MISMATCH_CODES.contains(&&**c))
 }
 
 /// Builds the dataflow; see [`crate::delivery`].
-pub(crate) fn build<'s>(
-    reports: Rows<'s>,
-    config: &DeliveryConfig,
-    name: &str,
-) -> DeliveryOutputs<'s> {
+pub(crate) fn build<'s>(reports: Rows<'s>, config: &DeliveryConfig, name: &str) -> DeliveryOutputs<'s> {
     let guard = config.guard;
     let stage: Str = Arc::from(format!("node {name}"));
     let table = Arc::clone(&config.classification);
@@ -148,9 +138,7 @@ pub(crate) fn build<'s>(
         .map(move |row: Row| match Report::decode(&row.val) {
             Ok(report) => {
                 let category = match &report.outcome {
-                    Outcome::Failed { code, facts } => {
-                        Some(table.classify(report.protocol, code, *facts))
-                    }
+                    Outcome::Failed { code, facts } => Some(table.classify(report.protocol, code, *facts)),
                     Outcome::Delivered { .. } => None,
                 };
                 Ok(Classified { report, category })
@@ -181,9 +169,7 @@ pub(crate) fn build<'s>(
                     *latest = Some(report);
                 }
             },
-            |token, latest| {
-                (latest.verdict != Verdict::Alive).then(|| (token.clone(), latest.clone()))
-            },
+            |token, latest| (latest.verdict != Verdict::Alive).then(|| (token.clone(), latest.clone())),
         );
 
     // Rule 3: each app's windows, and the ones that trip the guard.
@@ -220,24 +206,12 @@ pub(crate) fn build<'s>(
     let held = mismatched
         .clone()
         .arrange_by_key_named(&format!("{name}: mismatch unsubscribes by window"))
-        .join_core(tripped_keys, |window, unsub, _| {
-            Some((window.clone(), unsub.clone()))
-        });
-    let released = mismatched
-        .concat(held.clone().negate())
-        .map(|(_, unsub)| unsub);
+        .join_core(tripped_keys, |window, unsub, _| Some((window.clone(), unsub.clone())));
+    let released = mismatched.concat(held.clone().negate()).map(|(_, unsub)| unsub);
 
     let dead = verdicts
         .clone()
-        .filter(|(_, l)| {
-            matches!(
-                l.verdict,
-                Verdict::Dead {
-                    mismatch: false,
-                    ..
-                }
-            )
-        })
+        .filter(|(_, l)| matches!(l.verdict, Verdict::Dead { mismatch: false, .. }))
         .concat(released);
     let replaced = verdicts.filter(|(_, l)| matches!(l.verdict, Verdict::Replaced { .. }));
     let unsubscribes = dead
@@ -261,14 +235,9 @@ pub(crate) fn build<'s>(
         .arrange_by_key_named(&format!("{name}: held unsubscribes by latest window"));
     let mismatch_alerts = tripped
         .arrange_by_key_named(&format!("{name}: tripped window tallies"))
-        .join_core(
-            held_per_app,
-            move |(app, start), &(reports, mismatches), &held| {
-                Some(mismatch_alert(
-                    app, *start, guard, reports, mismatches, held,
-                ))
-            },
-        );
+        .join_core(held_per_app, move |(app, start), &(reports, mismatches), &held| {
+            Some(mismatch_alert(app, *start, guard, reports, mismatches, held))
+        });
 
     // Alerts: an app whose latest outcome is a sender-configuration error.
     let (sender_alerts, apps) = ok
@@ -293,9 +262,7 @@ pub(crate) fn build<'s>(
             |app, h| {
                 let p = h.problem.as_ref()?;
                 // At equal `ts` the success wins, as for tokens.
-                h.delivered
-                    .is_none_or(|d| p.0 > d)
-                    .then(|| sender_alert(app, p))
+                h.delivered.is_none_or(|d| p.0 > d).then(|| sender_alert(app, p))
             },
         );
     let alerts = mismatch_alerts.concat(sender_alerts);
@@ -380,35 +347,19 @@ fn stats_row(key: &StatKey, count: u64) -> Row {
 }
 
 fn alert_key(app: &Str, kind: &str) -> Value {
-    Value::map([
-        ("app", Value::Str(Arc::clone(app))),
-        ("kind", Value::from(kind)),
-    ])
+    Value::map([("app", Value::Str(Arc::clone(app))), ("kind", Value::from(kind))])
 }
 
-fn mismatch_alert(
-    app: &Str,
-    start: u64,
-    guard: Guard,
-    reports: u64,
-    mismatches: u64,
-    held: u64,
-) -> Row {
+fn mismatch_alert(app: &Str, start: u64, guard: Guard, reports: u64, mismatches: u64, held: u64) -> Row {
     Row::derived(
         alert_key(app, ALERT_SENDER_ID_MISMATCH),
         Value::map([
             ("held", Value::from(held)),
             ("window_start", Value::from(start)),
-            (
-                "window_end",
-                Value::from(start.saturating_add(guard.window_ms)),
-            ),
+            ("window_end", Value::from(start.saturating_add(guard.window_ms))),
             ("reports", Value::from(reports)),
             ("mismatches", Value::from(mismatches)),
-            (
-                "share",
-                Value::from(mismatches as f64 / reports.max(1) as f64),
-            ),
+            ("share", Value::from(mismatches as f64 / reports.max(1) as f64)),
         ]),
     )
 }

@@ -49,23 +49,15 @@ mod report;
 use sluice_runtime::operators::fold::FoldState;
 use sluice_runtime::{DeadLetters, Rows};
 
-pub use classify::{
-    BUILTIN_TABLE, Category, Classification, Condition, Rule, TableError, TableProblem,
-};
+pub use classify::{BUILTIN_TABLE, Category, Classification, Condition, Rule, TableError, TableProblem};
 pub use config::{
-    DEFAULT_GUARD_MIN_REPORTS, DEFAULT_GUARD_SHARE, DEFAULT_GUARD_WINDOW_MS, DeliveryConfig,
-    DeliveryConfigError, Guard,
+    DEFAULT_GUARD_MIN_REPORTS, DEFAULT_GUARD_SHARE, DEFAULT_GUARD_WINDOW_MS, DeliveryConfig, DeliveryConfigError, Guard,
 };
 pub use graph::{ALERT_SENDER_CONFIG, ALERT_SENDER_ID_MISMATCH, SENDER_ID_MISMATCH_CODES};
 pub use report::{DecodeError, Facts, Outcome, Protocol, Report};
 
 /// The names of the outputs, in the order of [`DeliveryOutputs`]' fields.
-pub const OUTPUTS: &[&str] = &[
-    "unsubscribes",
-    "token_replacements",
-    "error_stats",
-    "alerts",
-];
+pub const OUTPUTS: &[&str] = &["unsubscribes", "token_replacements", "error_stats", "alerts"];
 
 /// The collections the delivery dataflow produces.
 pub struct DeliveryOutputs<'s> {

@@ -56,9 +56,7 @@ impl Protocol {
 }
 
 /// What the error object says beyond its code, for the table's `when` conditions.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Facts {
     /// The error is about the token: a `BadRequest` field violation on `message.token`, or
     /// the message "not a valid FCM registration token".
@@ -149,8 +147,8 @@ impl Report {
         let app = non_empty(event, "app")?;
         let push_token = non_empty(event, "push_token")?;
         let protocol_name = required_str(event, "protocol")?;
-        let protocol = Protocol::parse(&protocol_name)
-            .ok_or_else(|| DecodeError::UnknownProtocol(protocol_name.to_string()))?;
+        let protocol =
+            Protocol::parse(&protocol_name).ok_or_else(|| DecodeError::UnknownProtocol(protocol_name.to_string()))?;
         let ts = match event.get("ts").filter(|v| !v.is_null()) {
             None => return Err(DecodeError::Missing("ts")),
             Some(v) => v
@@ -160,17 +158,16 @@ impl Report {
         };
         let spam = match present(event, "spam") {
             None => false,
-            Some(v) => v
-                .as_bool()
-                .ok_or_else(|| wrong_type("spam", "a boolean", v))?,
+            Some(v) => v.as_bool().ok_or_else(|| wrong_type("spam", "a boolean", v))?,
         };
         let message_id = optional_str(event, "message_id")?.unwrap_or_else(|| Arc::from(""));
         let status = required_str(event, "status")?;
         let outcome = match &*status {
             "ok" => Outcome::Delivered {
                 replacement: match protocol {
-                    Protocol::Legacy => optional_str(event, "registration_id")?
-                        .filter(|r| !r.is_empty() && *r != push_token),
+                    Protocol::Legacy => {
+                        optional_str(event, "registration_id")?.filter(|r| !r.is_empty() && *r != push_token)
+                    }
                     Protocol::V1 => None,
                 },
             },
@@ -224,11 +221,7 @@ fn v1_code(error: &Value) -> Result<Arc<str>, DecodeError> {
     if let Some(code) = from_detail {
         return Ok(Arc::from(code));
     }
-    if let Some(status) = error
-        .get("status")
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-    {
+    if let Some(status) = error.get("status").and_then(Value::as_str).filter(|s| !s.is_empty()) {
         return Ok(Arc::from(status));
     }
     match error.get("code").and_then(Value::as_i64) {
@@ -240,17 +233,12 @@ fn v1_code(error: &Value) -> Result<Arc<str>, DecodeError> {
 /// The evidence the table's conditions look at.
 fn facts(error: &Value) -> Result<Facts, DecodeError> {
     let details = details(error)?;
-    let violation = details
-        .iter()
-        .filter(|d| type_ends_with(d, BAD_REQUEST_TYPE))
-        .any(|d| {
-            d.get("fieldViolations")
-                .and_then(Value::as_list)
-                .is_some_and(|vs| {
-                    vs.iter()
-                        .any(|v| v.get("field").and_then(Value::as_str) == Some(TOKEN_FIELD))
-                })
-        });
+    let violation = details.iter().filter(|d| type_ends_with(d, BAD_REQUEST_TYPE)).any(|d| {
+        d.get("fieldViolations").and_then(Value::as_list).is_some_and(|vs| {
+            vs.iter()
+                .any(|v| v.get("field").and_then(Value::as_str) == Some(TOKEN_FIELD))
+        })
+    });
     let message = error
         .get("message")
         .and_then(Value::as_str)
@@ -265,9 +253,7 @@ fn facts(error: &Value) -> Result<Facts, DecodeError> {
 fn details(error: &Value) -> Result<&[Value], DecodeError> {
     match error.get("details").filter(|d| !d.is_null()) {
         None => Ok(&[]),
-        Some(d) => d
-            .as_list()
-            .ok_or_else(|| wrong_type("error.details", "a list", d)),
+        Some(d) => d.as_list().ok_or_else(|| wrong_type("error.details", "a list", d)),
     }
 }
 
@@ -333,13 +319,11 @@ mod tests {
     #[test]
     fn v1_code_prefers_fcm_error_then_status_then_http() {
         let fcm = r#"{"@type":"type.googleapis.com/google.firebase.fcm.v1.FcmError","errorCode":"UNREGISTERED"}"#;
-        let with_detail = format!(
-            r#"{{{BASE},"protocol":"fcm-v1","error":{{"code":404,"status":"NOT_FOUND","details":[{fcm}]}}}}"#
-        );
+        let with_detail =
+            format!(r#"{{{BASE},"protocol":"fcm-v1","error":{{"code":404,"status":"NOT_FOUND","details":[{fcm}]}}}}"#);
         assert_eq!(code(&with_detail), "UNREGISTERED");
-        let status_only = format!(
-            r#"{{{BASE},"protocol":"fcm-v1","error":{{"code":403,"status":"PERMISSION_DENIED"}}}}"#
-        );
+        let status_only =
+            format!(r#"{{{BASE},"protocol":"fcm-v1","error":{{"code":403,"status":"PERMISSION_DENIED"}}}}"#);
         assert_eq!(code(&status_only), "PERMISSION_DENIED");
         let http_only = format!(r#"{{{BASE},"protocol":"fcm-legacy","error":{{"code":401}}}}"#);
         assert_eq!(code(&http_only), "HTTP_401");
@@ -414,7 +398,8 @@ mod tests {
 
     #[test]
     fn registration_id_is_a_legacy_replacement_only() {
-        let legacy = r#"{"app":"a","push_token":"t","ts":1,"protocol":"fcm-legacy","status":"ok","registration_id":"n"}"#;
+        let legacy =
+            r#"{"app":"a","push_token":"t","ts":1,"protocol":"fcm-legacy","status":"ok","registration_id":"n"}"#;
         assert_eq!(
             decode(legacy).expect("decodes").outcome,
             Outcome::Delivered {

@@ -36,18 +36,13 @@ fn oracle(config: &DeliveryConfig, reports: &[String]) -> Expected {
         .filter_map(|json| Report::decode(&Value::from_json_str(json).ok()?).ok())
         .map(|r| {
             let category = match &r.outcome {
-                Outcome::Failed { code, facts } => {
-                    Some(config.classification.classify(r.protocol, code, *facts))
-                }
+                Outcome::Failed { code, facts } => Some(config.classification.classify(r.protocol, code, *facts)),
                 Outcome::Delivered { .. } => None,
             };
             (r, category)
         })
         .collect();
-    let is_mismatch = |r: &Report| {
-        r.code()
-            .is_some_and(|c| SENDER_ID_MISMATCH_CODES.contains(&&**c))
-    };
+    let is_mismatch = |r: &Report| r.code().is_some_and(|c| SENDER_ID_MISMATCH_CODES.contains(&&**c));
     let mut out = Expected::default();
 
     // The latest report per token.
@@ -87,24 +82,17 @@ fn oracle(config: &DeliveryConfig, reports: &[String]) -> Expected {
         match (&r.outcome, category) {
             (Outcome::Failed { code, .. }, Some(Category::TokenDead)) => {
                 if is_mismatch(r) && tripped(app, r.ts) {
-                    held.entry(Arc::clone(app))
-                        .or_default()
-                        .push(guard.window_start(r.ts));
+                    held.entry(Arc::clone(app)).or_default().push(guard.window_start(r.ts));
                 } else {
-                    let val = json!({"reason": "token-dead", "code": &**code, "protocol": r.protocol.as_str(), "ts": r.ts});
+                    let val =
+                        json!({"reason": "token-dead", "code": &**code, "protocol": r.protocol.as_str(), "ts": r.ts});
                     out.unsubscribes.insert(key, json(val));
                 }
             }
-            (
-                Outcome::Delivered {
-                    replacement: Some(new),
-                },
-                _,
-            ) => {
+            (Outcome::Delivered { replacement: Some(new) }, _) => {
                 let val = json!({"reason": "replaced", "code": null, "protocol": r.protocol.as_str(), "ts": r.ts});
                 out.unsubscribes.insert(key.clone(), json(val));
-                out.replacements
-                    .insert(key, json(json!({"new_token": &**new})));
+                out.replacements.insert(key, json(json!({"new_token": &**new})));
             }
             _ => {}
         }
@@ -137,12 +125,7 @@ fn oracle(config: &DeliveryConfig, reports: &[String]) -> Expected {
                 *d = (*d).max(r.ts);
             }
             (Outcome::Failed { code, .. }, Some(Category::SenderConfig)) => {
-                let p = (
-                    r.ts,
-                    Arc::clone(&r.message_id),
-                    Arc::clone(code),
-                    r.protocol.as_str(),
-                );
+                let p = (r.ts, Arc::clone(&r.message_id), Arc::clone(code), r.protocol.as_str());
                 if problems.get(&r.app).is_none_or(|q| p > *q) {
                     problems.insert(Arc::clone(&r.app), p);
                 }
@@ -153,10 +136,8 @@ fn oracle(config: &DeliveryConfig, reports: &[String]) -> Expected {
     for (app, (ts, _, code, protocol)) in problems {
         if delivered.get(&app).is_none_or(|&d| ts > d) {
             let val = json!({"code": &*code, "protocol": protocol, "ts": ts});
-            out.alerts.insert(
-                json(json!({"app": &*app, "kind": "sender-config"})),
-                json(val),
-            );
+            out.alerts
+                .insert(json(json!({"app": &*app, "kind": "sender-config"})), json(val));
         }
     }
 
@@ -178,11 +159,7 @@ fn oracle(config: &DeliveryConfig, reports: &[String]) -> Expected {
 
 /// Random reports over 2 apps × 12 tokens and 4 guard windows; some (app, window) pairs are
 /// mismatch storms. Returns the reports and how many of them are malformed.
-fn random_reports(
-    rng: &mut SmallRng,
-    count: usize,
-    config: &DeliveryConfig,
-) -> (Vec<String>, usize) {
+fn random_reports(rng: &mut SmallRng, count: usize, config: &DeliveryConfig) -> (Vec<String>, usize) {
     let apps = ["app1", "app2"];
     let window = config.guard.window_ms;
     let storms: Vec<(usize, u64)> = (0..apps.len())
@@ -294,14 +271,8 @@ fn check(seed: u64, workers: usize) {
             got.replacements, expected.replacements,
             "seed {seed}, time {time}: replacements"
         );
-        assert_eq!(
-            got.stats, expected.stats,
-            "seed {seed}, time {time}: error_stats"
-        );
-        assert_eq!(
-            got.alerts, expected.alerts,
-            "seed {seed}, time {time}: alerts"
-        );
+        assert_eq!(got.stats, expected.stats, "seed {seed}, time {time}: error_stats");
+        assert_eq!(got.alerts, expected.alerts, "seed {seed}, time {time}: alerts");
     }
     assert_eq!(out.dead_letters().len(), bad, "seed {seed}: dead letters");
 }
@@ -330,16 +301,8 @@ fn the_oracle_sees_every_kind_of_outcome() {
         let e = oracle(&config, &reports);
         seen[0] += e.unsubscribes.len();
         seen[1] += e.replacements.len();
-        seen[2] += e
-            .alerts
-            .keys()
-            .filter(|k| k.contains("sender-id-mismatch"))
-            .count();
-        seen[3] += e
-            .alerts
-            .keys()
-            .filter(|k| k.contains("sender-config"))
-            .count();
+        seen[2] += e.alerts.keys().filter(|k| k.contains("sender-id-mismatch")).count();
+        seen[3] += e.alerts.keys().filter(|k| k.contains("sender-config")).count();
     }
     assert!(seen.iter().all(|&n| n > 0), "{seen:?}");
 }

@@ -46,9 +46,7 @@ fn not_registered_and_unregistered_for_one_token_are_one_unsubscribe() {
     assert_eq!(unsubscribes.len(), 1, "{unsubscribes:?}");
     assert_eq!(
         unsubscribes[&token_key("t1")],
-        json(
-            json!({"reason": "token-dead", "code": "UNREGISTERED", "protocol": "fcm-v1", "ts": 20})
-        )
+        json(json!({"reason": "token-dead", "code": "UNREGISTERED", "protocol": "fcm-v1", "ts": 20}))
     );
     // One unsubscribe at every time, never two rows for the token.
     assert_eq!(out.upserts_at(UNSUBSCRIBES, 1).len(), 1);
@@ -150,9 +148,7 @@ fn thousand_tokens_all_reporting_sender_id_mismatch_raise_an_alert_not_a_mass_un
     let unsubscribed: Vec<String> = out.upserts(UNSUBSCRIBES).into_keys().collect();
     assert_eq!(
         unsubscribed,
-        (0..5)
-            .map(|i| token_key(&format!("dead{i}")))
-            .collect::<Vec<_>>()
+        (0..5).map(|i| token_key(&format!("dead{i}"))).collect::<Vec<_>>()
     );
     let alerts = out.upserts(ALERTS);
     assert_eq!(alerts.len(), 1);
@@ -183,11 +179,7 @@ fn thousand_tokens_all_reporting_sender_id_mismatch_raise_an_alert_not_a_mass_un
 fn a_lone_mismatch_in_a_quiet_window_unsubscribes() {
     let out = run(
         &config(),
-        &[vec![v1_error(
-            "t1",
-            10,
-            fcm("PERMISSION_DENIED", "SENDER_ID_MISMATCH"),
-        )]],
+        &[vec![v1_error("t1", 10, fcm("PERMISSION_DENIED", "SENDER_ID_MISMATCH"))]],
         1,
     );
     assert_eq!(out.upserts(UNSUBSCRIBES).len(), 1);
@@ -200,9 +192,7 @@ fn late_reports_that_untrip_a_window_release_held_unsubscribes() {
     let mismatches: Vec<String> = (0..4)
         .map(|i| legacy_error(&format!("t{i}"), 100 + i, "MismatchSenderId"))
         .collect();
-    let successes: Vec<String> = (0..4)
-        .map(|i| ok(&format!("other{i}"), 200 + i, "fcm-v1"))
-        .collect();
+    let successes: Vec<String> = (0..4).map(|i| ok(&format!("other{i}"), 200 + i, "fcm-v1")).collect();
     let out = run(&guard, &[mismatches, successes], 1);
     assert!(
         out.upserts_at(UNSUBSCRIBES, 1).is_empty(),
@@ -215,8 +205,7 @@ fn late_reports_that_untrip_a_window_release_held_unsubscribes() {
 
 #[test]
 fn legacy_registration_id_replaces_and_retires_the_token() {
-    let mut replaced: serde_json::Value =
-        serde_json::from_str(&ok("old", 10, "fcm-legacy")).expect("json");
+    let mut replaced: serde_json::Value = serde_json::from_str(&ok("old", 10, "fcm-legacy")).expect("json");
     replaced["registration_id"] = json!("new");
     let out = run(&config(), &[vec![replaced.to_string()]], 1);
     assert_eq!(
@@ -230,10 +219,7 @@ fn legacy_registration_id_replaces_and_retires_the_token() {
     // A later plain success of the old token means it came back.
     let out = run(
         &config(),
-        &[
-            vec![replaced.to_string()],
-            vec![ok("old", 11, "fcm-legacy")],
-        ],
+        &[vec![replaced.to_string()], vec![ok("old", 11, "fcm-legacy")]],
         1,
     );
     assert!(out.upserts(REPLACEMENTS).is_empty());
@@ -254,10 +240,7 @@ fn sender_config_errors_alert_until_a_later_success() {
         json(json!({"code": "UNAUTHENTICATED", "protocol": "fcm-v1", "ts": 10}))
     );
     assert!(out.upserts(ALERTS).is_empty());
-    assert!(
-        out.upserts(UNSUBSCRIBES).is_empty(),
-        "never the token's fault"
-    );
+    assert!(out.upserts(UNSUBSCRIBES).is_empty(), "never the token's fault");
 }
 
 #[test]
@@ -265,8 +248,7 @@ fn bad_input_is_dead_lettered_with_position_and_reason_and_good_records_are_unaf
     let batches = vec![vec![
         legacy_error("t1", 10, "NotRegistered"),
         json!({"app": "app1", "protocol": "fcm-v1", "status": "ok", "ts": 5}).to_string(),
-        json!({"app": "app1", "push_token": "t2", "protocol": "apns", "status": "ok", "ts": 5})
-            .to_string(),
+        json!({"app": "app1", "push_token": "t2", "protocol": "apns", "status": "ok", "ts": 5}).to_string(),
         json!([1, 2]).to_string(),
         legacy_error("t3", 10, "NotRegistered"),
     ]];
@@ -295,9 +277,7 @@ fn bad_input_is_dead_lettered_with_position_and_reason_and_good_records_are_unaf
             (
                 pos(2),
                 "unknown protocol `apns`; expected `fcm-legacy` or `fcm-v1`".to_owned(),
-                json(
-                    json!({"app": "app1", "push_token": "t2", "protocol": "apns", "status": "ok", "ts": 5})
-                )
+                json(json!({"app": "app1", "push_token": "t2", "protocol": "apns", "status": "ok", "ts": 5}))
             ),
             (
                 pos(3),

@@ -59,7 +59,12 @@ impl Expr {
                 column: first.map_or(1, |p| p.pos.1.max(0) as usize + 1),
             }
         })?;
-        let variables: BTreeSet<String> = program.references().variables().into_iter().map(str::to_owned).collect();
+        let variables: BTreeSet<String> = program
+            .references()
+            .variables()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
         let fields = variables
             .iter()
             .filter(|v| *v != "record" && *v != "key")
@@ -119,7 +124,10 @@ impl Evaluator {
     pub fn eval_bool(&self, record: &Value, key: &Value) -> Result<bool, EvalError> {
         match self.eval(record, key)? {
             Value::Bool(b) => Ok(b),
-            other => Err(EvalError(format!("the condition gave {}, not a boolean", other.type_name()))),
+            other => Err(EvalError(format!(
+                "the condition gave {}, not a boolean",
+                other.type_name()
+            ))),
         }
     }
 }

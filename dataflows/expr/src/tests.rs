@@ -5,7 +5,10 @@ fn rec(json: &str) -> Value {
 }
 
 fn eval(src: &str, json: &str) -> Result<Value, EvalError> {
-    Expr::compile(src).expect("compiles").evaluator().eval(&rec(json), &Value::Null)
+    Expr::compile(src)
+        .expect("compiles")
+        .evaluator()
+        .eval(&rec(json), &Value::Null)
 }
 
 #[test]
@@ -19,7 +22,10 @@ fn fields_are_variables() {
 #[test]
 fn nested_maps_lists_and_has() {
     let r = r#"{"data":{"body":{"x":1,"tags":["a","b"]},"headers":{"y":"z"}}}"#;
-    assert_eq!(eval(r#"data.body.x == 1 && data.headers.y == "z""#, r), Ok(Value::Bool(true)));
+    assert_eq!(
+        eval(r#"data.body.x == 1 && data.headers.y == "z""#, r),
+        Ok(Value::Bool(true))
+    );
     assert_eq!(eval(r#""b" in data.body.tags"#, r), Ok(Value::Bool(true)));
     assert_eq!(eval("has(data.body.missing)", r), Ok(Value::Bool(false)));
     assert_eq!(eval("size(data.body.tags)", r), Ok(Value::Int(2)));
@@ -43,9 +49,15 @@ fn missing_fields_and_type_errors_are_errors_not_panics() {
 
 #[test]
 fn map_results_convert_back_losslessly() {
-    let out = eval(r#"{"name": user, "n": n, "f": 1.5, "l": [1, "two", null], "b": true}"#, r#"{"user":"u1","n":18446744073709551615}"#)
-        .expect("evaluates");
-    assert_eq!(out.to_json_string(), r#"{"b":true,"f":1.5,"l":[1,"two",null],"n":18446744073709551615,"name":"u1"}"#);
+    let out = eval(
+        r#"{"name": user, "n": n, "f": 1.5, "l": [1, "two", null], "b": true}"#,
+        r#"{"user":"u1","n":18446744073709551615}"#,
+    )
+    .expect("evaluates");
+    assert_eq!(
+        out.to_json_string(),
+        r#"{"b":true,"f":1.5,"l":[1,"two",null],"n":18446744073709551615,"name":"u1"}"#
+    );
 }
 
 #[test]

@@ -61,12 +61,7 @@ pub trait KeyedFold<'s, K, E>: Sized {
     ///     );
     /// });
     /// ```
-    fn keyed_fold_named<S, O, F, R>(
-        self,
-        name: &str,
-        fold: F,
-        render: R,
-    ) -> VecCollection<'s, Time, O, Diff>
+    fn keyed_fold_named<S, O, F, R>(self, name: &str, fold: F, render: R) -> VecCollection<'s, Time, O, Diff>
     where
         S: 'static,
         O: Data,
@@ -140,12 +135,7 @@ where
             self.inner,
             name,
             |((k, _), _, _): &((K, E), Time, Diff)| k.hashed(),
-            |((k, e), time, diff), _| {
-                usize::try_from(diff)
-                    .ok()
-                    .filter(|&n| n > 0)
-                    .map(|n| (k, e, time, n))
-            },
+            |((k, e), time, diff), _| usize::try_from(diff).ok().filter(|&n| n > 0).map(|n| (k, e, time, n)),
             fold,
             render,
         )
@@ -180,12 +170,7 @@ impl<K: Ord + Clone, S: Clone> FoldState<K, S> {
 
     /// A copy of this worker's state, sorted by key (so it can be written deterministically).
     pub fn snapshot(&self) -> Vec<(K, S)> {
-        let mut all: Vec<(K, S)> = self
-            .map
-            .borrow()
-            .iter()
-            .map(|(k, s)| (k.clone(), s.clone()))
-            .collect();
+        let mut all: Vec<(K, S)> = self.map.borrow().iter().map(|(k, s)| (k.clone(), s.clone())).collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
     }

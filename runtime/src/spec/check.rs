@@ -25,12 +25,13 @@ pub struct Graph {
 
 /// Checks references, cycles and shapes; returns every problem found.
 pub fn check(p: &Pipeline) -> Result<Graph, Vec<Problem>> {
-    check_partial(p, &BTreeSet::new())
+    check_partial(p, &BTreeSet::new(), false)
 }
 
 /// As [`check`], for a pipeline some of whose elements did not parse: references to the
-/// `broken` names are not reported again, and shapes are not inferred past them.
-pub fn check_partial(p: &Pipeline, broken: &BTreeSet<String>) -> Result<Graph, Vec<Problem>> {
+/// `broken` names are not reported again, shapes are not inferred past them, and a pipeline
+/// whose sinks all failed to parse (`broken_sinks`) is not also said to have none.
+pub fn check_partial(p: &Pipeline, broken: &BTreeSet<String>, broken_sinks: bool) -> Result<Graph, Vec<Problem>> {
     let file = p.file.as_path();
     let mut problems = Vec::new();
 
@@ -44,7 +45,10 @@ pub fn check_partial(p: &Pipeline, broken: &BTreeSet<String>) -> Result<Graph, V
             problems.push(Problem::at(
                 file,
                 &n.name,
-                format!("`{}` is already the name of a source; names are shared by sources and nodes", n.name.value),
+                format!(
+                    "`{}` is already the name of a source; names are shared by sources and nodes",
+                    n.name.value
+                ),
             ));
         }
         producers.insert(&n.name.value, n.spec.outputs());
@@ -71,7 +75,11 @@ pub fn check_partial(p: &Pipeline, broken: &BTreeSet<String>) -> Result<Graph, V
                 let hint = nearest(&r.value, &candidates)
                     .map(|n| format!("; did you mean `{n}`?"))
                     .unwrap_or_else(|| format!("; defined: {}", candidates.join(", ")));
-                problems.push(Problem::at(file, r, format!("`{}` is not a source or node{hint}", r.value)));
+                problems.push(Problem::at(
+                    file,
+                    r,
+                    format!("`{}` is not a source or node{hint}", r.value),
+                ));
                 false
             }
             (Some(outs), None) if !outs.is_empty() => {
@@ -96,8 +104,12 @@ pub fn check_partial(p: &Pipeline, broken: &BTreeSet<String>) -> Result<Graph, V
         }
     };
 
-    let node_index: BTreeMap<&str, usize> =
-        p.nodes.iter().enumerate().map(|(i, n)| (n.name.value.as_str(), i)).collect();
+    let node_index: BTreeMap<&str, usize> = p
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.name.value.as_str(), i))
+        .collect();
     let mut deps: Vec<Vec<usize>> = vec![Vec::new(); p.nodes.len()];
     let mut refs_ok = true;
     for (i, n) in p.nodes.iter().enumerate() {
@@ -112,7 +124,7 @@ pub fn check_partial(p: &Pipeline, broken: &BTreeSet<String>) -> Result<Graph, V
     for s in &p.sinks {
         refs_ok &= resolve(&s.input, &mut problems);
     }
-    if p.sinks.is_empty() {
+    if p.sinks.is_empty() && !broken_sinks {
         problems.push(Problem {
             file: file.to_path_buf(),
             loc: None,
@@ -137,7 +149,9 @@ pub fn check_partial(p: &Pipeline, broken: &BTreeSet<String>) -> Result<Graph, V
     };
     let shapes = infer_shapes(p, &order, &mut problems);
     for s in &p.sinks {
-        let Some(shape) = shapes.get(&s.input.value) else { continue };
+        let Some(shape) = shapes.get(&s.input.value) else {
+            continue;
+        };
         match s.mode.value {
             SinkMode::Upsert if !shape.keyed => problems.push(Problem::at(
                 file,
@@ -158,7 +172,11 @@ pub fn check_partial(p: &Pipeline, broken: &BTreeSet<String>) -> Result<Graph, V
             _ => {}
         }
     }
-    if problems.is_empty() && refs_ok { Ok(Graph { order, shapes }) } else { Err(sorted(problems)) }
+    if problems.is_empty() && refs_ok {
+        Ok(Graph { order, shapes })
+    } else {
+        Err(sorted(problems))
+    }
 }
 
 fn sorted(mut problems: Vec<Problem>) -> Vec<Problem> {
@@ -172,7 +190,13 @@ fn topo_order(deps: &[Vec<usize>]) -> Result<Vec<usize>, Vec<usize>> {
     let n = deps.len();
     let mut state = vec![0u8; n]; // 0 new, 1 on stack, 2 done
     let mut order = Vec::with_capacity(n);
-    fn visit(i: usize, deps: &[Vec<usize>], state: &mut [u8], order: &mut Vec<usize>, stack: &mut Vec<usize>) -> Result<(), Vec<usize>> {
+    fn visit(
+        i: usize,
+        deps: &[Vec<usize>],
+        state: &mut [u8],
+        order: &mut Vec<usize>,
+        stack: &mut Vec<usize>,
+    ) -> Result<(), Vec<usize>> {
         match state[i] {
             2 => return Ok(()),
             1 => {
@@ -202,8 +226,14 @@ fn infer_shapes(p: &Pipeline, order: &[usize], problems: &mut Vec<Problem>) -> B
     let mut shapes = BTreeMap::new();
     for s in &p.sources {
         let shape = match &s.envelope {
-            Envelope::Append { key } => Shape { keyed: key.is_some(), append_only: true },
-            Envelope::Upsert { .. } => Shape { keyed: true, append_only: false },
+            Envelope::Append { key } => Shape {
+                keyed: key.is_some(),
+                append_only: true,
+            },
+            Envelope::Upsert { .. } => Shape {
+                keyed: true,
+                append_only: false,
+            },
         };
         shapes.insert(s.name.value.clone(), shape);
     }
@@ -211,14 +241,15 @@ fn infer_shapes(p: &Pipeline, order: &[usize], problems: &mut Vec<Problem>) -> B
         let n = &p.nodes[i];
         let get = |r: &Ref| shapes.get(&r.value).copied();
         let need_keyed = |r: &Ref, what: &str, problems: &mut Vec<Problem>| {
-            if let Some(s) = get(r) {
-                if !s.keyed {
-                    problems.push(Problem::at(
-                        file,
-                        r,
-                        format!("{what} needs a keyed input, and `{}` is not keyed; add a `key_by` node or a source `key`", r.value),
-                    ));
-                }
+            if get(r).is_some_and(|s| !s.keyed) {
+                problems.push(Problem::at(
+                    file,
+                    r,
+                    format!(
+                        "{what} needs a keyed input, and `{}` is not keyed; add a `key_by` node or a source `key`",
+                        r.value
+                    ),
+                ));
             }
         };
         let out = match &n.spec {
@@ -236,20 +267,32 @@ fn infer_shapes(p: &Pipeline, order: &[usize], problems: &mut Vec<Problem>) -> B
                         ),
                     ));
                 }
-                Some(Shape { keyed: true, append_only: false })
+                Some(Shape {
+                    keyed: true,
+                    append_only: false,
+                })
             }
             NodeSpec::Join { left, right, .. } => {
                 need_keyed(left, "`join`", problems);
                 need_keyed(right, "`join`", problems);
-                Some(Shape { keyed: true, append_only: false })
+                Some(Shape {
+                    keyed: true,
+                    append_only: false,
+                })
             }
             NodeSpec::Count { input } => {
                 need_keyed(input, "`count`", problems);
-                Some(Shape { keyed: true, append_only: false })
+                Some(Shape {
+                    keyed: true,
+                    append_only: false,
+                })
             }
             NodeSpec::Aggregate { input, .. } => {
                 need_keyed(input, "`aggregate`", problems);
-                Some(Shape { keyed: true, append_only: false })
+                Some(Shape {
+                    keyed: true,
+                    append_only: false,
+                })
             }
             NodeSpec::Union { inputs } => {
                 let shapes_in: Vec<Shape> = inputs.iter().filter_map(get).collect();
@@ -270,11 +313,20 @@ fn infer_shapes(p: &Pipeline, order: &[usize], problems: &mut Vec<Problem>) -> B
                     problems.push(Problem::at(
                         file,
                         &d.input,
-                        format!("`delivery` reads delivery reports as events, and `{}` retracts; use an append source", d.input.value),
+                        format!(
+                            "`delivery` reads delivery reports as events, and `{}` retracts; use an append source",
+                            d.input.value
+                        ),
                     ));
                 }
                 for o in n.spec.outputs() {
-                    shapes.insert(format!("{}.{o}", n.name.value), Shape { keyed: true, append_only: false });
+                    shapes.insert(
+                        format!("{}.{o}", n.name.value),
+                        Shape {
+                            keyed: true,
+                            append_only: false,
+                        },
+                    );
                 }
                 None
             }

@@ -7,16 +7,23 @@ use toml_edit::{Document, TableLike};
 
 use super::walk::{Walker, join};
 use super::{
-    AggFunc, AggregateDecl, DeliverySpec, Envelope, FileSourceSpec, Format, JoinKind, KeyFields, Loc,
-    NodeDecl, NodeSpec, Pipeline, Problem, SinkDecl, SinkMode, SinkTarget, SourceDecl, SourceSpec,
-    Spanned,
+    AggFunc, AggregateDecl, DeliverySpec, Envelope, FileSourceSpec, Format, JoinKind, KeyFields, Loc, NodeDecl,
+    NodeSpec, Pipeline, Problem, SinkDecl, SinkMode, SinkTarget, SourceDecl, SourceSpec, Spanned,
 };
 
 const TOP_KEYS: &[&str] = &["pipeline", "dead_letters", "sources", "nodes", "sinks"];
 const PIPELINE_KEYS: &[&str] = &["name", "workers", "epoch_ms"];
 const SOURCE_TYPES: &[&str] = &["file"];
 const NODE_TYPES: &[&str] = &[
-    "filter", "map", "key_by", "latest", "join", "count", "aggregate", "union", "delivery",
+    "filter",
+    "map",
+    "key_by",
+    "latest",
+    "join",
+    "count",
+    "aggregate",
+    "union",
+    "delivery",
 ];
 const SINK_TYPES: &[&str] = &["file", "stdout"];
 
@@ -25,11 +32,7 @@ const SINK_TYPES: &[&str] = &["file", "stdout"];
 /// Returns every problem found (unknown keys, wrong types, missing keys, bad names, missing
 /// variables), sorted by position, or the pipeline when there are none. Graph-level checks
 /// are [`super::check`]'s.
-pub fn parse(
-    file: &Path,
-    text: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Pipeline, Vec<Problem>> {
+pub fn parse(file: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Pipeline, Vec<Problem>> {
     let parsed = parse_partial(file, text, env);
     if parsed.problems.is_empty() {
         parsed.pipeline.ok_or_else(Vec::new)
@@ -48,6 +51,8 @@ pub struct Parsed {
     pub problems: Vec<Problem>,
     /// Names of sources and nodes that failed to parse.
     pub broken: BTreeSet<String>,
+    /// Names of sinks that failed to parse.
+    pub broken_sinks: BTreeSet<String>,
 }
 
 /// Parses as much of the file as possible, so that later checks can report their problems
@@ -62,6 +67,7 @@ pub fn parse_partial(file: &Path, text: &str, env: &dyn Fn(&str) -> Option<Strin
                 pipeline: None,
                 problems: w.problems,
                 broken: BTreeSet::new(),
+                broken_sinks: BTreeSet::new(),
             };
         }
     };
@@ -92,8 +98,7 @@ pub fn parse_partial(file: &Path, text: &str, env: &dyn Fn(&str) -> Option<Strin
         Some(t) => {
             let loc = w.key_loc(root, "dead_letters");
             w.deny_unknown(t, "dead_letters", &["type", "path"]);
-            sink_target(&mut w, t, "dead_letters", loc, &base_dir)
-                .unwrap_or(SinkTarget::Stdout)
+            sink_target(&mut w, t, "dead_letters", loc, &base_dir).unwrap_or(SinkTarget::Stdout)
         }
         None => SinkTarget::File {
             path: PathBuf::from("dead-letters.jsonl"),
@@ -117,10 +122,15 @@ pub fn parse_partial(file: &Path, text: &str, env: &dyn Fn(&str) -> Option<Strin
             None => drop(broken.insert(n)),
         }
     }
-    let sinks = named_tables(&mut w, root, "sinks", &mut broken)
-        .into_iter()
-        .filter_map(|(name, t, loc)| sink(&mut w, name, t, loc, &base_dir))
-        .collect();
+    let mut sinks = Vec::new();
+    let mut broken_sinks = BTreeSet::new();
+    for (name, t, loc) in named_tables(&mut w, root, "sinks", &mut broken_sinks) {
+        let n = name.value.clone();
+        match sink(&mut w, name, t, loc, &base_dir) {
+            Some(s) => sinks.push(s),
+            None => drop(broken_sinks.insert(n)),
+        }
+    }
 
     let mut problems = w.problems;
     problems.sort();
@@ -139,6 +149,7 @@ pub fn parse_partial(file: &Path, text: &str, env: &dyn Fn(&str) -> Option<Strin
         }),
         problems,
         broken,
+        broken_sinks,
     }
 }
 
@@ -157,14 +168,15 @@ fn named_tables<'d>(
         let path = join(section, key);
         let loc = w.key_loc(table, key);
         let Some(t) = item.as_table_like() else {
-            w.problem(item.span(), &path, format!("expected a table: write it as `[{section}.{key}]` with its keys below"));
+            w.problem(
+                item.span(),
+                &path,
+                format!("expected a table: write it as `[{section}.{key}]` with its keys below"),
+            );
             broken.insert(key.to_owned());
             continue;
         };
-        let valid = key
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        let valid = key.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
             && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
         if !valid {
             w.problem_at(
@@ -205,7 +217,11 @@ fn kind(w: &mut Walker, t: &dyn TableLike, path: &str, loc: Option<Loc>, allowed
 /// A required key, reported at the table header when missing.
 fn required(w: &mut Walker, t: &dyn TableLike, key: &str, path: &str, loc: Option<Loc>) -> Option<Spanned<String>> {
     if t.get(key).is_none() {
-        w.problem_at(loc.unwrap_or_default(), &join(path, key), format!("missing required key `{key}`"));
+        w.problem_at(
+            loc.unwrap_or_default(),
+            &join(path, key),
+            format!("missing required key `{key}`"),
+        );
         return None;
     }
     w.string(t, key, path)
@@ -221,7 +237,11 @@ fn key_fields(w: &mut Walker, t: &dyn TableLike, key: &str, path: &str) -> Optio
     for f in &list.value {
         let parts: Vec<String> = f.value.split('.').map(str::to_owned).collect();
         if parts.iter().any(String::is_empty) {
-            w.problem_at(f.loc, &f.path, format!("`{}` is not a field path: write `field` or `outer.inner`", f.value));
+            w.problem_at(
+                f.loc,
+                &f.path,
+                format!("`{}` is not a field path: write `field` or `outer.inner`", f.value),
+            );
             return None;
         }
         fields.push(parts);
@@ -233,7 +253,13 @@ fn key_fields(w: &mut Walker, t: &dyn TableLike, key: &str, path: &str) -> Optio
     })
 }
 
-fn source(w: &mut Walker, name: Spanned<String>, t: &dyn TableLike, loc: Option<Loc>, base: &Path) -> Option<SourceDecl> {
+fn source(
+    w: &mut Walker,
+    name: Spanned<String>,
+    t: &dyn TableLike,
+    loc: Option<Loc>,
+    base: &Path,
+) -> Option<SourceDecl> {
     let path = name.path.clone();
     let ty = kind(w, t, &path, loc, SOURCE_TYPES);
     let common = ["type", "format", "envelope", "key", "deleted_field"];
@@ -245,7 +271,11 @@ fn source(w: &mut Walker, name: Spanned<String>, t: &dyn TableLike, loc: Option<
             let poll_ms = w.uint(t, "poll_ms", &path, 1..=600_000).map_or(100, |p| p.value);
             file.map(|mut f| {
                 f.value = resolve(base, &f.value).to_string_lossy().into_owned();
-                SourceSpec::File(FileSourceSpec { path: f, follow, poll_ms })
+                SourceSpec::File(FileSourceSpec {
+                    path: f,
+                    follow,
+                    poll_ms,
+                })
             })
         }
         _ => None,
@@ -264,7 +294,11 @@ fn source(w: &mut Walker, name: Spanned<String>, t: &dyn TableLike, loc: Option<
         None => Some("append".to_owned()),
         Some(e) if e.value == "append" || e.value == "upsert" => Some(e.value),
         Some(e) => {
-            w.problem_at(e.loc, &e.path, format!("unknown envelope `{}` (one of: append, upsert)", e.value));
+            w.problem_at(
+                e.loc,
+                &e.path,
+                format!("unknown envelope `{}` (one of: append, upsert)", e.value),
+            );
             None
         }
     };
@@ -310,7 +344,14 @@ fn node(w: &mut Walker, name: Spanned<String>, t: &dyn TableLike, loc: Option<Lo
         "count" => &["type", "input"],
         "aggregate" => &["type", "input", "aggregates"],
         "union" => &["type", "inputs"],
-        _ => &["type", "input", "classification", "guard_share", "guard_window_ms", "guard_min_reports"],
+        _ => &[
+            "type",
+            "input",
+            "classification",
+            "guard_share",
+            "guard_window_ms",
+            "guard_min_reports",
+        ],
     };
     w.deny_unknown(t, &path, allowed);
     let spec = match ty.as_str() {
@@ -327,15 +368,25 @@ fn node(w: &mut Walker, name: Spanned<String>, t: &dyn TableLike, loc: Option<Lo
         "key_by" => {
             let input = required(w, t, "input", &path, loc);
             if t.get("key").is_none() {
-                w.problem_at(loc.unwrap_or_default(), &join(&path, "key"), "missing required key `key`");
+                w.problem_at(
+                    loc.unwrap_or_default(),
+                    &join(&path, "key"),
+                    "missing required key `key`",
+                );
             }
             let key = key_fields(w, t, "key", &path);
-            NodeSpec::KeyBy { input: input?, key: key? }
+            NodeSpec::KeyBy {
+                input: input?,
+                key: key?,
+            }
         }
         "latest" => {
             let input = required(w, t, "input", &path, loc);
             let order_by = w.string(t, "order_by", &path);
-            NodeSpec::Latest { input: input?, order_by }
+            NodeSpec::Latest {
+                input: input?,
+                order_by,
+            }
         }
         "join" => {
             let left = required(w, t, "left", &path, loc);
@@ -345,21 +396,38 @@ fn node(w: &mut Walker, name: Spanned<String>, t: &dyn TableLike, loc: Option<Lo
                 Some(k) if k.value == "inner" => Some(JoinKind::Inner),
                 Some(k) if k.value == "left" => Some(JoinKind::Left),
                 Some(k) => {
-                    w.problem_at(k.loc, &k.path, format!("unknown join kind `{}` (one of: inner, left)", k.value));
+                    w.problem_at(
+                        k.loc,
+                        &k.path,
+                        format!("unknown join kind `{}` (one of: inner, left)", k.value),
+                    );
                     None
                 }
             };
-            NodeSpec::Join { left: left?, right: right?, kind: kind? }
+            NodeSpec::Join {
+                left: left?,
+                right: right?,
+                kind: kind?,
+            }
         }
-        "count" => NodeSpec::Count { input: required(w, t, "input", &path, loc)? },
+        "count" => NodeSpec::Count {
+            input: required(w, t, "input", &path, loc)?,
+        },
         "aggregate" => {
             let input = required(w, t, "input", &path, loc);
             let aggregates = aggregates(w, t, &path, loc);
-            NodeSpec::Aggregate { input: input?, aggregates: aggregates? }
+            NodeSpec::Aggregate {
+                input: input?,
+                aggregates: aggregates?,
+            }
         }
         "union" => {
             if t.get("inputs").is_none() {
-                w.problem_at(loc.unwrap_or_default(), &join(&path, "inputs"), "missing required key `inputs`");
+                w.problem_at(
+                    loc.unwrap_or_default(),
+                    &join(&path, "inputs"),
+                    "missing required key `inputs`",
+                );
                 return None;
             }
             let inputs = w.string_list(t, "inputs", &path)?;
@@ -413,7 +481,11 @@ fn aggregates(w: &mut Walker, t: &dyn TableLike, path: &str, loc: Option<Loc>) -
         let p = join(&apath, name);
         let aloc = w.key_loc(aggs, name).unwrap_or_default();
         let Some(a) = item.as_table_like() else {
-            w.problem_at(aloc, &p, "expected a table like `{ func = \"sum\", field = \"amount\" }`");
+            w.problem_at(
+                aloc,
+                &p,
+                "expected a table like `{ func = \"sum\", field = \"amount\" }`",
+            );
             ok = false;
             continue;
         };
@@ -425,7 +497,11 @@ fn aggregates(w: &mut Walker, t: &dyn TableLike, path: &str, loc: Option<Loc>) -
                 "min" => Some(AggFunc::Min),
                 "max" => Some(AggFunc::Max),
                 other => {
-                    w.problem_at(f.loc, &f.path, format!("unknown function `{other}` (one of: count, sum, min, max)"));
+                    w.problem_at(
+                        f.loc,
+                        &f.path,
+                        format!("unknown function `{other}` (one of: count, sum, min, max)"),
+                    );
                     None
                 }
             },
@@ -448,7 +524,11 @@ fn aggregates(w: &mut Walker, t: &dyn TableLike, path: &str, loc: Option<Loc>) -
                 path: p,
             }),
             (Some(_), None) => {
-                w.problem_at(aloc, &join(&p, "field"), "missing required key `field`: the field to aggregate");
+                w.problem_at(
+                    aloc,
+                    &join(&p, "field"),
+                    "missing required key `field`: the field to aggregate",
+                );
                 ok = false;
             }
             (None, _) => ok = false,
@@ -468,11 +548,19 @@ fn sink(w: &mut Walker, name: Spanned<String>, t: &dyn TableLike, loc: Option<Lo
             "changelog" => Some(SinkMode::Changelog),
             "append" => Some(SinkMode::Append),
             other => {
-                w.problem_at(m.loc, &m.path, format!("unknown mode `{other}` (one of: upsert, changelog, append)"));
+                w.problem_at(
+                    m.loc,
+                    &m.path,
+                    format!("unknown mode `{other}` (one of: upsert, changelog, append)"),
+                );
                 None
             }
         }
-        .map(|value| Spanned { value, loc: m.loc, path: m.path }),
+        .map(|value| Spanned {
+            value,
+            loc: m.loc,
+            path: m.path,
+        }),
         None => None,
     };
     Some(SinkDecl {
@@ -485,7 +573,9 @@ fn sink(w: &mut Walker, name: Spanned<String>, t: &dyn TableLike, loc: Option<Lo
 
 fn sink_target(w: &mut Walker, t: &dyn TableLike, path: &str, loc: Option<Loc>, base: &Path) -> Option<SinkTarget> {
     match kind(w, t, path, loc, SINK_TYPES)?.as_str() {
-        "file" => required(w, t, "path", path, loc).map(|p| SinkTarget::File { path: resolve(base, &p.value) }),
+        "file" => required(w, t, "path", path, loc).map(|p| SinkTarget::File {
+            path: resolve(base, &p.value),
+        }),
         _ => {
             if let Some(p) = w.string(t, "path", path) {
                 w.problem_at(p.loc, &p.path, "`path` only applies to `type = \"file\"`");

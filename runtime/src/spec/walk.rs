@@ -102,17 +102,16 @@ impl<'a> Walker<'a> {
     }
 
     /// A sub-table (or inline table) at `key`, reporting a wrong type.
-    pub fn table<'t>(
-        &mut self,
-        parent: &'t dyn TableLike,
-        key: &str,
-        path: &str,
-    ) -> Option<&'t dyn TableLike> {
+    pub fn table<'t>(&mut self, parent: &'t dyn TableLike, key: &str, path: &str) -> Option<&'t dyn TableLike> {
         let item = parent.get(key)?;
         match item.as_table_like() {
             Some(t) => Some(t),
             None => {
-                self.problem(item.span(), &join(path, key), format!("expected a table, found {}", type_name(item)));
+                self.problem(
+                    item.span(),
+                    &join(path, key),
+                    format!("expected a table, found {}", type_name(item)),
+                );
                 None
             }
         }
@@ -146,9 +145,17 @@ impl<'a> Walker<'a> {
         let item = table.get(key)?;
         let loc = self.loc_of(item.span()).unwrap_or_default();
         match item.as_bool() {
-            Some(value) => Some(Spanned { value, loc, path: join(path, key) }),
+            Some(value) => Some(Spanned {
+                value,
+                loc,
+                path: join(path, key),
+            }),
             None => {
-                self.problem(item.span(), &join(path, key), format!("expected true or false, found {}", type_name(item)));
+                self.problem(
+                    item.span(),
+                    &join(path, key),
+                    format!("expected true or false, found {}", type_name(item)),
+                );
                 None
             }
         }
@@ -166,7 +173,11 @@ impl<'a> Walker<'a> {
         let loc = self.loc_of(item.span()).unwrap_or_default();
         let path = join(path, key);
         match item.as_integer() {
-            Some(i) if i >= 0 && range.contains(&(i as u64)) => Some(Spanned { value: i as u64, loc, path }),
+            Some(i) if i >= 0 && range.contains(&(i as u64)) => Some(Spanned {
+                value: i as u64,
+                loc,
+                path,
+            }),
             Some(i) => {
                 self.problem(
                     item.span(),
@@ -176,7 +187,11 @@ impl<'a> Walker<'a> {
                 None
             }
             None => {
-                self.problem(item.span(), &path, format!("expected an integer, found {}", type_name(item)));
+                self.problem(
+                    item.span(),
+                    &path,
+                    format!("expected an integer, found {}", type_name(item)),
+                );
                 None
             }
         }
@@ -191,27 +206,48 @@ impl<'a> Walker<'a> {
         match value {
             Some(f) if (min..=max).contains(&f) => Some(Spanned { value: f, loc, path }),
             Some(f) => {
-                self.problem(item.span(), &path, format!("{f} is out of range: expected {min} to {max}"));
+                self.problem(
+                    item.span(),
+                    &path,
+                    format!("{f} is out of range: expected {min} to {max}"),
+                );
                 None
             }
             None => {
-                self.problem(item.span(), &path, format!("expected a number, found {}", type_name(item)));
+                self.problem(
+                    item.span(),
+                    &path,
+                    format!("expected a number, found {}", type_name(item)),
+                );
                 None
             }
         }
     }
 
     /// A list of strings at `key` (a single string is accepted as a list of one).
-    pub fn string_list(&mut self, table: &dyn TableLike, key: &str, path: &str) -> Option<Spanned<Vec<Spanned<String>>>> {
+    pub fn string_list(
+        &mut self,
+        table: &dyn TableLike,
+        key: &str,
+        path: &str,
+    ) -> Option<Spanned<Vec<Spanned<String>>>> {
         let item = table.get(key)?;
         let path = join(path, key);
         let loc = self.loc_of(item.span()).unwrap_or_default();
         if let Some(s) = item.as_str() {
-            let value = vec![Spanned { value: s.to_owned(), loc, path: path.clone() }];
+            let value = vec![Spanned {
+                value: s.to_owned(),
+                loc,
+                path: path.clone(),
+            }];
             return Some(Spanned { value, loc, path });
         }
         let Some(array) = item.as_array() else {
-            self.problem(item.span(), &path, format!("expected a list of strings, found {}", type_name(item)));
+            self.problem(
+                item.span(),
+                &path,
+                format!("expected a list of strings, found {}", type_name(item)),
+            );
             return None;
         };
         let mut out = Vec::new();
@@ -231,7 +267,11 @@ impl<'a> Walker<'a> {
                     }
                 },
                 None => {
-                    self.problem(v.span(), &elem_path, format!("expected a string, found {}", v.type_name()));
+                    self.problem(
+                        v.span(),
+                        &elem_path,
+                        format!("expected a string, found {}", v.type_name()),
+                    );
                     ok = false;
                 }
             }
@@ -242,7 +282,11 @@ impl<'a> Walker<'a> {
 
 /// Joins a key onto a dotted path.
 pub(crate) fn join(path: &str, key: &str) -> String {
-    if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
 }
 
 fn type_name(item: &Item) -> &'static str {

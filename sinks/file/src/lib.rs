@@ -46,7 +46,8 @@ impl JsonLinesSink<File> {
             std::fs::create_dir_all(dir)
                 .map_err(|e| SinkError::Config(format!("cannot create directory {}: {e}", dir.display())))?;
         }
-        let file = File::create(path).map_err(|e| SinkError::Config(format!("cannot create {}: {e}", path.display())))?;
+        let file =
+            File::create(path).map_err(|e| SinkError::Config(format!("cannot create {}: {e}", path.display())))?;
         let sync = file
             .try_clone()
             .map_err(|e| SinkError::Io(format!("{}: {e}", path.display())))?;
@@ -164,7 +165,11 @@ mod tests {
     use sluice_runtime::record::Pos;
 
     fn row(key: &str, val: i64) -> Row {
-        Row { key: Value::map([("id", Value::from(key))]), val: Value::map([("v", Value::Int(val))]), pos: Pos::NONE }
+        Row {
+            key: Value::map([("id", Value::from(key))]),
+            val: Value::map([("v", Value::Int(val))]),
+            pos: Pos::NONE,
+        }
     }
 
     fn written(mode: SinkMode, batches: &[(Time, Vec<(Row, Diff)>)]) -> String {
@@ -183,7 +188,10 @@ mod tests {
     fn upsert_writes_new_values_and_tombstones() {
         let out = written(
             SinkMode::Upsert,
-            &[(1, vec![(row("a", 1), 1)]), (2, vec![(row("a", 1), -1), (row("a", 2), 1), (row("b", 5), -1)])],
+            &[
+                (1, vec![(row("a", 1), 1)]),
+                (2, vec![(row("a", 1), -1), (row("a", 2), 1), (row("b", 5), -1)]),
+            ],
         );
         assert_eq!(
             out,
@@ -194,7 +202,10 @@ mod tests {
     #[test]
     fn changelog_writes_every_diff_with_time() {
         let out = written(SinkMode::Changelog, &[(7, vec![(row("a", 1), -1)])]);
-        assert_eq!(out, "{\"time\":7,\"diff\":-1,\"key\":{\"id\":\"a\"},\"value\":{\"v\":1}}\n");
+        assert_eq!(
+            out,
+            "{\"time\":7,\"diff\":-1,\"key\":{\"id\":\"a\"},\"value\":{\"v\":1}}\n"
+        );
     }
 
     #[test]

@@ -53,12 +53,7 @@ impl Captured {
 
     /// The dead letters, in position order.
     pub fn dead_letters(&self) -> Vec<DeadLetter> {
-        let mut out: Vec<DeadLetter> = self
-            .errors
-            .iter()
-            .filter(|e| e.2 > 0)
-            .map(|e| e.0.clone())
-            .collect();
+        let mut out: Vec<DeadLetter> = self.errors.iter().filter(|e| e.2 > 0).map(|e| e.0.clone()).collect();
         out.sort();
         out
     }
@@ -90,12 +85,7 @@ pub fn run(config: &DeliveryConfig, batches: &[Vec<String>], workers: usize) -> 
         let (mut input, state) = worker.dataflow::<Time, _, _>(|scope| {
             let (input, reports) = scope.new_collection::<Row, Diff>();
             let out = delivery(reports, &config, "delivery");
-            let outputs = [
-                out.unsubscribes,
-                out.token_replacements,
-                out.error_stats,
-                out.alerts,
-            ];
+            let outputs = [out.unsubscribes, out.token_replacements, out.error_stats, out.alerts];
             for (i, rows) in outputs.into_iter().enumerate() {
                 let sink = Rc::clone(&captured);
                 rows.inspect(move |u| sink.borrow_mut().outputs[i].push(u.clone()))
@@ -130,10 +120,7 @@ pub fn run(config: &DeliveryConfig, batches: &[Vec<String>], workers: usize) -> 
             // Each time's output must complete while the input is still open.
             let deadline = Instant::now() + Duration::from_secs(60);
             while probe.less_equal(&time) {
-                assert!(
-                    Instant::now() < deadline,
-                    "outputs never passed time {time}"
-                );
+                assert!(Instant::now() < deadline, "outputs never passed time {time}");
                 worker.step_or_park(Some(Duration::from_millis(1)));
             }
         }
@@ -142,12 +129,7 @@ pub fn run(config: &DeliveryConfig, batches: &[Vec<String>], workers: usize) -> 
             worker.step_or_park(Some(Duration::from_millis(1)));
         }
         let mut captured = captured.take();
-        captured.state = [
-            state.tokens(),
-            state.windows(),
-            state.apps(),
-            state.error_keys(),
-        ];
+        captured.state = [state.tokens(), state.windows(), state.apps(), state.error_keys()];
         captured
     })
     .expect("timely starts");

@@ -21,15 +21,10 @@ type Upsert = (u32, Option<u32>);
 /// An event of the max test: the field to maximise and a payload that rides along.
 type Reading = (u32, u32);
 /// A dataflow under test: events in, output collection out.
-type Build<E, O> =
-    for<'s> fn(VecCollection<'s, Time, (u8, E), Diff>) -> VecCollection<'s, Time, O, Diff>;
+type Build<E, O> = for<'s> fn(VecCollection<'s, Time, (u8, E), Diff>) -> VecCollection<'s, Time, O, Diff>;
 
 /// Random events `(time, key, event)`, several per time and key, for times `1..=times`.
-fn random_events<E>(
-    seed: u64,
-    times: u64,
-    mut event: impl FnMut(&mut SmallRng, u32) -> E,
-) -> Vec<(Time, u8, E)> {
+fn random_events<E>(seed: u64, times: u64, mut event: impl FnMut(&mut SmallRng, u32) -> E) -> Vec<(Time, u8, E)> {
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut out = Vec::new();
     let mut pos = 0u32;
@@ -44,10 +39,7 @@ fn random_events<E>(
 
 fn upsert_events(seed: u64) -> Vec<(Time, u8, Upsert)> {
     random_events(seed, 30, |rng, pos| {
-        (
-            pos,
-            rng.random_bool(0.75).then(|| rng.random_range(0..4u32)),
-        )
+        (pos, rng.random_bool(0.75).then(|| rng.random_range(0..4u32)))
     })
 }
 
@@ -58,9 +50,7 @@ fn reading_events(seed: u64) -> Vec<(Time, u8, Reading)> {
 }
 
 /// Upsert: each event replaces the key's value; a tombstone forgets the key.
-fn upsert<'s>(
-    events: VecCollection<'s, Time, (u8, Upsert), Diff>,
-) -> VecCollection<'s, Time, (u8, u32), Diff> {
+fn upsert<'s>(events: VecCollection<'s, Time, (u8, Upsert), Diff>) -> VecCollection<'s, Time, (u8, u32), Diff> {
     events.keyed_fold_named(
         "Test upsert",
         |_k, state: &mut Option<u32>, (_pos, value)| *state = value,
@@ -70,9 +60,7 @@ fn upsert<'s>(
 
 /// Max by field: the reading with the largest field per key (ties: the larger payload), shown
 /// only for keys whose max is even, so `render` returning `None` is exercised too.
-fn max_even<'s>(
-    events: VecCollection<'s, Time, (u8, Reading), Diff>,
-) -> VecCollection<'s, Time, (u8, Reading), Diff> {
+fn max_even<'s>(events: VecCollection<'s, Time, (u8, Reading), Diff>) -> VecCollection<'s, Time, (u8, Reading), Diff> {
     events.keyed_fold_named(
         "Test max",
         |_k, state: &mut Option<Reading>, r| {
@@ -88,10 +76,7 @@ fn max_even<'s>(
 fn upsert_oracle(events: &[(Time, u8, Upsert)], at: Time) -> BTreeMap<(u8, u32), Diff> {
     let mut latest: BTreeMap<u8, (Time, u32, Option<u32>)> = BTreeMap::new();
     for &(t, k, (pos, v)) in events.iter().filter(|e| e.0 <= at) {
-        if latest
-            .get(&k)
-            .is_none_or(|&(lt, lp, _)| (t, pos) > (lt, lp))
-        {
+        if latest.get(&k).is_none_or(|&(lt, lp, _)| (t, pos) > (lt, lp)) {
             latest.insert(k, (t, pos, v));
         }
     }
@@ -139,11 +124,7 @@ fn step_past(worker: &mut Worker, probe: &ProbeHandle<Time>, time: Time) {
 /// Runs `build` on this worker's share of `events` (fed through a differential input, in a
 /// shuffled order within each time), advancing one time at a time and checking that the
 /// output frontier follows. Returns the output updates this worker saw.
-fn run_collection<E, O>(
-    worker: &mut Worker,
-    events: &[(Time, u8, E)],
-    build: Build<E, O>,
-) -> Vec<(O, Time, Diff)>
+fn run_collection<E, O>(worker: &mut Worker, events: &[(Time, u8, E)], build: Build<E, O>) -> Vec<(O, Time, Diff)>
 where
     E: differential_dataflow::ExchangeData,
     O: differential_dataflow::Data + Send,
@@ -215,11 +196,7 @@ fn max_by_field_matches_oracle_at_every_time() {
         let probe_events = events.clone();
         let updates = timely::execute_directly(move |w| run_collection(w, &probe_events, max_even));
         for t in 0..=31 {
-            assert_eq!(
-                accumulate(&updates, t),
-                max_oracle(&events, t),
-                "seed {seed}, time {t}"
-            );
+            assert_eq!(accumulate(&updates, t), max_oracle(&events, t), "seed {seed}, time {t}");
         }
     }
 }
@@ -233,11 +210,7 @@ fn several_workers_give_the_same_result() {
             run_collection(w, &shared, upsert)
         })
         .expect("timely starts");
-        let updates: Vec<_> = guards
-            .join()
-            .into_iter()
-            .flat_map(|r| r.expect("worker ran"))
-            .collect();
+        let updates: Vec<_> = guards.join().into_iter().flat_map(|r| r.expect("worker ran")).collect();
         for t in 0..=31 {
             assert_eq!(
                 accumulate(&updates, t),
@@ -252,11 +225,7 @@ fn several_workers_give_the_same_result() {
             run_collection(w, &shared, max_even)
         })
         .expect("timely starts");
-        let updates: Vec<_> = guards
-            .join()
-            .into_iter()
-            .flat_map(|r| r.expect("worker ran"))
-            .collect();
+        let updates: Vec<_> = guards.join().into_iter().flat_map(|r| r.expect("worker ran")).collect();
         assert_eq!(
             accumulate(&updates, Time::MAX),
             max_oracle(&events, Time::MAX),
@@ -301,11 +270,7 @@ fn stream_input_folds_at_message_times_and_completes() {
         (captured.take(), sizes)
     });
     for t in 0..=31 {
-        assert_eq!(
-            accumulate(&updates, t),
-            upsert_oracle(&events, t),
-            "time {t}"
-        );
+        assert_eq!(accumulate(&updates, t), upsert_oracle(&events, t), "time {t}");
     }
     // The state holds exactly the keys with a value: tombstones forget.
     for (t, len, snapshot) in sizes {
