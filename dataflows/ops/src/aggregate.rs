@@ -1,0 +1,172 @@
+//! `aggregate`: count, sum, min and max per key.
+
+use std::sync::Arc;
+
+use sluice_runtime::operators::fold::KeyedFold;
+use sluice_runtime::{DeadLetter, DeadLetters, Row, Rows, Value};
+
+use crate::dead_letter;
+use crate::map::split;
+
+/// An aggregate function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AggFunc {
+    /// The number of rows.
+    Count,
+    /// The sum of a numeric field: an integer while every value is one and it fits, else a float.
+    Sum,
+    /// The smallest value of a field (any values, in `Value` order).
+    Min,
+    /// The greatest value of a field.
+    Max,
+}
+
+/// One aggregate: output field `name` = `func` over `field`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AggSpec {
+    /// The output field.
+    pub name: String,
+    /// The function.
+    pub func: AggFunc,
+    /// The field path aggregated (unused by `Count`).
+    pub field: Option<Vec<String>>,
+}
+
+/// Per key, a map of the named aggregates over the key's rows.
+///
+/// A row that lacks an aggregated field, or whose field is not a number for `sum`, is
+/// dead-lettered with the reason rather than skipped: a sum that silently ignores records is
+/// wrong without saying so. On event collections (`append_only`) a keyed fold keeps one
+/// accumulator per key; otherwise a `reduce` recomputes a key's aggregates from its present
+/// rows, exact under retractions.
+pub fn aggregate<'s>(rows: Rows<'s>, specs: &[AggSpec], append_only: bool, name: &str) -> (Rows<'s>, DeadLetters<'s>) {
+    let specs: Arc<[AggSpec]> = specs.into();
+    let checked = {
+        let specs = specs.clone();
+        let name = name.to_owned();
+        rows.map(move |row| -> Result<Row, DeadLetter> {
+            match inputs_of(&specs, &row.val) {
+                Ok(inputs) => Ok(Row {
+                    val: Value::List(inputs.into()),
+                    ..row
+                }),
+                Err(reason) => Err(dead_letter(&name, &row, reason)),
+            }
+        })
+    };
+    let (ok, dead) = split(checked);
+    let op_name = format!("Aggregate: {name}");
+    let out = if append_only {
+        let render_specs = specs.clone();
+        ok.map(|r| (r.key, r.val)).keyed_fold_named(
+            &op_name,
+            move |_k, acc: &mut Option<Vec<Acc>>, inputs: Value| {
+                let accs = acc.get_or_insert_with(|| specs.iter().map(|s| Acc::new(s.func)).collect());
+                for (a, v) in accs.iter_mut().zip(inputs.as_list().unwrap_or_default()) {
+                    a.add(v, 1);
+                }
+            },
+            move |k, accs| Some(Row::derived(k.clone(), render(&render_specs, accs))),
+        )
+    } else {
+        ok.map(|r| (r.key, r.val))
+            .reduce_named(
+                &op_name,
+                move |_key, input: &[(&Value, isize)], output: &mut Vec<(Value, isize)>| {
+                    let mut accs: Vec<Acc> = specs.iter().map(|s| Acc::new(s.func)).collect();
+                    for (inputs, n) in input {
+                        for (a, v) in accs.iter_mut().zip(inputs.as_list().unwrap_or_default()) {
+                            a.add(v, *n);
+                        }
+                    }
+                    output.push((render(&specs, &accs), 1));
+                },
+            )
+            .map(|(key, val)| Row::derived(key, val))
+    };
+    (out, dead)
+}
+
+/// The values each aggregate reads from a record, in spec order.
+fn inputs_of(specs: &[AggSpec], record: &Value) -> Result<Vec<Value>, String> {
+    specs
+        .iter()
+        .map(|s| match (&s.field, s.func) {
+            (_, AggFunc::Count) | (None, _) => Ok(Value::Null),
+            (Some(path), func) => {
+                let field = path.join(".");
+                match record.get_path(path) {
+                    None | Some(Value::Null) => Err(format!("missing field `{field}` for aggregate `{}`", s.name)),
+                    Some(v) if func == AggFunc::Sum && v.as_f64().is_none() => Err(format!(
+                        "field `{field}` is a {}, and `{}` sums numbers",
+                        v.type_name(),
+                        s.name
+                    )),
+                    Some(v) => Ok(v.clone()),
+                }
+            }
+        })
+        .collect()
+}
+
+/// One aggregate's running value.
+#[derive(Clone, Debug)]
+enum Acc {
+    Count(i64),
+    Sum { int: Option<i64>, float: f64 },
+    Min(Option<Value>),
+    Max(Option<Value>),
+}
+
+impl Acc {
+    fn new(func: AggFunc) -> Acc {
+        match func {
+            AggFunc::Count => Acc::Count(0),
+            AggFunc::Sum => Acc::Sum {
+                int: Some(0),
+                float: 0.0,
+            },
+            AggFunc::Min => Acc::Min(None),
+            AggFunc::Max => Acc::Max(None),
+        }
+    }
+
+    /// Adds a value `n` times (`n > 0`; the reduce path only sees present rows).
+    fn add(&mut self, v: &Value, n: isize) {
+        let n64 = n as i64;
+        match self {
+            Acc::Count(c) => *c += n64,
+            Acc::Sum { int, float } => {
+                let f = v.as_f64().unwrap_or(0.0);
+                *float += f * n as f64;
+                *int = match (*int, v) {
+                    (Some(total), Value::Int(i)) => i.checked_mul(n64).and_then(|x| total.checked_add(x)),
+                    _ => None,
+                };
+            }
+            Acc::Min(m) => {
+                if m.as_ref().is_none_or(|cur| v < cur) {
+                    *m = Some(v.clone());
+                }
+            }
+            Acc::Max(m) => {
+                if m.as_ref().is_none_or(|cur| v > cur) {
+                    *m = Some(v.clone());
+                }
+            }
+        }
+    }
+
+    fn value(&self) -> Value {
+        match self {
+            Acc::Count(c) => Value::Int(*c),
+            Acc::Sum { int: Some(i), .. } => Value::Int(*i),
+            Acc::Sum { float, .. } => Value::from(*float),
+            Acc::Min(m) | Acc::Max(m) => m.clone().unwrap_or(Value::Null),
+        }
+    }
+}
+
+fn render(specs: &[AggSpec], accs: &[Acc]) -> Value {
+    Value::map(specs.iter().zip(accs).map(|(s, a)| (s.name.as_str(), a.value())))
+}

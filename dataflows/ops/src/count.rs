@@ -1,0 +1,21 @@
+//! `count`: the number of rows per key.
+
+use sluice_runtime::{Row, Rows, Value};
+
+/// Per key, `{"count": n}`: the number of rows with that key, maintained under retractions.
+///
+/// The input is arranged by key with a unit value, so its consolidated state is one entry
+/// per key even for an event collection: memory follows the number of keys, not of events.
+pub fn count<'s>(rows: Rows<'s>, name: &str) -> Rows<'s> {
+    rows.map(|r| (r.key, ()))
+        .reduce_named(
+            &format!("Count: {name}"),
+            |_key, input: &[(&(), isize)], output: &mut Vec<(Value, isize)>| {
+                let n: isize = input.iter().map(|(_, n)| *n).sum();
+                if n > 0 {
+                    output.push((Value::map([("count", Value::Int(n as i64))]), 1));
+                }
+            },
+        )
+        .map(|(key, val)| Row::derived(key, val))
+}
