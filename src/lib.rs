@@ -1,1 +1,127 @@
-//! sluice: wiring of sources, dataflows and sinks into runnable pipelines.
+//! sluice: loading pipeline files and wiring their sources, graph nodes and sinks.
+//!
+//! The runtime knows no connector, sink or dataflow crate. This crate is where the closed
+//! spec enums meet their implementations, each in one exhaustive `match`: adding a
+//! connector means a variant in the spec, an arm here, and its crate.
+
+mod render;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use sluice_runtime::exec::{RunError, RunOptions, RunReport};
+use sluice_runtime::spec::{self, Graph, Pipeline, Problem};
+
+pub use render::Compiled;
+
+/// Why a pipeline could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read {}: {error}", path.display())]
+    Read {
+        /// The pipeline file.
+        path: PathBuf,
+        /// The I/O error.
+        error: std::io::Error,
+    },
+    /// The file has problems; every one is listed.
+    #[error("{} problem(s) in the pipeline file", .0.len())]
+    Invalid(Vec<Problem>),
+}
+
+/// A validated pipeline, ready to run: the spec, its checked graph, compiled nodes.
+pub struct Plan {
+    pipeline: Arc<Pipeline>,
+    graph: Graph,
+    compiled: BTreeMap<String, Compiled>,
+}
+
+impl Plan {
+    /// The pipeline spec.
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
+    }
+
+    /// A one-line description: counts of sources, nodes and sinks.
+    pub fn summary(&self) -> String {
+        let p = &self.pipeline;
+        let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+        format!(
+            "{}, {}, {}",
+            plural(p.sources.len(), "source"),
+            plural(p.nodes.len(), "node"),
+            plural(p.sinks.len(), "sink")
+        )
+    }
+
+    /// The dataflow graph as Graphviz DOT.
+    pub fn dot(&self) -> String {
+        spec::to_dot(&self.pipeline)
+    }
+}
+
+/// Reads, parses and validates a pipeline file, with `${VAR}`s from the process environment.
+pub fn load(path: &Path) -> Result<Plan, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|error| LoadError::Read {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    load_str(path, &text, &|name| std::env::var(name).ok())
+}
+
+/// Parses and validates pipeline `text` as if read from `path`, resolving `${VAR}` with `env`.
+///
+/// Every problem is collected: syntax and keys first; when those are fine, references,
+/// cycles and shapes; and expressions and domain-node parameters, compiled now so that a
+/// bad one is reported before anything runs.
+pub fn load_str(path: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan, LoadError> {
+    let parsed = spec::parse_partial(path, text, env);
+    let mut problems = parsed.problems;
+    let Some(pipeline) = parsed.pipeline else {
+        return Err(LoadError::Invalid(problems));
+    };
+    let mut compiled = BTreeMap::new();
+    for node in &pipeline.nodes {
+        match render::compile(&pipeline, node) {
+            Ok(c) => {
+                compiled.insert(node.name.value.clone(), c);
+            }
+            Err(mut p) => problems.append(&mut p),
+        }
+    }
+    let graph = match spec::check_partial(&pipeline, &parsed.broken, !parsed.broken_sinks.is_empty()) {
+        Ok(graph) => Some(graph),
+        Err(mut p) => {
+            problems.append(&mut p);
+            None
+        }
+    };
+    match graph {
+        Some(graph) if problems.is_empty() => Ok(Plan {
+            pipeline: Arc::new(pipeline),
+            graph,
+            compiled,
+        }),
+        _ => {
+            problems.sort();
+            problems.dedup();
+            Err(LoadError::Invalid(problems))
+        }
+    }
+}
+
+/// Runs a validated pipeline.
+pub fn run(plan: Plan, options: RunOptions) -> Result<RunReport, RunError> {
+    let pipeline = plan.pipeline.clone();
+    let wiring = Arc::new(render::SluiceWiring::new(plan.pipeline, plan.graph, plan.compiled));
+    let report = sluice_runtime::exec::run(pipeline, wiring.clone(), options)?;
+    for (node, errors) in &wiring.filter_errors {
+        let n = errors.load(std::sync::atomic::Ordering::Relaxed);
+        if n > 0 {
+            tracing::warn!(node = %node, records = n, "filter condition could not be evaluated on some records; they did not match");
+        }
+    }
+    Ok(report)
+}

@@ -1,2 +1,137 @@
-//! The `sluice` command line.
-fn main() {}
+//! The `sluice` command line: run, validate and draw declarative stream pipelines.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use sluice::{LoadError, RunOptions};
+
+/// Declarative stream-processing pipelines on timely and differential dataflow.
+///
+/// A pipeline file (TOML) names sources, graph nodes and sinks; sluice keeps every output
+/// incrementally correct under late, repeated and out-of-order input.
+#[derive(Parser, Debug)]
+#[command(name = "sluice", version, about, long_about = None, after_help = EXAMPLES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+const EXAMPLES: &str = "Examples:
+  sluice run examples/quickstart/pipeline.toml
+  sluice run --workers 4 examples/delivery/pipeline.toml
+  sluice validate my-pipeline.toml
+  sluice graph examples/delivery/pipeline.toml | dot -Tsvg > graph.svg
+
+Exit codes: 0 success, 1 the run failed, 2 the pipeline file is invalid.
+Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=sluice=debug) for more.";
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a pipeline: to completion when all sources are bounded, else until Ctrl-C/SIGTERM.
+    Run {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// Worker threads (overrides `workers` in the file).
+        #[arg(long, short = 'w', value_parser = clap::value_parser!(u16).range(1..=1024))]
+        workers: Option<u16>,
+        /// Print no summary at the end.
+        #[arg(long, short = 'q')]
+        quiet: bool,
+    },
+    /// Check a pipeline file offline (keys, references, cycles, expressions, shapes) and
+    /// report every problem with file, line, column and key path.
+    Validate {
+        /// The pipeline file.
+        pipeline: PathBuf,
+    },
+    /// Print the pipeline's dataflow graph in Graphviz DOT.
+    Graph {
+        /// The pipeline file.
+        pipeline: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    match execute(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Validate { pipeline } => Ok(match sluice::load(&pipeline) {
+            Ok(plan) => {
+                println!("{}: valid ({})", pipeline.display(), plan.summary());
+                ExitCode::SUCCESS
+            }
+            Err(e) => invalid(e),
+        }),
+        Command::Graph { pipeline } => Ok(match sluice::load(&pipeline) {
+            Ok(plan) => {
+                print!("{}", plan.dot());
+                ExitCode::SUCCESS
+            }
+            Err(e) => invalid(e),
+        }),
+        Command::Run {
+            pipeline,
+            workers,
+            quiet,
+        } => {
+            let plan = match sluice::load(&pipeline) {
+                Ok(plan) => plan,
+                Err(e) => return Ok(invalid(e)),
+            };
+            let stop = Arc::new(AtomicBool::new(false));
+            for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                // A second signal while draining exits at once, as users expect of Ctrl-C.
+                signal_hook::flag::register_conditional_shutdown(signal, 130, stop.clone())
+                    .context("installing the signal handler")?;
+                signal_hook::flag::register(signal, stop.clone()).context("installing the signal handler")?;
+            }
+            let started = std::time::Instant::now();
+            let options = RunOptions {
+                workers: workers.map(usize::from),
+                stop,
+            };
+            let report = sluice::run(plan, options).with_context(|| format!("running {}", pipeline.display()))?;
+            if !quiet {
+                eprintln!("{}", report.summary(started.elapsed()));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn invalid(e: LoadError) -> ExitCode {
+    match e {
+        LoadError::Invalid(problems) => {
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            let n = problems.len();
+            eprintln!("{n} problem{} found; nothing was run", if n == 1 { "" } else { "s" });
+        }
+        other => eprintln!("error: {other}"),
+    }
+    ExitCode::from(2)
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

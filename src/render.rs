@@ -1,0 +1,213 @@
+//! The one place where spec enums meet their implementations: compiling nodes at
+//! validation, opening sources and sinks, and rendering nodes into the dataflow.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use sluice_connector_file::FileSource;
+use sluice_delivery::DeliveryConfig;
+use sluice_expr::Expr;
+use sluice_runtime::exec::{Built, Wiring};
+use sluice_runtime::sink::{Sink, SinkError};
+use sluice_runtime::source::{Source, SourceError};
+use sluice_runtime::spec::{
+    AggFunc, Graph, JoinKind, NodeDecl, NodeSpec, Pipeline, Problem, SinkMode, SinkTarget, SourceSpec, Spanned,
+};
+use sluice_runtime::{Rows, Time};
+use sluice_sink_file::JsonLinesSink;
+use timely::dataflow::Scope;
+
+/// What validation compiled for a node, reused by every worker.
+#[derive(Clone)]
+pub enum Compiled {
+    /// Nothing to compile.
+    Nothing,
+    /// A compiled CEL expression (`filter`, `map`).
+    Expr(Expr),
+    /// A validated delivery configuration (classification table loaded).
+    Delivery(Arc<DeliveryConfig>),
+}
+
+/// Compiles a node's expressions and domain parameters, reporting problems at their place.
+pub fn compile(p: &Pipeline, node: &NodeDecl) -> Result<Compiled, Vec<Problem>> {
+    match &node.spec {
+        NodeSpec::Filter { expr, .. } | NodeSpec::Map { expr, .. } => compile_expr(&p.file, expr).map(Compiled::Expr),
+        NodeSpec::Delivery(d) => {
+            let classification = d.classification.as_ref().map(|c| c.value.as_path());
+            DeliveryConfig::new(
+                classification,
+                d.guard_share.as_ref().map(|s| s.value),
+                d.guard_window_ms.as_ref().map(|s| s.value),
+                d.guard_min_reports.as_ref().map(|s| s.value),
+            )
+            .map(|c| Compiled::Delivery(Arc::new(c)))
+            .map_err(|e| {
+                let at: &dyn Fn(&str) -> Problem = &|msg: &str| match &d.classification {
+                    Some(c) => Problem::at(&p.file, c, msg),
+                    None => Problem::at(&p.file, &node.name, msg),
+                };
+                e.problems().iter().map(|m| at(m)).collect()
+            })
+        }
+        _ => Ok(Compiled::Nothing),
+    }
+}
+
+fn compile_expr(file: &Path, expr: &Spanned<String>) -> Result<Expr, Vec<Problem>> {
+    Expr::compile(&expr.value).map_err(|e| vec![Problem::at(file, expr, format!("invalid expression: {e}"))])
+}
+
+/// The [`Wiring`] of this binary.
+pub struct SluiceWiring {
+    pipeline: Arc<Pipeline>,
+    graph: Graph,
+    compiled: BTreeMap<String, Compiled>,
+    /// Per filter node, records whose condition failed to evaluate (summed over workers).
+    pub filter_errors: BTreeMap<String, Arc<AtomicU64>>,
+}
+
+impl SluiceWiring {
+    /// Wiring for a validated plan.
+    pub fn new(pipeline: Arc<Pipeline>, graph: Graph, compiled: BTreeMap<String, Compiled>) -> Self {
+        let filter_errors = pipeline
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.spec, NodeSpec::Filter { .. }))
+            .map(|n| (n.name.value.clone(), Arc::default()))
+            .collect();
+        SluiceWiring {
+            pipeline,
+            graph,
+            compiled,
+            filter_errors,
+        }
+    }
+}
+
+impl Wiring for SluiceWiring {
+    fn open_source(&self, pipeline: &Pipeline, index: usize) -> Result<Arc<dyn Source>, SourceError> {
+        let decl = pipeline
+            .sources
+            .get(index)
+            .ok_or_else(|| SourceError::Config(format!("no source number {index}")))?;
+        match &decl.spec {
+            SourceSpec::File(f) => Ok(Arc::new(FileSource::new(f.path.value.clone(), f.follow))),
+        }
+    }
+
+    fn open_sink(&self, target: &SinkTarget, mode: SinkMode) -> Result<Box<dyn Sink>, SinkError> {
+        match target {
+            SinkTarget::File { path } => Ok(Box::new(JsonLinesSink::create(path, mode)?)),
+            SinkTarget::Stdout => Ok(Box::new(JsonLinesSink::stdout(mode))),
+        }
+    }
+
+    fn build<'s>(&self, scope: Scope<'s, Time>, sources: &BTreeMap<String, Rows<'s>>) -> Built<'s> {
+        let mut outputs: BTreeMap<String, Rows<'s>> = sources.clone();
+        let mut dead_letters = Vec::new();
+        for &i in &self.graph.order {
+            let node = &self.pipeline.nodes[i];
+            let name = node.name.value.as_str();
+            let input = |r: &Spanned<String>| outputs.get(&r.value).cloned();
+            let compiled = self.compiled.get(name).cloned().unwrap_or(Compiled::Nothing);
+            match (&node.spec, compiled) {
+                (NodeSpec::Filter { input: i, .. }, Compiled::Expr(expr)) => {
+                    if let Some(rows) = input(i) {
+                        let errors = self.filter_errors.get(name).cloned().unwrap_or_default();
+                        outputs.insert(name.to_owned(), sluice_ops::filter(rows, &expr, errors));
+                    }
+                }
+                (NodeSpec::Map { input: i, .. }, Compiled::Expr(expr)) => {
+                    if let Some(rows) = input(i) {
+                        let (rows, dead) = sluice_ops::map(rows, &expr, name);
+                        outputs.insert(name.to_owned(), rows);
+                        dead_letters.push(dead);
+                    }
+                }
+                (NodeSpec::KeyBy { input: i, key }, _) => {
+                    if let Some(rows) = input(i) {
+                        let (rows, dead) = sluice_ops::key_by(rows, &key.fields, name);
+                        outputs.insert(name.to_owned(), rows);
+                        dead_letters.push(dead);
+                    }
+                }
+                (NodeSpec::Latest { input: i, order_by }, _) => {
+                    let append_only = self.append_only(&i.value);
+                    if let Some(rows) = input(i) {
+                        let order = match order_by {
+                            Some(f) => sluice_ops::LatestOrder::Field(split_path(&f.value)),
+                            None => sluice_ops::LatestOrder::Arrival,
+                        };
+                        outputs.insert(name.to_owned(), sluice_ops::latest(rows, order, append_only, name));
+                    }
+                }
+                (NodeSpec::Join { left, right, kind }, _) => {
+                    if let (Some(l), Some(r)) = (input(left), input(right)) {
+                        let kind = match kind {
+                            JoinKind::Inner => sluice_ops::JoinKind::Inner,
+                            JoinKind::Left => sluice_ops::JoinKind::Left,
+                        };
+                        outputs.insert(name.to_owned(), sluice_ops::join(l, r, kind, name));
+                    }
+                }
+                (NodeSpec::Count { input: i }, _) => {
+                    if let Some(rows) = input(i) {
+                        outputs.insert(name.to_owned(), sluice_ops::count(rows, name));
+                    }
+                }
+                (NodeSpec::Aggregate { input: i, aggregates }, _) => {
+                    let append_only = self.append_only(&i.value);
+                    if let Some(rows) = input(i) {
+                        let specs: Vec<sluice_ops::AggSpec> = aggregates
+                            .iter()
+                            .map(|a| sluice_ops::AggSpec {
+                                name: a.name.clone(),
+                                func: match a.func {
+                                    AggFunc::Count => sluice_ops::AggFunc::Count,
+                                    AggFunc::Sum => sluice_ops::AggFunc::Sum,
+                                    AggFunc::Min => sluice_ops::AggFunc::Min,
+                                    AggFunc::Max => sluice_ops::AggFunc::Max,
+                                },
+                                field: a.field.clone(),
+                            })
+                            .collect();
+                        let (rows, dead) = sluice_ops::aggregate(rows, &specs, append_only, name);
+                        outputs.insert(name.to_owned(), rows);
+                        dead_letters.push(dead);
+                    }
+                }
+                (NodeSpec::Union { inputs }, _) => {
+                    let all: Option<Vec<Rows<'s>>> = inputs.iter().map(input).collect();
+                    if let Some(all) = all {
+                        outputs.insert(name.to_owned(), sluice_ops::union(scope, all));
+                    }
+                }
+                (NodeSpec::Delivery(d), Compiled::Delivery(config)) => {
+                    if let Some(rows) = input(&d.input) {
+                        let out = sluice_delivery::delivery(rows, &config, name);
+                        outputs.insert(format!("{name}.unsubscribes"), out.unsubscribes);
+                        outputs.insert(format!("{name}.token_replacements"), out.token_replacements);
+                        outputs.insert(format!("{name}.error_stats"), out.error_stats);
+                        outputs.insert(format!("{name}.alerts"), out.alerts);
+                        dead_letters.push(out.errors);
+                    }
+                }
+                // Validation compiled every expression node; a mismatch here is a bug of ours.
+                (spec, _) => tracing::error!(node = name, kind = spec.kind(), "node was not compiled; skipped"),
+            }
+        }
+        Built { outputs, dead_letters }
+    }
+}
+
+impl SluiceWiring {
+    fn append_only(&self, reference: &str) -> bool {
+        self.graph.shapes.get(reference).is_some_and(|s| s.append_only)
+    }
+}
+
+fn split_path(path: &str) -> Vec<String> {
+    path.split('.').map(str::to_owned).collect()
+}
