@@ -1,0 +1,376 @@
+//! End-to-end runs of the `sluice` binary on file sources: bounded termination, identical
+//! results for any number of workers, dead letters with line numbers, and a clean stop of
+//! an unbounded run on SIGTERM.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{final_upsert_state, read_jsonl, root, sluice_in};
+
+/// Runs `pipeline` with `workers` in the pipeline's directory, returning stdout; fails the
+/// test on a non-zero exit.
+fn run_ok(pipeline: &Path, workers: usize) -> String {
+    let dir = pipeline.parent().expect("pipeline dir");
+    let out = sluice_in(
+        dir,
+        &[
+            "run",
+            "--quiet",
+            "--workers",
+            &workers.to_string(),
+            &pipeline.to_string_lossy(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "sluice run {} failed: {}",
+        pipeline.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf8 stdout")
+}
+
+fn parse_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect()
+}
+
+/// Copies an example to a temp dir so runs do not write into the repository.
+fn copy_example(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for entry in std::fs::read_dir(root().join("examples").join(name)).expect("example dir") {
+        let path = entry.expect("entry").path();
+        if path.is_file() {
+            std::fs::copy(&path, dir.path().join(path.file_name().expect("name"))).expect("copy");
+        }
+    }
+    dir
+}
+
+#[test]
+fn quickstart_produces_the_expected_report_and_dead_letter() {
+    let dir = copy_example("quickstart");
+    let stdout = run_ok(&dir.path().join("pipeline.toml"), 2);
+    let state = final_upsert_state(&parse_lines(&stdout));
+    let expected: BTreeMap<String, serde_json::Value> = [
+        (
+            r#"{"customer":"c1"}"#,
+            r#"{"largest":120,"name":"Ada","orders":2,"tier":"gold","total":162}"#,
+        ),
+        (
+            r#"{"customer":"c2"}"#,
+            r#"{"largest":260,"name":"Brendan","orders":3,"tier":"gold","total":313}"#,
+        ),
+        (
+            r#"{"customer":"c3"}"#,
+            r#"{"largest":15,"name":"Chen","orders":1,"tier":"bronze","total":15}"#,
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), serde_json::from_str(v).expect("json")))
+    .collect();
+    assert_eq!(state, expected);
+
+    let dead = read_jsonl(&dir.path().join("out/dead-letters.jsonl"));
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["source"], "orders");
+    assert_eq!(dead[0]["line"], 7);
+    assert_eq!(dead[0]["stage"], "source orders");
+    assert!(
+        dead[0]["reason"].as_str().is_some_and(|r| r.contains("invalid JSON")),
+        "{dead:?}"
+    );
+    assert!(
+        dead[0]["partition"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("orders.jsonl"))
+    );
+    assert_eq!(dead[0]["raw"], r#"{"order_id": 7, "amount": 10, "status": "paid""#);
+}
+
+/// Final state of every output file and the dead letters (as a sorted multiset).
+fn outputs_of(dir: &Path) -> BTreeMap<String, Vec<String>> {
+    let mut all = BTreeMap::new();
+    for entry in std::fs::read_dir(dir.join("out")).expect("out dir") {
+        let path = entry.expect("entry").path();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let lines = read_jsonl(&path);
+        let mut rendered: Vec<String> = if name.starts_with("dead-letters") || name.ends_with(".events.jsonl") {
+            lines.iter().map(|l| l.to_string()).collect()
+        } else {
+            final_upsert_state(&lines)
+                .into_iter()
+                .map(|(k, v)| format!("{k} => {v}"))
+                .collect()
+        };
+        rendered.sort();
+        all.insert(name, rendered);
+    }
+    all
+}
+
+/// A pipeline over generated data exercising every generic operator, written to files.
+fn generic_pipeline(dir: &Path) {
+    let mut events = std::fs::File::create(dir.join("events.jsonl")).expect("create");
+    let mut state = 17u64;
+    let mut next = || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        state >> 33
+    };
+    for i in 0..3000 {
+        let r = next();
+        let line = match r % 50 {
+            0 => "{not json".to_owned(),
+            1 => format!(r#"{{"n":{i},"amount":{}}}"#, r % 97),
+            _ => format!(
+                r#"{{"n":{i},"user":"u{}","amount":{},"kind":"{}"}}"#,
+                r % 37,
+                r % 97,
+                ["a", "b", "c"][(r % 3) as usize]
+            ),
+        };
+        writeln!(events, "{line}").expect("write");
+    }
+    let mut users = std::fs::File::create(dir.join("users.jsonl")).expect("create");
+    for i in 0..37 {
+        writeln!(users, r#"{{"user":"u{i}","tier":{}}}"#, i % 4).expect("write");
+    }
+    for i in (0..37).step_by(5) {
+        writeln!(users, r#"{{"user":"u{i}","deleted":true}}"#).expect("write");
+    }
+    let toml = r#"
+[dead_letters]
+type = "file"
+path = "out/dead-letters.jsonl"
+
+[sources.events]
+type = "file"
+path = "events.jsonl"
+
+[sources.users]
+type = "file"
+path = "users.jsonl"
+envelope = "upsert"
+key = ["user"]
+deleted_field = "deleted"
+
+[nodes.big]
+type = "filter"
+input = "events"
+expr = "amount > 10"
+
+[nodes.keyed]
+type = "key_by"
+input = "big"
+key = ["user"]
+
+[nodes.totals]
+type = "aggregate"
+input = "keyed"
+aggregates = { n = { func = "count" }, sum = { func = "sum", field = "amount" }, lo = { func = "min", field = "amount" }, hi = { func = "max", field = "amount" } }
+
+[nodes.counts]
+type = "count"
+input = "keyed"
+
+[nodes.newest]
+type = "latest"
+input = "keyed"
+order_by = "n"
+
+[nodes.joined]
+type = "join"
+left = "totals"
+right = "users"
+kind = "left"
+
+[nodes.shaped]
+type = "map"
+input = "joined"
+expr = '{"sum": left.sum, "tier": right == null ? -1 : right.tier}'
+
+[nodes.a_events]
+type = "filter"
+input = "events"
+expr = 'kind == "a"'
+
+[nodes.c_events]
+type = "filter"
+input = "events"
+expr = 'kind == "c"'
+
+[nodes.a_or_c]
+type = "union"
+inputs = ["a_events", "c_events"]
+
+[sinks.shaped]
+type = "file"
+path = "out/shaped.jsonl"
+input = "shaped"
+mode = "upsert"
+
+[sinks.counts]
+type = "file"
+path = "out/counts.jsonl"
+input = "counts"
+mode = "upsert"
+
+[sinks.newest]
+type = "file"
+path = "out/newest.jsonl"
+input = "newest"
+mode = "upsert"
+
+[sinks.a_or_c]
+type = "file"
+path = "out/a_or_c.events.jsonl"
+input = "a_or_c"
+mode = "append"
+"#;
+    std::fs::write(dir.join("pipeline.toml"), toml).expect("write pipeline");
+}
+
+#[test]
+fn one_two_and_four_workers_give_identical_outputs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    generic_pipeline(dir.path());
+    let mut results = Vec::new();
+    for workers in [1, 2, 4] {
+        run_ok(&dir.path().join("pipeline.toml"), workers);
+        results.push((workers, outputs_of(dir.path())));
+    }
+    let (_, first) = &results[0];
+    assert!(first.get("shaped.jsonl").is_some_and(|s| s.len() == 37), "{first:?}");
+    assert!(first.get("dead-letters.jsonl").is_some_and(|d| !d.is_empty()));
+    for (workers, outputs) in &results[1..] {
+        assert_eq!(outputs, first, "{workers} workers differ from 1 worker");
+    }
+}
+
+#[test]
+fn malformed_lines_are_dead_lettered_with_line_numbers_and_good_lines_are_unaffected() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good: Vec<String> = (0..200).map(|i| format!(r#"{{"id":"k{}","v":{i}}}"#, i % 13)).collect();
+    let mut mixed = Vec::new();
+    let mut bad_lines = Vec::new();
+    for (i, line) in good.iter().enumerate() {
+        if i % 17 == 3 {
+            mixed.push("{\"id\": \"broken\"".to_owned());
+            bad_lines.push(mixed.len());
+        }
+        if i % 29 == 5 {
+            mixed.push(r#"{"v": 1}"#.to_owned());
+            bad_lines.push(mixed.len());
+        }
+        mixed.push(line.clone());
+    }
+    let pipeline = |data: &str, out: &str| {
+        format!(
+            "[dead_letters]\ntype = \"file\"\npath = \"{out}/dead.jsonl\"\n\n[sources.s]\ntype = \"file\"\npath = \"{data}\"\nenvelope = \"upsert\"\nkey = [\"id\"]\n\n[sinks.o]\ntype = \"file\"\npath = \"{out}/o.jsonl\"\ninput = \"s\"\nmode = \"upsert\"\n"
+        )
+    };
+    std::fs::write(dir.path().join("good.jsonl"), good.join("\n")).expect("write");
+    std::fs::write(dir.path().join("mixed.jsonl"), mixed.join("\n")).expect("write");
+    std::fs::write(dir.path().join("good.toml"), pipeline("good.jsonl", "good")).expect("write");
+    std::fs::write(dir.path().join("mixed.toml"), pipeline("mixed.jsonl", "mixed")).expect("write");
+    run_ok(&dir.path().join("good.toml"), 2);
+    run_ok(&dir.path().join("mixed.toml"), 2);
+
+    let good_state = final_upsert_state(&read_jsonl(&dir.path().join("good/o.jsonl")));
+    let mixed_state = final_upsert_state(&read_jsonl(&dir.path().join("mixed/o.jsonl")));
+    assert_eq!(good_state.len(), 13);
+    assert_eq!(mixed_state, good_state);
+
+    let dead = read_jsonl(&dir.path().join("mixed/dead.jsonl"));
+    let mut lines: Vec<usize> = dead
+        .iter()
+        .filter_map(|d| d["line"].as_u64())
+        .map(|l| l as usize)
+        .collect();
+    lines.sort();
+    assert_eq!(lines, bad_lines);
+    assert!(
+        dead.iter()
+            .all(|d| d["source"] == "s" && d["reason"].as_str().is_some_and(|r| !r.is_empty()))
+    );
+    assert!(dead.iter().any(|d| d["reason"] == "missing key field `id`"));
+    assert!(read_jsonl(&dir.path().join("good/dead.jsonl")).is_empty());
+}
+
+#[test]
+fn an_unbounded_run_stops_cleanly_on_sigterm_and_flushes_its_sinks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("events.jsonl");
+    std::fs::write(&data, "{\"n\":1}\n").expect("write");
+    let toml = "[pipeline]\nepoch_ms = 20\n\n[sources.e]\ntype = \"file\"\npath = \"events.jsonl\"\nfollow = true\npoll_ms = 20\n\n[sinks.o]\ntype = \"file\"\npath = \"out.jsonl\"\ninput = \"e\"\nmode = \"append\"\n";
+    std::fs::write(dir.path().join("pipeline.toml"), toml).expect("write");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--quiet", &dir.path().join("pipeline.toml").to_string_lossy()])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sluice");
+    let out = dir.path().join("out.jsonl");
+    let wait_for = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if std::fs::read_to_string(&out).is_ok_and(|t| t.lines().count() >= n) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    };
+    assert!(wait_for(1), "the first line never reached the sink");
+    let mut f = std::fs::OpenOptions::new().append(true).open(&data).expect("open");
+    for n in 2..=50 {
+        writeln!(f, "{{\"n\":{n}}}").expect("append");
+    }
+    drop(f);
+    assert!(wait_for(50), "appended lines never reached the sink");
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "sluice did not stop within 20 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(exit.success(), "exit status {exit:?}");
+    let mut ns: Vec<u64> = read_jsonl(&out).iter().filter_map(|v| v["n"].as_u64()).collect();
+    ns.sort();
+    assert_eq!(ns, (1..=50).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_bounded_run_over_many_files_terminates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for f in 0..7 {
+        let body: String = (0..100).map(|i| format!("{{\"f\":{f},\"i\":{i}}}\n")).collect();
+        std::fs::write(dir.path().join(format!("part-{f}.jsonl")), body).expect("write");
+    }
+    let toml = "[sources.e]\ntype = \"file\"\npath = \"part-*.jsonl\"\n\n[sinks.o]\ntype = \"file\"\npath = \"out.jsonl\"\ninput = \"e\"\nmode = \"append\"\n";
+    std::fs::write(dir.path().join("pipeline.toml"), toml).expect("write");
+    run_ok(&dir.path().join("pipeline.toml"), 3);
+    assert_eq!(read_jsonl(&dir.path().join("out.jsonl")).len(), 700);
+    // No dead-letter file is configured: the default lands in the working directory, empty.
+    assert!(read_jsonl(&dir.path().join("dead-letters.jsonl")).is_empty());
+}
