@@ -6,6 +6,11 @@
 //! loop advances all inputs to a new epoch whether or not data arrived, so frontiers — and
 //! with them every sink's commit signal — keep moving on quiet streams.
 //!
+//! Partitions: partition `i` of source `s` goes to worker `(s + i) % workers`. A partition
+//! with parents (a Kinesis child shard) is opened only once every parent has been read to
+//! its end by whichever worker owns it; a parent no longer listed counts as done. The
+//! record of finished partitions is shared by the threads of one process.
+//!
 //! Backpressure: a worker stops reading while its sinks' frontier is more than
 //! [`MAX_EPOCHS_IN_FLIGHT`] epochs behind its inputs, so a fast file cannot flood memory.
 //!
@@ -175,6 +180,8 @@ impl RunStatus {
 /// the whole run, in the order it was first discovered).
 pub struct Catalog {
     sources: Vec<CatalogEntry>,
+    /// Partitions read to their end, as (source index, partition id), from every worker.
+    finished: Mutex<std::collections::BTreeSet<(usize, String)>>,
 }
 
 struct CatalogEntry {
@@ -184,6 +191,34 @@ struct CatalogEntry {
 }
 
 impl Catalog {
+    fn mark_finished(&self, source: usize, id: &str) {
+        if let Ok(mut f) = self.finished.lock() {
+            f.insert((source, id.to_owned()));
+        }
+    }
+
+    /// Whether every parent of `part` has been read to its end.
+    ///
+    /// A parent that is no longer listed counts as finished: its data has expired (a
+    /// Kinesis shard past retention), and waiting for it would stall the child forever.
+    fn parents_done(&self, source: usize, part: &PartitionInfo) -> bool {
+        let listed = self.sources[source]
+            .partitions
+            .read()
+            .map(|p| {
+                p.iter()
+                    .map(|q| q.id.clone())
+                    .collect::<std::collections::BTreeSet<_>>()
+            })
+            .unwrap_or_default();
+        let Ok(finished) = self.finished.lock() else {
+            return false;
+        };
+        part.parents
+            .iter()
+            .all(|parent| !listed.contains(parent) || finished.contains(&(source, parent.clone())))
+    }
+
     /// Adds newly discovered partitions of source `s`; returns the full list.
     fn merge(&self, s: usize, found: Vec<PartitionInfo>) -> Vec<PartitionInfo> {
         let entry = &self.sources[s];
@@ -245,7 +280,10 @@ pub fn run<W: Wiring>(pipeline: Arc<Pipeline>, wiring: Arc<W>, options: RunOptio
         });
         sources.push(source);
     }
-    let catalog = Arc::new(Catalog { sources: entries });
+    let catalog = Arc::new(Catalog {
+        sources: entries,
+        finished: Mutex::default(),
+    });
     let status = Arc::new(RunStatus::default());
     let workers = options.workers.unwrap_or(pipeline.workers).max(1);
     let ctx = Arc::new(Ctx {
@@ -316,6 +354,7 @@ impl SourceInput {
 struct Assigned {
     source: usize,
     partition: u32,
+    id: String,
     reader: Box<dyn PartitionReader>,
     finished: bool,
     idle_until: Option<Instant>,
@@ -410,8 +449,10 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
 
     let mut assigned: Vec<Assigned> = Vec::new();
     let mut known: Vec<usize> = vec![0; ctx.sources.len()];
+    let mut waiting: Vec<(usize, u32, PartitionInfo)> = Vec::new();
     let mut last_discover = Instant::now();
-    open_new_partitions(ctx, index, peers, &mut known, &mut assigned, false)?;
+    open_new_partitions(ctx, index, peers, &mut known, &mut waiting, false);
+    open_ready_partitions(ctx, &mut waiting, &mut assigned)?;
     for input in &mut inputs {
         input.advance_to(epoch);
     }
@@ -434,7 +475,7 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
         if ctx.stop.load(Ordering::SeqCst) {
             break;
         }
-        if all_bounded && assigned.iter().all(|a| a.finished) {
+        if all_bounded && waiting.is_empty() && assigned.iter().all(|a| a.finished) {
             break;
         }
         let behind = probe.less_than(&epoch.saturating_sub(MAX_EPOCHS_IN_FLIGHT * p.epoch_ms));
@@ -474,7 +515,10 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
                 match state {
                     ReadState::More => busy = true,
                     ReadState::Idle => a.idle_until = Some(now + Duration::from_millis(idle_poll_ms(p, a.source))),
-                    ReadState::Finished => a.finished = true,
+                    ReadState::Finished => {
+                        a.finished = true;
+                        ctx.catalog.mark_finished(a.source, &a.id);
+                    }
                 }
                 ctx.status.count_in(&p.sources[a.source].name.value, read);
             }
@@ -493,7 +537,10 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
         dead_input.flush();
         if !all_bounded && last_discover.elapsed() >= DISCOVER_EVERY {
             last_discover = Instant::now();
-            open_new_partitions(ctx, index, peers, &mut known, &mut assigned, true)?;
+            open_new_partitions(ctx, index, peers, &mut known, &mut waiting, true);
+        }
+        if !waiting.is_empty() {
+            open_ready_partitions(ctx, &mut waiting, &mut assigned)?;
         }
         let park = if busy && !behind {
             Some(Duration::ZERO)
@@ -521,22 +568,22 @@ fn idle_poll_ms(p: &Pipeline, source: usize) -> u64 {
     }
 }
 
-/// Opens readers for partitions assigned to this worker that it does not read yet.
+/// Queues partitions newly assigned to this worker (from a fresh discovery if `rediscover`).
 fn open_new_partitions<W: Wiring>(
     ctx: &Ctx<W>,
     index: usize,
     peers: usize,
     known: &mut [usize],
-    assigned: &mut Vec<Assigned>,
+    waiting: &mut Vec<(usize, u32, PartitionInfo)>,
     rediscover: bool,
-) -> Result<(), RunError> {
+) {
     for (s, source) in ctx.sources.iter().enumerate() {
-        let name = || ctx.pipeline.sources[s].name.value.clone();
         let parts = if rediscover {
             match source.discover() {
                 Ok(found) => ctx.catalog.merge(s, found),
                 Err(e) => {
-                    tracing::warn!(source = %name(), error = %e, "partition discovery failed; will retry");
+                    let name = &ctx.pipeline.sources[s].name.value;
+                    tracing::warn!(source = %name, error = %e, "partition discovery failed; will retry");
                     continue;
                 }
             }
@@ -544,22 +591,42 @@ fn open_new_partitions<W: Wiring>(
             ctx.catalog.merge(s, Vec::new())
         };
         for (i, part) in parts.iter().enumerate().skip(known[s]) {
-            if assign(s, i, peers) != index {
-                continue;
+            if assign(s, i, peers) == index {
+                waiting.push((s, i as u32, part.clone()));
             }
-            let reader = source.open(part, &Position::Start).map_err(|error| RunError::Source {
-                source_name: name(),
-                error,
-            })?;
-            assigned.push(Assigned {
-                source: s,
-                partition: i as u32,
-                reader,
-                finished: false,
-                idle_until: None,
-            });
         }
         known[s] = parts.len();
     }
+}
+
+/// Opens the queued partitions whose parents are all finished (by any worker), so that a
+/// child shard is read only after every record of its parents.
+fn open_ready_partitions<W: Wiring>(
+    ctx: &Ctx<W>,
+    waiting: &mut Vec<(usize, u32, PartitionInfo)>,
+    assigned: &mut Vec<Assigned>,
+) -> Result<(), RunError> {
+    let mut still = Vec::new();
+    for (s, i, part) in waiting.drain(..) {
+        if !ctx.catalog.parents_done(s, &part) {
+            still.push((s, i, part));
+            continue;
+        }
+        let reader = ctx.sources[s]
+            .open(&part, &Position::Start)
+            .map_err(|error| RunError::Source {
+                source_name: ctx.pipeline.sources[s].name.value.clone(),
+                error,
+            })?;
+        assigned.push(Assigned {
+            source: s,
+            partition: i,
+            id: part.id,
+            reader,
+            finished: false,
+            idle_until: None,
+        });
+    }
+    *waiting = still;
     Ok(())
 }
