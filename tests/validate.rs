@@ -84,3 +84,10 @@ fn every_example_pipeline_is_valid() {
         "expected the quickstart and delivery examples, found {checked}"
     );
 }
+
+#[test]
+fn graph_prints_the_pipeline_as_dot() {
+    let out = sluice(&["graph", "examples/delivery/pipeline.toml"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_golden("graph/delivery.dot", &String::from_utf8_lossy(&out.stdout));
+}

@@ -7,15 +7,17 @@ use super::Pipeline;
 /// Renders sources, nodes and sinks as a left-to-right DOT digraph.
 pub fn to_dot(p: &Pipeline) -> String {
     let mut out = String::new();
-    let q = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
-    let _ = writeln!(out, "digraph {} {{", q(&p.name));
+    // Escape each user-written part once; the `\n` joining label lines is DOT's own escape.
+    let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+    let q = |s: &str| format!("\"{s}\"");
+    let _ = writeln!(out, "digraph {} {{", q(&esc(&p.name)));
     let _ = writeln!(out, "  rankdir=LR;");
     for s in &p.sources {
-        let label = format!("{}\\n{} source", s.name.value, s.spec.kind());
+        let label = format!("{}\\n{} source", esc(&s.name.value), s.spec.kind());
         let _ = writeln!(out, "  {} [shape=cylinder, label={}];", q(&s.name.value), q(&label));
     }
     for n in &p.nodes {
-        let label = format!("{}\\n{}", n.name.value, n.spec.kind());
+        let label = format!("{}\\n{}", esc(&n.name.value), n.spec.kind());
         let _ = writeln!(out, "  {} [shape=box, label={}];", q(&n.name.value), q(&label));
         for r in n.spec.inputs() {
             let (from, port) = split(&r.value);
@@ -24,7 +26,12 @@ pub fn to_dot(p: &Pipeline) -> String {
     }
     for s in &p.sinks {
         let id = format!("sink:{}", s.name.value);
-        let label = format!("{}\\n{} sink ({})", s.name.value, s.target.kind(), s.mode.value.name());
+        let label = format!(
+            "{}\\n{} sink ({})",
+            esc(&s.name.value),
+            s.target.kind(),
+            s.mode.value.name()
+        );
         let _ = writeln!(out, "  {} [shape=house, label={}];", q(&id), q(&label));
         let (from, port) = split(&s.input.value);
         let _ = writeln!(out, "  {} -> {}{};", q(from), q(&id), port_label(port));
