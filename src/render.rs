@@ -12,9 +12,7 @@ use sluice_expr::Expr;
 use sluice_runtime::exec::{Built, Wiring};
 use sluice_runtime::sink::{Sink, SinkError};
 use sluice_runtime::source::{Source, SourceError};
-use sluice_runtime::spec::{
-    AggFunc, Graph, JoinKind, NodeDecl, NodeSpec, Pipeline, Problem, SinkMode, SinkTarget, SourceSpec, Spanned,
-};
+use sluice_runtime::spec::{Graph, NodeDecl, NodeSpec, Pipeline, Problem, SinkMode, SinkTarget, SourceSpec, Spanned};
 use sluice_runtime::{Rows, Time};
 use sluice_sink_file::JsonLinesSink;
 use timely::dataflow::Scope;
@@ -145,11 +143,7 @@ impl Wiring for SluiceWiring {
                 }
                 (NodeSpec::Join { left, right, kind }, _) => {
                     if let (Some(l), Some(r)) = (input(left), input(right)) {
-                        let kind = match kind {
-                            JoinKind::Inner => sluice_ops::JoinKind::Inner,
-                            JoinKind::Left => sluice_ops::JoinKind::Left,
-                        };
-                        outputs.insert(name.to_owned(), sluice_ops::join(l, r, kind, name));
+                        outputs.insert(name.to_owned(), sluice_ops::join(l, r, *kind, name));
                     }
                 }
                 (NodeSpec::Count { input: i }, _) => {
@@ -164,12 +158,7 @@ impl Wiring for SluiceWiring {
                             .iter()
                             .map(|a| sluice_ops::AggSpec {
                                 name: a.name.clone(),
-                                func: match a.func {
-                                    AggFunc::Count => sluice_ops::AggFunc::Count,
-                                    AggFunc::Sum => sluice_ops::AggFunc::Sum,
-                                    AggFunc::Min => sluice_ops::AggFunc::Min,
-                                    AggFunc::Max => sluice_ops::AggFunc::Max,
-                                },
+                                func: a.func,
                                 field: a.field.clone(),
                             })
                             .collect();

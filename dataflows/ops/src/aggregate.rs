@@ -3,23 +3,11 @@
 use std::sync::Arc;
 
 use sluice_runtime::operators::fold::KeyedFold;
+pub use sluice_runtime::spec::AggFunc;
 use sluice_runtime::{DeadLetter, DeadLetters, Row, Rows, Value};
 
 use crate::dead_letter;
 use crate::map::split;
-
-/// An aggregate function.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AggFunc {
-    /// The number of rows.
-    Count,
-    /// The sum of a numeric field: an integer while every value is one and it fits, else a float.
-    Sum,
-    /// The smallest value of a field (any values, in `Value` order).
-    Min,
-    /// The greatest value of a field.
-    Max,
-}
 
 /// One aggregate: output field `name` = `func` over `field`.
 #[derive(Clone, Debug, PartialEq, Eq)]

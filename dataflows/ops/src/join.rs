@@ -1,15 +1,7 @@
 //! `join`: rows of two keyed collections with equal keys.
 
+pub use sluice_runtime::spec::JoinKind;
 use sluice_runtime::{Pos, Row, Rows, Value};
-
-/// Which rows a join keeps.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum JoinKind {
-    /// Pairs of left and right rows with equal keys.
-    Inner,
-    /// As inner, plus every left row whose key has no right row, with `right = null`.
-    Left,
-}
 
 /// Joins `left` and `right` on their keys; each output value is `{"left": l, "right": r}`.
 ///

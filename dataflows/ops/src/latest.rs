@@ -1,7 +1,8 @@
 //! `latest`: the latest row per key, by a field or by arrival.
 
+use differential_dataflow::VecCollection;
 use sluice_runtime::operators::fold::KeyedFold;
-use sluice_runtime::{Pos, Row, Rows, Value};
+use sluice_runtime::{Diff, Pos, Row, Rows, Time, Value};
 
 /// How `latest` decides which row is newest.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,25 +29,16 @@ pub fn latest<'s>(rows: Rows<'s>, order: LatestOrder, append_only: bool, name: &
             |_k, state: &mut Option<Value>, (_pos, val): (Pos, Value)| *state = Some(val),
             |k, v| Some(Row::derived(k.clone(), v.clone())),
         ),
-        (LatestOrder::Field(path), true) => rows
-            .map(move |r| {
-                let order = r.val.get_path(&path).cloned().unwrap_or(Value::Null);
-                (r.key, (order, r.val))
-            })
-            .keyed_fold_named(
-                &fold_name,
-                |_k, state: &mut Option<(Value, Value)>, event: (Value, Value)| {
-                    if state.as_ref().is_none_or(|s| event > *s) {
-                        *state = Some(event);
-                    }
-                },
-                |k, (_, v)| Some(Row::derived(k.clone(), v.clone())),
-            ),
-        (LatestOrder::Field(path), false) => rows
-            .map(move |r| {
-                let order = r.val.get_path(&path).cloned().unwrap_or(Value::Null);
-                (r.key, (order, r.val))
-            })
+        (LatestOrder::Field(path), true) => ordered_by(rows, path).keyed_fold_named(
+            &fold_name,
+            |_k, state: &mut Option<(Value, Value)>, event: (Value, Value)| {
+                if state.as_ref().is_none_or(|s| event > *s) {
+                    *state = Some(event);
+                }
+            },
+            |k, (_, v)| Some(Row::derived(k.clone(), v.clone())),
+        ),
+        (LatestOrder::Field(path), false) => ordered_by(rows, path)
             .reduce_named(
                 &fold_name,
                 |_key, input: &[(&(Value, Value), isize)], output: &mut Vec<(Value, isize)>| {
@@ -58,4 +50,12 @@ pub fn latest<'s>(rows: Rows<'s>, order: LatestOrder, append_only: bool, name: &
             )
             .map(|(key, val)| Row::derived(key, val)),
     }
+}
+
+/// Rows as `(key, (value of the order field or null, record))`.
+fn ordered_by<'s>(rows: Rows<'s>, path: Vec<String>) -> VecCollection<'s, Time, (Value, (Value, Value)), Diff> {
+    rows.map(move |r| {
+        let order = r.val.get_path(&path).cloned().unwrap_or(Value::Null);
+        (r.key, (order, r.val))
+    })
 }
