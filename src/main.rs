@@ -9,6 +9,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sluice::{LoadError, RunOptions};
 
+// Records are many small allocations (maps, shared strings); the system allocator spent
+// about half of a run's time in malloc and free.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Declarative stream-processing pipelines on timely and differential dataflow.
 ///
 /// A pipeline file (TOML) names sources, graph nodes and sinks; sluice keeps every output

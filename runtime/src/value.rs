@@ -346,10 +346,38 @@ impl<'de> Visitor<'de> for JsonVisitor {
         while let Some(key) = access.next_key::<std::borrow::Cow<'de, str>>()? {
             let value = access.next_value_seed(JsonSeed)?;
             // A repeated key keeps its last value, as most JSON parsers do.
-            map.insert(Arc::from(key.as_ref()), value);
+            map.insert(intern(&key), value);
         }
         Ok(Value::Map(Arc::new(map)))
     }
+}
+
+/// Field names seen by this thread, so records of one shape share their key strings.
+const INTERN_MAX_KEYS: usize = 4096;
+const INTERN_MAX_LEN: usize = 64;
+
+thread_local! {
+    static KEYS: std::cell::RefCell<std::collections::HashMap<Box<str>, Arc<str>>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// A shared string for an object key: the same allocation for every record that uses it.
+///
+/// JSON records repeat their field names; without this every record paid one allocation
+/// per field. The table is bounded, so maps keyed by ids (unbounded key sets) only fill it
+/// once and then bypass it.
+fn intern(key: &str) -> Arc<str> {
+    KEYS.with(|keys| {
+        let mut keys = keys.borrow_mut();
+        if let Some(shared) = keys.get(key) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = Arc::from(key);
+        if keys.len() < INTERN_MAX_KEYS && key.len() <= INTERN_MAX_LEN {
+            keys.insert(key.into(), shared.clone());
+        }
+        shared
+    })
 }
 
 #[cfg(test)]
