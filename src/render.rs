@@ -12,7 +12,9 @@ use sluice_expr::Expr;
 use sluice_runtime::exec::{Built, Wiring};
 use sluice_runtime::sink::{Sink, SinkError};
 use sluice_runtime::source::{Source, SourceError};
-use sluice_runtime::spec::{Graph, NodeDecl, NodeSpec, Pipeline, Problem, SinkMode, SinkTarget, SourceSpec, Spanned};
+use sluice_runtime::spec::{
+    Envelope, Graph, NodeDecl, NodeSpec, Pipeline, Problem, SinkMode, SinkTarget, SourceSpec, Spanned,
+};
 use sluice_runtime::{Rows, Time};
 use sluice_sink_file::JsonLinesSink;
 use timely::dataflow::Scope;
@@ -91,7 +93,14 @@ impl Wiring for SluiceWiring {
             .get(index)
             .ok_or_else(|| SourceError::Config(format!("no source number {index}")))?;
         match &decl.spec {
-            SourceSpec::File(f) => Ok(Arc::new(FileSource::new(f.path.value.clone(), f.follow))),
+            SourceSpec::File(f) => {
+                let source = FileSource::new(f.path.value.clone(), f.follow);
+                // Events may be read in parallel chunks; upserts must apply in file order.
+                Ok(Arc::new(match decl.envelope {
+                    Envelope::Append { .. } => source.with_chunks(sluice_connector_file::CHUNK_BYTES),
+                    Envelope::Upsert { .. } => source,
+                }))
+            }
         }
     }
 

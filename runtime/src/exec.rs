@@ -448,6 +448,7 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
     });
 
     let mut assigned: Vec<Assigned> = Vec::new();
+    let mut rotate = 0usize;
     let mut known: Vec<usize> = vec![0; ctx.sources.len()];
     let mut waiting: Vec<(usize, u32, PartitionInfo)> = Vec::new();
     let mut last_discover = Instant::now();
@@ -482,16 +483,27 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
         let mut busy = false;
         if !behind {
             let now = Instant::now();
-            for a in assigned
-                .iter_mut()
-                .filter(|a| !a.finished && a.idle_until.is_none_or(|t| t <= now))
-            {
+            // One batch per step in total, starting at a rotating partition: small steps keep
+            // the dataflow's working set in cache, and rotation keeps partitions fair.
+            let mut budget = POLL_BATCH;
+            let n = assigned.len();
+            rotate = rotate.wrapping_add(1);
+            for k in 0..n {
+                let a = &mut assigned[(rotate + k) % n];
+                if a.finished || a.idle_until.is_some_and(|t| t > now) {
+                    continue;
+                }
+                if budget == 0 {
+                    busy = true;
+                    break;
+                }
                 buf.clear();
-                let state = a.reader.poll(&mut buf, POLL_BATCH).map_err(|error| RunError::Source {
+                let state = a.reader.poll(&mut buf, budget).map_err(|error| RunError::Source {
                     source_name: p.sources[a.source].name.value.clone(),
                     error,
                 })?;
                 let read = buf.len();
+                budget = budget.saturating_sub(read);
                 for rec in buf.drain(..) {
                     let pos = Pos {
                         source: a.source as u32,

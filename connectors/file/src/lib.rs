@@ -11,6 +11,12 @@
 //! error for a bounded source (nothing to read is almost always a typo) and an empty start
 //! for a followed one (files may appear later; discovery runs again).
 //!
+//! **Chunks.** With chunking on (bounded append sources; see `with_chunks`), a file larger
+//! than the chunk size becomes several partitions `path@start-end`, read in parallel by
+//! different workers. A line belongs to the chunk its first byte lies in, and keeps its line
+//! number in the whole file. Upsert sources never chunk: one key's records must apply in
+//! file order, which parallel chunks would not keep.
+//!
 //! **Records and positions.** A record is one non-blank line. Its ordinal is its 1-based
 //! line number, which dead letters report. The native position is the byte offset after
 //! the last complete line together with the line count, so a reader can resume exactly.
@@ -26,17 +32,32 @@
 //! position the reader was opened at; resuming from a checkpointed position neither skips
 //! nor repeats lines.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use sluice_runtime::source::{PartitionInfo, PartitionReader, Position, RawRecord, ReadState, Source, SourceError};
 
+/// Files above this size are read as several chunks when chunking is on.
+pub const CHUNK_BYTES: u64 = 32 * 1024 * 1024;
+
 /// A file source over a path or glob.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct FileSource {
     pattern: String,
     follow: bool,
+    chunk_bytes: Option<u64>,
+    /// Byte range of every chunk partition, by partition id.
+    chunks: Mutex<HashMap<String, Chunk>>,
+}
+
+#[derive(Clone, Debug)]
+struct Chunk {
+    path: PathBuf,
+    start: u64,
+    end: u64,
 }
 
 impl FileSource {
@@ -45,7 +66,16 @@ impl FileSource {
         FileSource {
             pattern: pattern.into(),
             follow,
+            chunk_bytes: None,
+            chunks: Mutex::default(),
         }
+    }
+
+    /// Splits files larger than `bytes` into chunks read in parallel (bounded sources only;
+    /// a followed file grows and is always one partition).
+    pub fn with_chunks(mut self, bytes: u64) -> Self {
+        self.chunk_bytes = (!self.follow && bytes > 0).then_some(bytes);
+        self
     }
 
     fn is_glob(&self) -> bool {
@@ -78,13 +108,40 @@ impl Source for FileSource {
                 self.pattern
             )));
         }
-        Ok(files
-            .into_iter()
-            .map(|p| PartitionInfo {
-                id: p.to_string_lossy().into_owned(),
-                parents: Vec::new(),
-            })
-            .collect())
+        let mut parts = Vec::new();
+        let mut chunks = self
+            .chunks
+            .lock()
+            .map_err(|_| SourceError::Config("chunk table poisoned".into()))?;
+        for path in files {
+            let name = path.to_string_lossy().into_owned();
+            let size = std::fs::metadata(&path).map_err(|e| io_error(&path, e))?.len();
+            match self.chunk_bytes {
+                Some(chunk) if size > chunk => {
+                    for start in (0..size).step_by(chunk as usize) {
+                        let end = (start + chunk).min(size);
+                        let id = format!("{name}@{start}-{end}");
+                        chunks.insert(
+                            id.clone(),
+                            Chunk {
+                                path: path.clone(),
+                                start,
+                                end,
+                            },
+                        );
+                        parts.push(PartitionInfo {
+                            id,
+                            parents: Vec::new(),
+                        });
+                    }
+                }
+                _ => parts.push(PartitionInfo {
+                    id: name,
+                    parents: Vec::new(),
+                }),
+            }
+        }
+        Ok(parts)
     }
 
     fn open(&self, partition: &PartitionInfo, from: &Position) -> Result<Box<dyn PartitionReader>, SourceError> {
@@ -97,7 +154,16 @@ impl Source for FileSource {
                 )));
             }
         };
-        let reader = FileReader::open(Path::new(&partition.id), byte, line, self.follow)?;
+        let chunk = self.chunks.lock().ok().and_then(|c| c.get(&partition.id).cloned());
+        let reader = match chunk {
+            None => FileReader::open(Path::new(&partition.id), byte, line, self.follow)?,
+            Some(c) if matches!(from, Position::Start) => FileReader::open_chunk(&c.path, c.start, c.end)?,
+            Some(c) => {
+                let mut r = FileReader::open(&c.path, byte, line, false)?;
+                r.end = Some(c.end);
+                r
+            }
+        };
         Ok(Box::new(reader))
     }
 
@@ -118,6 +184,8 @@ struct FileReader {
     line: u64,
     follow: bool,
     pending: Vec<u8>,
+    /// For a chunk: lines starting at or after this byte belong to the next chunk.
+    end: Option<u64>,
 }
 
 impl FileReader {
@@ -131,7 +199,43 @@ impl FileReader {
             line,
             follow,
             pending: Vec::new(),
+            end: None,
         })
+    }
+
+    /// A reader of the lines whose first byte lies in `[start, end)`, numbered as in the
+    /// whole file.
+    fn open_chunk(path: &Path, start: u64, end: u64) -> Result<Self, SourceError> {
+        if start == 0 {
+            let mut r = FileReader::open(path, 0, 0, false)?;
+            r.end = Some(end);
+            return Ok(r);
+        }
+        // The line that crosses `start` belongs to the previous chunk: skip to the byte after
+        // the first newline at or after `start - 1`, counting the newlines before it.
+        let mut r = FileReader::open(path, start - 1, 0, false)?;
+        let mut skipped = Vec::new();
+        let n = r
+            .reader
+            .read_until(b'\n', &mut skipped)
+            .map_err(|e| io_error(path, e))?;
+        let first = start - 1 + n as u64;
+        let mut counter = BufReader::with_capacity(256 * 1024, File::open(path).map_err(|e| io_error(path, e))?);
+        let (mut remaining, mut lines) = (first, 0u64);
+        while remaining > 0 {
+            let buf = counter.fill_buf().map_err(|e| io_error(path, e))?;
+            if buf.is_empty() {
+                break;
+            }
+            let take = buf.len().min(remaining as usize);
+            lines += buf[..take].iter().filter(|&&b| b == b'\n').count() as u64;
+            counter.consume(take);
+            remaining -= take as u64;
+        }
+        r.byte = first;
+        r.line = lines;
+        r.end = Some(end);
+        Ok(r)
     }
 
     /// Reopens from the start when the file shrank below what was read.
@@ -151,6 +255,9 @@ impl PartitionReader for FileReader {
     fn poll(&mut self, out: &mut Vec<RawRecord>, max: usize) -> Result<ReadState, SourceError> {
         let mut produced = 0;
         while produced < max {
+            if self.end.is_some_and(|end| self.byte >= end) {
+                return Ok(ReadState::Finished);
+            }
             let n = self
                 .reader
                 .read_until(b'\n', &mut self.pending)

@@ -95,3 +95,51 @@ fn glob_partitions_are_sorted_and_missing_files_are_config_errors() {
     let empty_glob = FileSource::new(dir.path().join("*.csv").to_string_lossy(), false).discover();
     assert!(matches!(empty_glob, Err(SourceError::Config(_))));
 }
+
+#[test]
+fn chunks_split_on_line_boundaries_and_keep_file_line_numbers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("big.jsonl");
+    // Lines of varying length, a blank line and no final newline: chunk edges fall everywhere.
+    let lines: Vec<String> = (1..=200)
+        .map(|i| if i == 50 { String::new() } else { "x".repeat(i % 13 + 1) })
+        .collect();
+    std::fs::write(&path, lines.join("\n")).expect("write");
+    let expected: Vec<(u64, String)> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| !l.is_empty())
+        .map(|(i, l)| (i as u64 + 1, l.clone()))
+        .collect();
+    for chunk in [1, 7, 16, 64, 500, 5000] {
+        let source = FileSource::new(path.to_string_lossy(), false).with_chunks(chunk);
+        let parts = source.discover().expect("discover");
+        let mut all = Vec::new();
+        for p in &parts {
+            let mut reader = source.open(p, &Position::Start).expect("open");
+            let (lines, state) = read_all(reader.as_mut());
+            assert_eq!(state, ReadState::Finished);
+            all.extend(lines);
+        }
+        assert_eq!(all, expected, "chunk size {chunk}, {} partitions", parts.len());
+    }
+}
+
+#[test]
+fn a_chunk_resumes_from_its_position() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("big.jsonl");
+    std::fs::write(&path, "aaaa\nbbbb\ncccc\ndddd\neeee\nffff\n").expect("write");
+    let source = FileSource::new(path.to_string_lossy(), false).with_chunks(12);
+    let parts = source.discover().expect("discover");
+    assert!(parts.len() > 1);
+    let second = &parts[1];
+    let mut reader = source.open(second, &Position::Start).expect("open");
+    let mut buf = Vec::new();
+    reader.poll(&mut buf, 1).expect("poll");
+    let pos = reader.position();
+    let (rest_fresh, _) = read_all(reader.as_mut());
+    let mut resumed = source.open(second, &pos).expect("open");
+    let (rest, _) = read_all(resumed.as_mut());
+    assert_eq!(rest, rest_fresh);
+}
