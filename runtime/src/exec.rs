@@ -124,9 +124,12 @@ impl RunReport {
             .peak_rss_bytes
             .map(|b| format!(", peak memory {:.1} MiB", b as f64 / (1024.0 * 1024.0)))
             .unwrap_or_default();
+        let plural = |n: u64, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
         format!(
-            "sluice: read {read} records, wrote {written} updates, {} dead letters, in {secs:.2}s ({rate:.0} records/s{memory}){}",
-            self.dead_letters,
+            "sluice: read {}, wrote {}, {}, in {secs:.2}s ({rate:.0} records/s{memory}){}",
+            plural(read, "record"),
+            plural(written, "update"),
+            plural(self.dead_letters, "dead letter"),
             if self.stopped { "; stopped on request" } else { "" }
         )
     }
