@@ -374,3 +374,31 @@ fn a_bounded_run_over_many_files_terminates() {
     // No dead-letter file is configured: the default lands in the working directory, empty.
     assert!(read_jsonl(&dir.path().join("dead-letters.jsonl")).is_empty());
 }
+
+#[test]
+fn a_missing_input_file_fails_the_run_naming_the_source() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let toml = "[sources.orders]\ntype = \"file\"\npath = \"missing.jsonl\"\n\n[sinks.o]\ntype = \"stdout\"\ninput = \"orders\"\nmode = \"append\"\n";
+    std::fs::write(dir.path().join("pipeline.toml"), toml).expect("write");
+    let out = sluice_in(dir.path(), &["run", "pipeline.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("source orders") && stderr.contains("missing.jsonl") && stderr.contains("does not exist"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_sink_that_cannot_be_opened_fails_the_run_naming_the_sink() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("events.jsonl"), "{\"a\":1}\n").expect("write");
+    // A regular file where the sink's directory should be.
+    std::fs::write(dir.path().join("blocked"), "").expect("write");
+    let toml = "[sources.e]\ntype = \"file\"\npath = \"events.jsonl\"\n\n[sinks.out]\ntype = \"file\"\npath = \"blocked/out.jsonl\"\ninput = \"e\"\nmode = \"append\"\n";
+    std::fs::write(dir.path().join("pipeline.toml"), toml).expect("write");
+    let out = sluice_in(dir.path(), &["run", "pipeline.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("sink out") && stderr.contains("blocked"), "{stderr}");
+}

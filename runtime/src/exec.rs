@@ -59,7 +59,8 @@ pub trait Wiring: Send + Sync + 'static {
 
 /// The rendered graph of one worker.
 pub struct Built<'s> {
-    /// Every output by the name sinks reference (`node`, `node.output`, `source`).
+    /// Every node output by the name sinks reference (`node`, `node.output`); the runtime
+    /// adds the sources itself.
     pub outputs: BTreeMap<String, Rows<'s>>,
     /// Dead letters produced by nodes.
     pub dead_letters: Vec<DeadLetters<'s>>,
@@ -415,17 +416,7 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
                 ));
                 continue;
             };
-            let opened = if index == 0 {
-                match ctx.wiring.open_sink(&sink.target, sink.mode.value) {
-                    Ok(s) => Some(s),
-                    Err(e) => {
-                        ctx.status.fail(format!("sink {}: {e}", sink.name.value));
-                        None
-                    }
-                }
-            } else {
-                None
-            };
+            let opened = open_on_first_worker(ctx, index, &sink.target, sink.mode.value, &sink.name.value);
             let rows = rows.clone().probe_with(&probe);
             sink_rows(rows, &sink.name.value, opened, ctx.status.clone());
         }
@@ -435,17 +426,7 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
             differential_dataflow::collection::concatenate(scope, built.dead_letters.into_iter().chain([dead_rows]))
                 .map(move |d| catalog.dead_letter_row(&d))
                 .probe_with(&probe);
-        let dead_sink = if index == 0 {
-            match ctx.wiring.open_sink(&p.dead_letters, SinkMode::Append) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    ctx.status.fail(format!("dead letters: {e}"));
-                    None
-                }
-            }
-        } else {
-            None
-        };
+        let dead_sink = open_on_first_worker(ctx, index, &p.dead_letters, SinkMode::Append, DEAD_LETTER_SINK);
         sink_rows(dead, DEAD_LETTER_SINK, dead_sink, ctx.status.clone());
         (inputs, dead_session)
     });
@@ -575,6 +556,27 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
         worker.step_or_park(Some(Duration::from_millis(10)));
     }
     Ok(())
+}
+
+/// Opens a sink on worker 0, its single writer; other workers forward their rows to it.
+/// A sink that cannot be opened fails the run.
+fn open_on_first_worker<W: Wiring>(
+    ctx: &Ctx<W>,
+    index: usize,
+    target: &SinkTarget,
+    mode: SinkMode,
+    name: &str,
+) -> Option<Box<dyn Sink>> {
+    if index != 0 {
+        return None;
+    }
+    match ctx.wiring.open_sink(target, mode) {
+        Ok(sink) => Some(sink),
+        Err(e) => {
+            ctx.status.fail(format!("sink {name}: {e}"));
+            None
+        }
+    }
 }
 
 fn idle_poll_ms(p: &Pipeline, source: usize) -> u64 {
