@@ -203,34 +203,21 @@ fn aggregate_oracle(l: &Bag) -> (Bag, Bag) {
 }
 
 #[test]
-fn aggregate_matches_oracle_under_retractions() {
+fn aggregate_matches_oracle_under_retractions_and_on_events() {
     for seed in SEEDS {
-        check(
-            seed,
-            ROUNDS,
-            TABLE,
-            |l, _| {
-                let (rows, dead) = sluice_ops::aggregate(l, &agg_specs(), false, "a");
-                Out { rows, dead: Some(dead) }
-            },
-            |l, _| aggregate_oracle(l),
-        );
-    }
-}
-
-#[test]
-fn aggregate_fold_path_matches_oracle_on_events() {
-    for seed in SEEDS {
-        check(
-            seed,
-            ROUNDS,
-            EVENTS,
-            |l, _| {
-                let (rows, dead) = sluice_ops::aggregate(l, &agg_specs(), true, "a");
-                Out { rows, dead: Some(dead) }
-            },
-            |l, _| aggregate_oracle(l),
-        );
+        // Tables take the reduce path, events the fold path.
+        for (shape, append_only) in [(TABLE, false), (EVENTS, true)] {
+            check(
+                seed,
+                ROUNDS,
+                shape,
+                move |l, _| {
+                    let (rows, dead) = sluice_ops::aggregate(l, &agg_specs(), append_only, "a");
+                    Out { rows, dead: Some(dead) }
+                },
+                |l, _| aggregate_oracle(l),
+            );
+        }
     }
 }
 
