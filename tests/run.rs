@@ -402,3 +402,23 @@ fn a_sink_that_cannot_be_opened_fails_the_run_naming_the_sink() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("sink out") && stderr.contains("blocked"), "{stderr}");
 }
+
+#[test]
+fn the_delivery_example_produces_its_golden_outputs() {
+    let dir = copy_example("delivery");
+    let stdout = run_ok(&dir.path().join("pipeline.toml"), 2);
+    let mut report = String::from("# stdout (unsubscribes and alerts), final state\n");
+    for (k, v) in final_upsert_state(&parse_lines(&stdout)) {
+        report.push_str(&format!("{k} => {v}\n"));
+    }
+    for (file, lines) in outputs_of(dir.path()) {
+        report.push_str(&format!("# {file}\n"));
+        for line in lines {
+            report.push_str(&line);
+            report.push('\n');
+        }
+    }
+    // The dead letters name the file they came from, which is in a temporary directory.
+    let report = report.replace(&dir.path().to_string_lossy().into_owned(), "<example dir>");
+    common::assert_golden("examples/delivery.txt", &report);
+}
