@@ -4,10 +4,11 @@ use std::sync::Arc;
 
 use sluice_runtime::operators::fold::KeyedFold;
 pub use sluice_runtime::spec::AggFunc;
-use sluice_runtime::{DeadLetter, DeadLetters, Row, Rows, Value};
+use sluice_runtime::{DeadLetters, Row, Rows, Value};
 
-use crate::dead_letter;
-use crate::map::split;
+use crate::named::{map_named, split_named};
+use crate::order::compare;
+use crate::{dead_letter, stage};
 
 /// One aggregate: output field `name` = `func` over `field`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,33 +21,36 @@ pub struct AggSpec {
     pub field: Option<Vec<String>>,
 }
 
-/// Per key, a map of the named aggregates over the key's rows.
+/// Per key, a map of the named aggregates over the key's rows (a derived row per key).
 ///
-/// A row that lacks an aggregated field, or whose field is not a number for `sum`, is
-/// dead-lettered with the reason rather than skipped: a sum that silently ignores records is
-/// wrong without saying so. On event collections (`append_only`) a keyed fold keeps one
-/// accumulator per key; otherwise a `reduce` recomputes a key's aggregates from its present
-/// rows, exact under retractions.
+/// A row that lacks an aggregated field (or has null there), or whose field is not a number
+/// for `sum`, is dead-lettered with the reason and left out of every aggregate of its key,
+/// rather than skipped by one of them: a sum that silently ignores records is wrong without
+/// saying so. `sum` is an integer while every input is one and the total fits, a float
+/// otherwise; `min` and `max` compare numbers by value ([`order::compare`](crate::order::compare))
+/// and accept any other value too.
+///
+/// On event collections (`append_only`) a keyed fold keeps one accumulator per key, so memory
+/// follows the number of keys. Otherwise a `reduce` recomputes a key's aggregates from its
+/// present rows whenever they change, exact under retractions.
 pub fn aggregate<'s>(rows: Rows<'s>, specs: &[AggSpec], append_only: bool, name: &str) -> (Rows<'s>, DeadLetters<'s>) {
     let specs: Arc<[AggSpec]> = specs.into();
-    let checked = {
+    let (ok, dead) = {
         let specs = specs.clone();
-        let name = name.to_owned();
-        rows.map(move |row| -> Result<Row, DeadLetter> {
-            match inputs_of(&specs, &row.val) {
-                Ok(inputs) => Ok(Row {
-                    val: Value::List(inputs.into()),
-                    ..row
-                }),
-                Err(reason) => Err(dead_letter(&name, &row, reason)),
-            }
-        })
+        let stage = stage(name);
+        split_named(
+            rows,
+            &format!("Aggregate inputs: {name}"),
+            move |row: Row| match inputs_of(&specs, &row.val) {
+                Ok(inputs) => Ok((row.key, Value::List(inputs.into()))),
+                Err(reason) => Err(dead_letter(&stage, &row, reason)),
+            },
+        )
     };
-    let (ok, dead) = split(checked);
     let op_name = format!("Aggregate: {name}");
     let out = if append_only {
         let render_specs = specs.clone();
-        ok.map(|r| (r.key, r.val)).keyed_fold_named(
+        ok.keyed_fold_named(
             &op_name,
             move |_k, acc: &mut Option<Vec<Acc>>, inputs: Value| {
                 let accs = acc.get_or_insert_with(|| specs.iter().map(|s| Acc::new(s.func)).collect());
@@ -57,20 +61,25 @@ pub fn aggregate<'s>(rows: Rows<'s>, specs: &[AggSpec], append_only: bool, name:
             move |k, accs| Some(Row::derived(k.clone(), render(&render_specs, accs))),
         )
     } else {
-        ok.map(|r| (r.key, r.val))
-            .reduce_named(
-                &op_name,
-                move |_key, input: &[(&Value, isize)], output: &mut Vec<(Value, isize)>| {
-                    let mut accs: Vec<Acc> = specs.iter().map(|s| Acc::new(s.func)).collect();
-                    for (inputs, n) in input {
-                        for (a, v) in accs.iter_mut().zip(inputs.as_list().unwrap_or_default()) {
-                            a.add(v, *n);
-                        }
+        let aggregates = ok.reduce_named(
+            &op_name,
+            move |_key, input: &[(&Value, isize)], output: &mut Vec<(Value, isize)>| {
+                let mut accs: Vec<Acc> = specs.iter().map(|s| Acc::new(s.func)).collect();
+                let mut present = false;
+                for (inputs, n) in input.iter().filter(|(_, n)| *n > 0) {
+                    present = true;
+                    for (a, v) in accs.iter_mut().zip(inputs.as_list().unwrap_or_default()) {
+                        a.add(v, *n);
                     }
+                }
+                if present {
                     output.push((render(&specs, &accs), 1));
-                },
-            )
-            .map(|(key, val)| Row::derived(key, val))
+                }
+            },
+        );
+        map_named(aggregates, &format!("Aggregate rows: {name}"), |(key, val)| {
+            Row::derived(key, val)
+        })
     };
     (out, dead)
 }
@@ -133,12 +142,12 @@ impl Acc {
                 };
             }
             Acc::Min(m) => {
-                if m.as_ref().is_none_or(|cur| v < cur) {
+                if m.as_ref().is_none_or(|cur| compare(v, cur).is_lt()) {
                     *m = Some(v.clone());
                 }
             }
             Acc::Max(m) => {
-                if m.as_ref().is_none_or(|cur| v > cur) {
+                if m.as_ref().is_none_or(|cur| compare(v, cur).is_gt()) {
                     *m = Some(v.clone());
                 }
             }

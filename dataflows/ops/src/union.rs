@@ -3,7 +3,16 @@
 use sluice_runtime::{Rows, Time};
 use timely::dataflow::Scope;
 
-/// The multiset union of `inputs`.
+use crate::named::concat_named;
+
+/// The multiset union of `inputs`; as [`union_named`], named `"union"`.
 pub fn union<'s>(scope: Scope<'s, Time>, inputs: Vec<Rows<'s>>) -> Rows<'s> {
-    differential_dataflow::collection::concatenate(scope, inputs)
+    union_named(scope, inputs, "union")
+}
+
+/// The multiset union of `inputs` (empty for none), in an operator named after node `name`.
+///
+/// Rows keep their keys and positions; a row present in two inputs is present twice.
+pub fn union_named<'s>(scope: Scope<'s, Time>, inputs: Vec<Rows<'s>>, name: &str) -> Rows<'s> {
+    concat_named(scope, inputs, &format!("Union: {name}"))
 }
