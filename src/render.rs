@@ -123,7 +123,7 @@ impl Wiring for SluiceWiring {
                 (NodeSpec::Filter { input: i, .. }, Compiled::Expr(expr)) => {
                     if let Some(rows) = input(i) {
                         let errors = self.filter_errors.get(name).cloned().unwrap_or_default();
-                        outputs.insert(name.to_owned(), sluice_ops::filter(rows, &expr, errors));
+                        outputs.insert(name.to_owned(), sluice_ops::filter_named(rows, &expr, errors, name));
                     }
                 }
                 (NodeSpec::Map { input: i, .. }, Compiled::Expr(expr)) => {
@@ -179,7 +179,7 @@ impl Wiring for SluiceWiring {
                 (NodeSpec::Union { inputs }, _) => {
                     let all: Option<Vec<Rows<'s>>> = inputs.iter().map(input).collect();
                     if let Some(all) = all {
-                        outputs.insert(name.to_owned(), sluice_ops::union(scope, all));
+                        outputs.insert(name.to_owned(), sluice_ops::union_named(scope, all, name));
                     }
                 }
                 (NodeSpec::Delivery(d), Compiled::Delivery(config)) => {
