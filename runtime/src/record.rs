@@ -16,7 +16,8 @@ pub type Diff = isize;
 /// A differential collection of generic rows.
 pub type Rows<'s> = VecCollection<'s, Time, Row, Diff>;
 
-/// A differential collection of dead letters (always append-only).
+/// A differential collection of dead letters: insertions, and retractions when the rejected
+/// row itself is retracted (the dead-letter output writes insertions only).
 pub type DeadLetters<'s> = VecCollection<'s, Time, DeadLetter, Diff>;
 
 /// Where a record came from: which source, which partition, which record in it.
