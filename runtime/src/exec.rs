@@ -206,21 +206,12 @@ impl Catalog {
     /// A parent that is no longer listed counts as finished: its data has expired (a
     /// Kinesis shard past retention), and waiting for it would stall the child forever.
     fn parents_done(&self, source: usize, part: &PartitionInfo) -> bool {
-        let listed = self.sources[source]
-            .partitions
-            .read()
-            .map(|p| {
-                p.iter()
-                    .map(|q| q.id.clone())
-                    .collect::<std::collections::BTreeSet<_>>()
-            })
-            .unwrap_or_default();
-        let Ok(finished) = self.finished.lock() else {
+        let (Ok(listed), Ok(finished)) = (self.sources[source].partitions.read(), self.finished.lock()) else {
             return false;
         };
         part.parents
             .iter()
-            .all(|parent| !listed.contains(parent) || finished.contains(&(source, parent.clone())))
+            .all(|parent| !listed.iter().any(|q| &q.id == parent) || finished.contains(&(source, parent.clone())))
     }
 
     /// Adds newly discovered partitions of source `s`; returns the full list.
