@@ -1,0 +1,1 @@
+//! Record formats: DynamoDB JSON (stream records and items) and cds-update decoders and encoders.

@@ -1,0 +1,1 @@
+//! The contacts dataflow: client state, contact resolution and contact-id writer outputs.
