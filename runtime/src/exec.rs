@@ -29,11 +29,11 @@ use timely::dataflow::operators::vec::input::Handle;
 use timely::dataflow::{ProbeHandle, Scope};
 
 use crate::envelope;
-use crate::ingest::{Ingested, Ingester};
+use crate::ingest::{Decode, Ingested, Ingester};
 use crate::record::{DeadLetter, DeadLetters, Diff, Pos, Row, Rows, Time};
 use crate::sink::{Sink, SinkError, sink_rows};
 use crate::source::{PartitionInfo, PartitionReader, Position, RawRecord, ReadState, Source, SourceError, assign};
-use crate::spec::{Envelope, Pipeline, SinkMode, SinkTarget};
+use crate::spec::{Envelope, Format, Pipeline, SinkMode, SinkTarget};
 use crate::value::Value;
 
 /// Epochs a worker may have in flight before it pauses reading.
@@ -50,8 +50,11 @@ const DISCOVER_EVERY: Duration = Duration::from_secs(5);
 pub trait Wiring: Send + Sync + 'static {
     /// Opens the source declared at `index` of the pipeline (once per process).
     fn open_source(&self, pipeline: &Pipeline, index: usize) -> Result<Arc<dyn Source>, SourceError>;
+    /// The decoder of the source declared at `index`: its format's, or one with a filter
+    /// pushed down from the nodes that read it.
+    fn decoder(&self, pipeline: &Pipeline, index: usize) -> Arc<dyn Decode>;
     /// Opens a sink (on worker 0 only).
-    fn open_sink(&self, target: &SinkTarget, mode: SinkMode) -> Result<Box<dyn Sink>, SinkError>;
+    fn open_sink(&self, target: &SinkTarget, mode: SinkMode, format: Format) -> Result<Box<dyn Sink>, SinkError>;
     /// Renders the graph nodes over the source collections, returning every referencable
     /// output (by reference name) and the dead letters the nodes produce.
     fn build<'s>(&self, scope: Scope<'s, Time>, sources: &BTreeMap<String, Rows<'s>>) -> Built<'s>;
@@ -97,8 +100,10 @@ pub enum RunError {
 /// What a finished run did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RunReport {
-    /// Records read per source (including dead-lettered ones).
+    /// Records read per source (including dead-lettered and dropped ones).
     pub records_in: BTreeMap<String, u64>,
+    /// Records per source that its decoder dropped as irrelevant to every reader.
+    pub records_dropped: BTreeMap<String, u64>,
     /// Updates written per sink (after consolidation).
     pub updates_out: BTreeMap<String, u64>,
     /// Records written to the dead-letter output (by sources and by nodes).
@@ -164,9 +169,12 @@ impl RunStatus {
         }
     }
 
-    fn count_in(&self, source: &str, n: usize) {
+    fn count_in(&self, source: &str, read: usize, dropped: usize) {
         if let Ok(mut c) = self.counters.lock() {
-            *c.records_in.entry(source.to_owned()).or_default() += n as u64;
+            *c.records_in.entry(source.to_owned()).or_default() += read as u64;
+            if dropped > 0 {
+                *c.records_dropped.entry(source.to_owned()).or_default() += dropped as u64;
+            }
         }
     }
 
@@ -407,7 +415,12 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
                 ));
                 continue;
             };
-            let opened = open_on_first_worker(ctx, index, &sink.target, sink.mode.value, &sink.name.value);
+            let opened = open_on_first_worker(
+                ctx,
+                index,
+                (&sink.target, sink.mode.value, sink.format.value),
+                &sink.name.value,
+            );
             let rows = rows.clone().probe_with(&probe);
             sink_rows(rows, &sink.name.value, opened, ctx.status.clone());
         }
@@ -417,7 +430,12 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
             differential_dataflow::collection::concatenate(scope, built.dead_letters.into_iter().chain([dead_rows]))
                 .map(move |d| catalog.dead_letter_row(&d))
                 .probe_with(&probe);
-        let dead_sink = open_on_first_worker(ctx, index, &p.dead_letters, SinkMode::Append, DEAD_LETTER_SINK);
+        let dead_sink = open_on_first_worker(
+            ctx,
+            index,
+            (&p.dead_letters, SinkMode::Append, Format::Json),
+            DEAD_LETTER_SINK,
+        );
         sink_rows(dead, DEAD_LETTER_SINK, dead_sink, ctx.status.clone());
         (inputs, dead_session)
     });
@@ -440,7 +458,8 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
     let ingesters: Vec<Ingester> = p
         .sources
         .iter()
-        .map(|d| Ingester::new(&d.name.value, d.format, d.envelope.clone()))
+        .enumerate()
+        .map(|(i, d)| Ingester::new(&d.name.value, ctx.wiring.decoder(p, i), d.envelope.clone()))
         .collect();
 
     // Reading phase.
@@ -478,6 +497,7 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
                     error,
                 })?;
                 let read = buf.len();
+                let mut dropped = 0;
                 budget = budget.saturating_sub(read);
                 for rec in buf.drain(..) {
                     let pos = Pos {
@@ -497,6 +517,7 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
                             }
                         }
                         Ingested::Dead(d) => dead_input.insert(d),
+                        Ingested::Dropped => dropped += 1,
                     }
                 }
                 match state {
@@ -507,7 +528,7 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
                         ctx.catalog.mark_finished(a.source, &a.id);
                     }
                 }
-                ctx.status.count_in(&p.sources[a.source].name.value, read);
+                ctx.status.count_in(&p.sources[a.source].name.value, read, dropped);
             }
         }
         if Instant::now() >= next_tick {
@@ -554,14 +575,13 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
 fn open_on_first_worker<W: Wiring>(
     ctx: &Ctx<W>,
     index: usize,
-    target: &SinkTarget,
-    mode: SinkMode,
+    (target, mode, format): (&SinkTarget, SinkMode, Format),
     name: &str,
 ) -> Option<Box<dyn Sink>> {
     if index != 0 {
         return None;
     }
-    match ctx.wiring.open_sink(target, mode) {
+    match ctx.wiring.open_sink(target, mode, format) {
         Ok(sink) => Some(sink),
         Err(e) => {
             ctx.status.fail(format!("sink {name}: {e}"));

@@ -1,10 +1,46 @@
 //! Turning raw records into rows: decoding (format) and the envelope's key handling.
+//!
+//! Decoders are supplied by the wiring ([`Decode`]), so formats live with the connectors
+//! and the engine knows none of them but JSON. A decoder may also **drop** a record it can
+//! prove irrelevant to every reader of the source (a filter pushed down into decoding), so
+//! that records which would be thrown away anyway never become rows.
 
 use std::sync::Arc;
 
 use crate::record::{DeadLetter, Pos, key_from_fields};
-use crate::spec::{Envelope, Format};
+use crate::spec::Envelope;
 use crate::value::Value;
+
+/// Decodes a record's payload bytes into a value.
+pub trait Decode: Send + Sync {
+    /// The value of `bytes`; `Ok(None)` drops the record (it cannot matter to any reader);
+    /// `Err` is the reason it is dead-lettered.
+    ///
+    /// A dropped record is not a tombstone: tombstones are records without a payload, and
+    /// never reach the decoder. Decoders of upsert sources never drop.
+    fn decode(&self, bytes: &[u8]) -> Result<Option<Value>, String>;
+}
+
+/// The `json` format: one JSON object (or `null`, a tombstone) per record.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct JsonDecoder;
+
+impl Decode for JsonDecoder {
+    fn decode(&self, bytes: &[u8]) -> Result<Option<Value>, String> {
+        decode_json_object(bytes).map(Some)
+    }
+}
+
+/// Decodes one JSON object (or `null`), the shape every JSON record and key must have.
+pub fn decode_json_object(bytes: &[u8]) -> Result<Value, String> {
+    let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8: {e}"))?;
+    let value = Value::from_json_str(text).map_err(|e| e.to_string())?;
+    if matches!(value, Value::Map(_) | Value::Null) {
+        Ok(value)
+    } else {
+        Err(format!("expected a JSON object, found {}", value.type_name()))
+    }
+}
 
 /// What one raw record became.
 #[derive(Clone, Debug, PartialEq)]
@@ -25,21 +61,23 @@ pub enum Ingested {
     },
     /// The record was rejected.
     Dead(DeadLetter),
+    /// The decoder dropped the record: no reader of the source needs it.
+    Dropped,
 }
 
 /// Decodes and keys raw records for one source.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Ingester {
-    format: Format,
+    decoder: Arc<dyn Decode>,
     envelope: Envelope,
     stage: Arc<str>,
 }
 
 impl Ingester {
-    /// An ingester for the source named `source` with its format and envelope.
-    pub fn new(source: &str, format: Format, envelope: Envelope) -> Self {
+    /// An ingester for the source named `source` with its decoder and envelope.
+    pub fn new(source: &str, decoder: Arc<dyn Decode>, envelope: Envelope) -> Self {
         Ingester {
-            format,
+            decoder,
             envelope,
             stage: Arc::from(format!("source {source}")),
         }
@@ -57,8 +95,9 @@ impl Ingester {
         };
         let value = match payload {
             None => None,
-            Some(bytes) => match self.decode(bytes) {
-                Ok(v) => Some(v),
+            Some(bytes) => match self.decoder.decode(bytes) {
+                Ok(Some(v)) => Some(v),
+                Ok(None) => return Ingested::Dropped,
                 Err(reason) => return dead(reason, bytes),
             },
         };
@@ -84,7 +123,7 @@ impl Ingester {
                 let val = value.filter(|v| !v.is_null());
                 let key = match &val {
                     Some(v) => key_from_fields(v, &fields.fields),
-                    None => match key.map(|k| self.decode(k)) {
+                    None => match key.map(decode_json_object) {
                         Some(Ok(k)) => Ok(k),
                         Some(Err(reason)) => Err(format!("tombstone key: {reason}")),
                         None => Err("a tombstone without a key cannot delete anything".to_owned()),
@@ -100,20 +139,6 @@ impl Ingester {
                 Ingested::Upsert {
                     key,
                     val: if deleted { None } else { val },
-                }
-            }
-        }
-    }
-
-    fn decode(&self, bytes: &[u8]) -> Result<Value, String> {
-        match self.format {
-            Format::Json => {
-                let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8: {e}"))?;
-                let value = Value::from_json_str(text).map_err(|e| e.to_string())?;
-                if matches!(value, Value::Map(_) | Value::Null) {
-                    Ok(value)
-                } else {
-                    Err(format!("expected a JSON object, found {}", value.type_name()))
                 }
             }
         }
@@ -146,7 +171,7 @@ mod tests {
     fn append_keys_and_rejects() {
         let ing = Ingester::new(
             "s",
-            Format::Json,
+            Arc::new(JsonDecoder),
             Envelope::Append {
                 key: Some(keys(&["a.b"])),
             },
@@ -173,7 +198,7 @@ mod tests {
             key: keys(&["id"]),
             deleted_field: Some("deleted".into()),
         };
-        let ing = Ingester::new("s", Format::Json, env);
+        let ing = Ingester::new("s", Arc::new(JsonDecoder), env);
         assert!(matches!(
             ing.ingest(POS, None, Some(br#"{"id":1,"deleted":true}"#)),
             Ingested::Upsert { val: None, .. }

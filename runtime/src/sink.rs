@@ -37,6 +37,19 @@ pub trait Sink {
     fn durable(&self) -> Option<Time>;
 }
 
+/// Encodes rows in a format other than the sinks' own JSON (`format = "cds-update"`).
+///
+/// Formats live with the connectors; sinks take an encoder from the wiring, so a file, Kafka
+/// or Kinesis sink writes the same bytes for the same format.
+pub trait Encode: Send + Sync {
+    /// Appends the encoding of `row`'s value to `out`.
+    fn encode(&self, row: &Row, out: &mut Vec<u8>) -> Result<(), String>;
+    /// The partition key of `row` for partitioned sinks (Kafka, Kinesis), if the format names one.
+    fn partition_key(&self, _row: &Row) -> Option<String> {
+        None
+    }
+}
+
 /// Feeds `rows` to `sink` on worker 0; other workers pass `None` and forward their rows.
 ///
 /// A sink that fails records the error in `status` and stops receiving updates; the run

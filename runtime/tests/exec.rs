@@ -8,9 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sluice_runtime::exec::{Built, RunOptions, Wiring, run};
+use sluice_runtime::ingest::{Decode, JsonDecoder};
 use sluice_runtime::sink::{Sink, SinkError};
 use sluice_runtime::source::{PartitionInfo, PartitionReader, Position, RawRecord, ReadState, Source, SourceError};
-use sluice_runtime::spec::{Pipeline, SinkMode, SinkTarget, parse};
+use sluice_runtime::spec::{Format, Pipeline, SinkMode, SinkTarget, parse};
 use sluice_runtime::{Diff, Row, Rows, Time};
 use timely::dataflow::Scope;
 
@@ -106,7 +107,10 @@ impl Wiring for TestWiring {
     fn open_source(&self, _p: &Pipeline, _i: usize) -> Result<Arc<dyn Source>, SourceError> {
         Ok(Arc::new(Shards))
     }
-    fn open_sink(&self, target: &SinkTarget, _mode: SinkMode) -> Result<Box<dyn Sink>, SinkError> {
+    fn decoder(&self, _p: &Pipeline, _i: usize) -> Arc<dyn Decode> {
+        Arc::new(JsonDecoder)
+    }
+    fn open_sink(&self, target: &SinkTarget, _mode: SinkMode, _format: Format) -> Result<Box<dyn Sink>, SinkError> {
         let sink = match target {
             SinkTarget::Stdout => Memory(self.written.clone(), None),
             // The dead-letter output: nothing should reach it.

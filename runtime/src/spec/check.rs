@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::walk::nearest;
-use super::{Envelope, NodeSpec, Pipeline, Problem, Ref, SinkMode};
+use super::{Envelope, Format, NodeSpec, Pipeline, Problem, Ref, SinkMode};
 
 /// What the planner knows about a collection without running it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -171,12 +171,40 @@ pub fn check_partial(p: &Pipeline, broken: &BTreeSet<String>, broken_sinks: bool
             )),
             _ => {}
         }
+        if s.format.value == Format::CdsUpdate {
+            let from_cds = cds_updates_producers(p).contains(&s.input.value);
+            if s.mode.value != SinkMode::Append || !from_cds {
+                problems.push(Problem::at(
+                    file,
+                    &s.format,
+                    format!(
+                        "format \"cds-update\" writes contact-discovery updates: it needs mode \"append\" and the \
+                         `cds_updates` output of a `cds` node or a source of that format, and `{}` is not one",
+                        s.input.value
+                    ),
+                ));
+            }
+        }
     }
     if problems.is_empty() && refs_ok {
         Ok(Graph { order, shapes })
     } else {
         Err(sorted(problems))
     }
+}
+
+/// The references whose rows are contact-discovery updates.
+fn cds_updates_producers(p: &Pipeline) -> BTreeSet<String> {
+    let sources = p
+        .sources
+        .iter()
+        .filter(|s| s.format == Format::CdsUpdate)
+        .map(|s| s.name.value.clone());
+    let nodes = p.nodes.iter().filter_map(|n| match n.spec {
+        NodeSpec::Cds(_) => Some(format!("{}.cds_updates", n.name.value)),
+        _ => None,
+    });
+    sources.chain(nodes).collect()
 }
 
 fn sorted(mut problems: Vec<Problem>) -> Vec<Problem> {
@@ -252,6 +280,25 @@ fn infer_shapes(p: &Pipeline, order: &[usize], problems: &mut Vec<Problem>) -> B
                 ));
             }
         };
+        let need_events = |r: &Ref, what: &str, problems: &mut Vec<Problem>| {
+            if get(r).is_some_and(|s| !s.append_only) {
+                problems.push(Problem::at(
+                    file,
+                    r,
+                    format!("{what}, and `{}` retracts; use an append source", r.value),
+                ));
+            }
+        };
+        // Every output of a domain node is keyed; only the listed ones are append-only.
+        let outputs = |shapes: &mut BTreeMap<String, Shape>, name: &str, append_only: &[&str]| {
+            for o in n.spec.outputs() {
+                let shape = Shape {
+                    keyed: true,
+                    append_only: append_only.contains(o),
+                };
+                shapes.insert(format!("{name}.{o}"), shape);
+            }
+        };
         let out = match &n.spec {
             NodeSpec::Filter { input, .. } | NodeSpec::Map { input, .. } => get(input),
             NodeSpec::KeyBy { input, .. } => get(input).map(|s| Shape { keyed: true, ..s }),
@@ -309,25 +356,34 @@ fn infer_shapes(p: &Pipeline, order: &[usize], problems: &mut Vec<Problem>) -> B
                 })
             }
             NodeSpec::Delivery(d) => {
-                if get(&d.input).is_some_and(|s| !s.append_only) {
+                need_events(&d.input, "`delivery` reads delivery reports as events", problems);
+                outputs(&mut shapes, &n.name.value, &[]);
+                None
+            }
+            NodeSpec::Contacts(c) => {
+                need_events(&c.changes, "`contacts` reads client changes as events", problems);
+                if get(&c.contact_data).is_some_and(|s| s.append_only) {
                     problems.push(Problem::at(
                         file,
-                        &d.input,
+                        &c.contact_data,
                         format!(
-                            "`delivery` reads delivery reports as events, and `{}` retracts; use an append source",
-                            d.input.value
+                            "`contact_data` is the contact-data service's mapping, an upsert collection, and `{}` is \
+                             append-only; read it with envelope = \"upsert\" and key = [\"app_code\", \
+                             \"contact_field_id\", \"contact_field_value\"]",
+                            c.contact_data.value
                         ),
                     ));
                 }
-                for o in n.spec.outputs() {
-                    shapes.insert(
-                        format!("{}.{o}", n.name.value),
-                        Shape {
-                            keyed: true,
-                            append_only: false,
-                        },
-                    );
+                // Created anonymous contacts are events for their consumer: each is written once.
+                outputs(&mut shapes, &n.name.value, &["anonymous_contacts_created"]);
+                None
+            }
+            NodeSpec::Cds(c) => {
+                need_events(&c.changes, "`cds` reads change records as events", problems);
+                if let Some(snapshot) = &c.snapshot {
+                    need_events(snapshot, "`cds` reads scanned items as events", problems);
                 }
+                outputs(&mut shapes, &n.name.value, &["cds_updates"]);
                 None
             }
         };

@@ -144,11 +144,43 @@ pub struct FileSourceSpec {
     pub poll_ms: u64,
 }
 
-/// How a source's bytes are decoded into values.
+/// How a source's bytes are decoded into values, or a sink's values encoded into bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
-    /// One JSON document per record (a line, for files).
+    /// One JSON object per record (a line, for files).
     Json,
+    /// A DynamoDB change record as Kinesis Data Streams for DynamoDB (or DynamoDB Streams)
+    /// delivers it, with DynamoDB-typed attributes.
+    DynamodbStream,
+    /// A DynamoDB item with DynamoDB-typed attributes, as a table scan returns it.
+    DynamodbItem,
+    /// A contact-discovery update (spec/cds.md), as the original function wrote to Kinesis.
+    CdsUpdate,
+}
+
+impl Format {
+    /// Every format, in the order they are listed in messages.
+    pub const ALL: [Format; 4] = [
+        Format::Json,
+        Format::DynamodbStream,
+        Format::DynamodbItem,
+        Format::CdsUpdate,
+    ];
+
+    /// The format's name in pipeline files.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::DynamodbStream => "dynamodb-stream",
+            Format::DynamodbItem => "dynamodb-item",
+            Format::CdsUpdate => "cds-update",
+        }
+    }
+
+    /// Whether sinks can write this format (a format with an encoder).
+    pub fn encodes(&self) -> bool {
+        matches!(self, Format::Json | Format::CdsUpdate)
+    }
 }
 
 /// How decoded records become a collection.
@@ -261,7 +293,45 @@ pub enum NodeSpec {
     },
     /// The push delivery-report dataflow (spec/delivery.md).
     Delivery(DeliverySpec),
+    /// The client and contact resolution dataflow (spec/contacts.md).
+    Contacts(ContactsSpec),
+    /// The contact-discovery account dataflow (spec/cds.md).
+    Cds(CdsSpec),
 }
+
+/// Parameters of a `contacts` node.
+#[derive(Clone, Debug)]
+pub struct ContactsSpec {
+    /// The `client_changes` events (append).
+    pub changes: Ref,
+    /// The contact-data mapping (an upsert collection).
+    pub contact_data: Ref,
+}
+
+/// The outputs of the contacts node, in a fixed order.
+pub const CONTACTS_OUTPUTS: &[&str] = &[
+    "client_state",
+    "devices",
+    "resolved_contacts",
+    "contact_references",
+    "anonymous_contacts_created",
+    "client_state_client_updates",
+    "client_state_push_token_updates",
+    "client_state_contact_updates",
+    "suite_contact_updates",
+];
+
+/// Parameters of a `cds` node.
+#[derive(Clone, Debug)]
+pub struct CdsSpec {
+    /// The decoded DynamoDB change records (append).
+    pub changes: Ref,
+    /// The decoded items of a table scan (append), if the pipeline backfills.
+    pub snapshot: Option<Ref>,
+}
+
+/// The outputs of the cds node, in a fixed order.
+pub const CDS_OUTPUTS: &[&str] = &["cds_updates", "accounts_by_uuid", "directory"];
 
 /// Parameters of a `delivery` node.
 #[derive(Clone, Debug)]
@@ -294,6 +364,8 @@ impl NodeSpec {
             NodeSpec::Aggregate { .. } => "aggregate",
             NodeSpec::Union { .. } => "union",
             NodeSpec::Delivery(_) => "delivery",
+            NodeSpec::Contacts(_) => "contacts",
+            NodeSpec::Cds(_) => "cds",
         }
     }
 
@@ -309,6 +381,8 @@ impl NodeSpec {
             NodeSpec::Join { left, right, .. } => vec![left, right],
             NodeSpec::Union { inputs } => inputs.iter().collect(),
             NodeSpec::Delivery(d) => vec![&d.input],
+            NodeSpec::Contacts(c) => vec![&c.changes, &c.contact_data],
+            NodeSpec::Cds(c) => std::iter::once(&c.changes).chain(&c.snapshot).collect(),
         }
     }
 
@@ -316,6 +390,8 @@ impl NodeSpec {
     pub fn outputs(&self) -> &'static [&'static str] {
         match self {
             NodeSpec::Delivery(_) => DELIVERY_OUTPUTS,
+            NodeSpec::Contacts(_) => CONTACTS_OUTPUTS,
+            NodeSpec::Cds(_) => CDS_OUTPUTS,
             _ => &[],
         }
     }
@@ -367,6 +443,8 @@ pub struct SinkDecl {
     pub input: Ref,
     /// How updates are written.
     pub mode: Spanned<SinkMode>,
+    /// How values are encoded (`json` unless the file says otherwise).
+    pub format: Spanned<Format>,
     /// Where they are written.
     pub target: SinkTarget,
 }

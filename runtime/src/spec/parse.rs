@@ -7,8 +7,8 @@ use toml_edit::{Document, TableLike};
 
 use super::walk::{Walker, join};
 use super::{
-    AggFunc, AggregateDecl, DeliverySpec, Envelope, FileSourceSpec, Format, JoinKind, KeyFields, Loc, NodeDecl,
-    NodeSpec, Pipeline, Problem, SinkDecl, SinkMode, SinkTarget, SourceDecl, SourceSpec, Spanned,
+    AggFunc, AggregateDecl, CdsSpec, ContactsSpec, DeliverySpec, Envelope, FileSourceSpec, Format, JoinKind, KeyFields,
+    Loc, NodeDecl, NodeSpec, Pipeline, Problem, SinkDecl, SinkMode, SinkTarget, SourceDecl, SourceSpec, Spanned,
 };
 
 const TOP_KEYS: &[&str] = &["pipeline", "dead_letters", "sources", "nodes", "sinks"];
@@ -24,6 +24,8 @@ const NODE_TYPES: &[&str] = &[
     "aggregate",
     "union",
     "delivery",
+    "contacts",
+    "cds",
 ];
 const SINK_TYPES: &[&str] = &["file", "stdout"];
 
@@ -280,14 +282,7 @@ fn source(
         }
         _ => None,
     };
-    let format = match w.string(t, "format", &path) {
-        None => Some(Format::Json),
-        Some(f) if f.value == "json" => Some(Format::Json),
-        Some(f) => {
-            w.problem_at(f.loc, &f.path, format!("unknown format `{}` (one of: json)", f.value));
-            None
-        }
-    };
+    let format = format(w, t, &path, Format::ALL.as_slice()).map(|f| f.value);
     let key = key_fields(w, t, "key", &path);
     let deleted_field = w.string(t, "deleted_field", &path);
     let envelope = match w.string(t, "envelope", &path) {
@@ -333,6 +328,38 @@ fn source(
     })
 }
 
+/// Reads `format` (default `json`), accepting only `allowed`.
+fn format(w: &mut Walker, t: &dyn TableLike, path: &str, allowed: &[Format]) -> Option<Spanned<Format>> {
+    let Some(f) = w.string(t, "format", path) else {
+        return Some(Spanned {
+            value: Format::Json,
+            loc: Loc::default(),
+            path: join(path, "format"),
+        });
+    };
+    match allowed.iter().find(|a| a.name() == f.value) {
+        Some(&value) => Some(Spanned {
+            value,
+            loc: f.loc,
+            path: f.path,
+        }),
+        None => {
+            let names: Vec<&str> = allowed.iter().map(Format::name).collect();
+            let hint = if Format::ALL.iter().any(|a| a.name() == f.value) {
+                " here".to_owned()
+            } else {
+                String::new()
+            };
+            w.problem_at(
+                f.loc,
+                &f.path,
+                format!("unknown format `{}`{hint} (one of: {})", f.value, names.join(", ")),
+            );
+            None
+        }
+    }
+}
+
 fn node(w: &mut Walker, name: Spanned<String>, t: &dyn TableLike, loc: Option<Loc>, base: &Path) -> Option<NodeDecl> {
     let path = name.path.clone();
     let ty = kind(w, t, &path, loc, NODE_TYPES)?;
@@ -344,6 +371,8 @@ fn node(w: &mut Walker, name: Spanned<String>, t: &dyn TableLike, loc: Option<Lo
         "count" => &["type", "input"],
         "aggregate" => &["type", "input", "aggregates"],
         "union" => &["type", "inputs"],
+        "contacts" => &["type", "changes", "contact_data"],
+        "cds" => &["type", "changes", "snapshot"],
         _ => &[
             "type",
             "input",
@@ -436,6 +465,22 @@ fn node(w: &mut Walker, name: Spanned<String>, t: &dyn TableLike, loc: Option<Lo
                 return None;
             }
             NodeSpec::Union { inputs: inputs.value }
+        }
+        "contacts" => {
+            let changes = required(w, t, "changes", &path, loc);
+            let contact_data = required(w, t, "contact_data", &path, loc);
+            NodeSpec::Contacts(ContactsSpec {
+                changes: changes?,
+                contact_data: contact_data?,
+            })
+        }
+        "cds" => {
+            let changes = required(w, t, "changes", &path, loc);
+            let snapshot = w.string(t, "snapshot", &path);
+            NodeSpec::Cds(CdsSpec {
+                changes: changes?,
+                snapshot,
+            })
         }
         _ => {
             let input = required(w, t, "input", &path, loc);
@@ -539,8 +584,10 @@ fn aggregates(w: &mut Walker, t: &dyn TableLike, path: &str, loc: Option<Loc>) -
 
 fn sink(w: &mut Walker, name: Spanned<String>, t: &dyn TableLike, loc: Option<Loc>, base: &Path) -> Option<SinkDecl> {
     let path = name.path.clone();
-    w.deny_unknown(t, &path, &["type", "input", "mode", "path"]);
+    w.deny_unknown(t, &path, &["type", "input", "mode", "path", "format"]);
     let input = required(w, t, "input", &path, loc);
+    let encodable: Vec<Format> = Format::ALL.into_iter().filter(Format::encodes).collect();
+    let format = format(w, t, &path, &encodable);
     let target = sink_target(w, t, &path, loc, base);
     let mode = match required(w, t, "mode", &path, loc) {
         Some(m) => match m.value.as_str() {
@@ -567,6 +614,7 @@ fn sink(w: &mut Walker, name: Spanned<String>, t: &dyn TableLike, loc: Option<Lo
         name,
         input: input?,
         mode: mode?,
+        format: format?,
         target: target?,
     })
 }

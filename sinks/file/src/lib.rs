@@ -11,8 +11,11 @@
 //!   each of them.
 //! - `changelog`: `{"time": T, "diff": D, "key": K, "value": V}` for every update, `key`
 //!   omitted when the collection is not keyed.
-//! - `append`: the record value itself; retractions never reach an append sink (the
-//!   planner rejects append mode on collections that retract).
+//! - `append`: the record value itself, or its encoding when the sink has a `format` other
+//!   than `json`. A time's records are written in the order of their source positions
+//!   (derived records last), so events keep their input order. Retractions are not written
+//!   (the planner rejects append mode on collections that retract, except outputs whose rows
+//!   are events to their consumer).
 //!
 //! **Delivery guarantee.** Lines are written in time order and flushed at every frontier
 //! advance; a file is also `fsync`ed then, so everything before the committed frontier
@@ -24,9 +27,10 @@
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
+use std::sync::Arc;
 
 use sluice_runtime::record::{Diff, Row, Time};
-use sluice_runtime::sink::{Sink, SinkError};
+use sluice_runtime::sink::{Encode, Sink, SinkError};
 use sluice_runtime::spec::SinkMode;
 use sluice_runtime::value::{Json, Value};
 
@@ -37,6 +41,7 @@ pub struct JsonLinesSink<W: Write> {
     sync: Option<File>,
     durable: Option<Option<Time>>,
     line: Vec<u8>,
+    encoder: Option<Arc<dyn Encode>>,
 }
 
 impl JsonLinesSink<File> {
@@ -73,7 +78,14 @@ impl<W: Write> JsonLinesSink<W> {
             sync: None,
             durable: None,
             line: Vec::with_capacity(256),
+            encoder: None,
         }
+    }
+
+    /// Writes append-mode records with `encoder` instead of as JSON values.
+    pub fn with_encoder(mut self, encoder: Arc<dyn Encode>) -> Self {
+        self.encoder = Some(encoder);
+        self
     }
 
     fn emit(&mut self, fields: &[(&str, &Value)]) -> Result<(), SinkError> {
@@ -91,9 +103,12 @@ impl<W: Write> JsonLinesSink<W> {
         self.out.write_all(&self.line).map_err(io)
     }
 
-    fn emit_value(&mut self, value: &Value) -> Result<(), SinkError> {
+    fn emit_record(&mut self, row: &Row) -> Result<(), SinkError> {
         self.line.clear();
-        serde_json::to_writer(&mut self.line, &Json(value)).map_err(io)?;
+        match &self.encoder {
+            Some(encoder) => encoder.encode(row, &mut self.line).map_err(SinkError::Io)?,
+            None => serde_json::to_writer(&mut self.line, &Json(&row.val)).map_err(io)?,
+        }
         self.line.push(b'\n');
         self.out.write_all(&self.line).map_err(io)
     }
@@ -118,9 +133,12 @@ impl<W: Write> Sink for JsonLinesSink<W> {
                 }
             }
             SinkMode::Append => {
-                for (row, diff) in updates.iter().filter(|(_, d)| *d > 0) {
+                let mut inserted: Vec<&(Row, Diff)> = updates.iter().filter(|(_, d)| *d > 0).collect();
+                // Stable: rows of one position (several records made from one event) stay sorted.
+                inserted.sort_by_key(|(row, _)| row.pos);
+                for (row, diff) in inserted {
                     for _ in 0..*diff {
-                        self.emit_value(&row.val)?;
+                        self.emit_record(row)?;
                     }
                 }
             }
@@ -212,5 +230,48 @@ mod tests {
     fn append_writes_values_with_multiplicity() {
         let out = written(SinkMode::Append, &[(1, vec![(row("a", 1), 2)])]);
         assert_eq!(out, "{\"v\":1}\n{\"v\":1}\n");
+    }
+
+    fn at(key: &str, val: i64, offset: u64) -> Row {
+        Row {
+            pos: Pos {
+                source: 0,
+                partition: 0,
+                offset,
+            },
+            ..row(key, val)
+        }
+    }
+
+    #[test]
+    fn append_keeps_source_order_within_a_time() {
+        // Sorted by row the order would be a, b, c; by position it is c, a, b, then derived rows.
+        let updates = vec![
+            (at("a", 1, 5), 1),
+            (row("b", 0), 1),
+            (at("b", 2, 9), 1),
+            (at("c", 3, 2), 1),
+        ];
+        let out = written(SinkMode::Append, &[(1, updates)]);
+        assert_eq!(out, "{\"v\":3}\n{\"v\":1}\n{\"v\":2}\n{\"v\":0}\n");
+    }
+
+    struct Upper;
+    impl Encode for Upper {
+        fn encode(&self, row: &Row, out: &mut Vec<u8>) -> Result<(), String> {
+            out.extend_from_slice(row.key.to_json_string().to_uppercase().as_bytes());
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn append_uses_the_encoder() {
+        let mut buf = Vec::new();
+        {
+            let mut sink = JsonLinesSink::new(&mut buf, SinkMode::Append).with_encoder(Arc::new(Upper));
+            sink.write(1, &[(row("a", 1), 1), (row("b", 1), -1)]).expect("write");
+            sink.commit(None).expect("commit");
+        }
+        assert_eq!(String::from_utf8(buf).expect("utf8"), "{\"ID\":\"A\"}\n");
     }
 }
