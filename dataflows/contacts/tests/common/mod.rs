@@ -1,0 +1,285 @@
+//! A test harness for the contacts dataflow: feeds client changes and contact-data updates
+//! in rounds (one time each), captures every output's updates, and renders them as
+//! `key JSON → value JSON` (contents) or as consolidated per-time updates (changelogs).
+
+#![allow(dead_code)]
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use differential_dataflow::input::Input;
+use sluice_contacts::{OUTPUTS, contacts};
+use sluice_runtime::{DeadLetter, Diff, Pos, Row, Time, Value};
+use timely::dataflow::ProbeHandle;
+
+/// Output indexes, in the order of [`OUTPUTS`].
+pub const CLIENT_STATE: usize = 0;
+/// See [`CLIENT_STATE`].
+pub const DEVICES: usize = 1;
+/// See [`CLIENT_STATE`].
+pub const RESOLVED: usize = 2;
+/// See [`CLIENT_STATE`].
+pub const REFERENCES: usize = 3;
+/// See [`CLIENT_STATE`].
+pub const CREATED: usize = 4;
+/// See [`CLIENT_STATE`].
+pub const CLIENT_UPDATES: usize = 5;
+/// See [`CLIENT_STATE`].
+pub const PUSH_UPDATES: usize = 6;
+/// See [`CLIENT_STATE`].
+pub const CONTACT_UPDATES: usize = 7;
+/// See [`CLIENT_STATE`].
+pub const SUITE_UPDATES: usize = 8;
+/// Number of row outputs.
+pub const N: usize = 9;
+
+/// One time's input: client-change JSON events, and contact-data updates
+/// `(key JSON, value JSON, diff)`.
+#[derive(Clone, Debug, Default)]
+pub struct Round {
+    /// Client changes (inserted).
+    pub changes: Vec<String>,
+    /// Contact-data rows inserted (`+1`) or retracted (`-1`).
+    pub contact_data: Vec<(String, String, Diff)>,
+    /// Earlier changes to retract, as `(round, index)` (an append source never does this).
+    pub retracted: Vec<(usize, usize)>,
+}
+
+impl Round {
+    /// A round of client changes only.
+    pub fn changes(changes: Vec<String>) -> Round {
+        Round {
+            changes,
+            ..Round::default()
+        }
+    }
+
+    /// A round of contact-data insertions only (each keyed by its value).
+    pub fn mappings(rows: Vec<String>) -> Round {
+        Round {
+            contact_data: rows.into_iter().map(|r| (r.clone(), r, 1)).collect(),
+            ..Round::default()
+        }
+    }
+}
+
+/// The position of change `j` of round `i`.
+pub fn change_pos(i: usize, j: usize) -> Pos {
+    Pos {
+        source: 0,
+        partition: i as u32,
+        offset: j as u64,
+    }
+}
+
+/// Every update of every output, with times, and the state size at the end.
+#[derive(Default, Debug)]
+pub struct Captured {
+    /// Updates of each output, in the order of [`OUTPUTS`].
+    pub outputs: [Vec<(Row, Time, Diff)>; N],
+    /// Dead letters.
+    pub errors: Vec<(DeadLetter, Time, Diff)>,
+    /// Clients with state, summed over workers.
+    pub clients: usize,
+}
+
+/// An output's contents: key JSON → value JSON.
+pub type Upserts = BTreeMap<String, String>;
+
+/// Consolidated updates per time: of every output, and of the dead letters.
+pub type Consolidated = (Vec<BTreeMap<(Time, Row), Diff>>, BTreeMap<(Time, DeadLetter), Diff>);
+
+/// One time's consolidated updates of an output: `(key JSON, value JSON, diff)`, sorted.
+pub type Changes = Vec<(String, String, Diff)>;
+
+impl Captured {
+    /// The contents of output `index` through time `at`, checking that it is a proper
+    /// collection of derived rows with at most one row per key.
+    pub fn upserts_at(&self, index: usize, at: Time) -> Upserts {
+        let mut acc: BTreeMap<Row, Diff> = BTreeMap::new();
+        for (row, _, d) in self.outputs[index].iter().filter(|u| u.1 <= at) {
+            *acc.entry(row.clone()).or_insert(0) += d;
+        }
+        let mut out = Upserts::new();
+        for (row, d) in acc.into_iter().filter(|(_, d)| *d != 0) {
+            let name = OUTPUTS[index];
+            assert_eq!(d, 1, "{name} holds {row:?} {d} times at {at}");
+            assert!(row.pos.is_none(), "derived rows carry no position");
+            let key = row.key.to_json_string();
+            let prev = out.insert(key.clone(), row.val.to_json_string());
+            assert!(prev.is_none(), "{name} has two rows for key {key} at {at}");
+        }
+        out
+    }
+
+    /// The final contents of output `index`.
+    pub fn upserts(&self, index: usize) -> Upserts {
+        self.upserts_at(index, Time::MAX)
+    }
+
+    /// The changelog entries of output `index` at exactly time `at`, consolidated as a sink
+    /// receives them.
+    pub fn changes_at(&self, index: usize, at: Time) -> Changes {
+        let mut acc: BTreeMap<(String, String), Diff> = BTreeMap::new();
+        for (row, _, d) in self.outputs[index].iter().filter(|u| u.1 == at) {
+            *acc.entry((row.key.to_json_string(), row.val.to_json_string()))
+                .or_insert(0) += d;
+        }
+        acc.into_iter()
+            .filter(|(_, d)| *d != 0)
+            .map(|((k, v), d)| (k, v, d))
+            .collect()
+    }
+
+    /// Every output's consolidated updates per time, and the dead letters': for comparing
+    /// runs.
+    pub fn consolidated(&self) -> Consolidated {
+        let rows = self
+            .outputs
+            .iter()
+            .map(|updates| {
+                let mut acc = BTreeMap::new();
+                for (row, t, d) in updates {
+                    *acc.entry((*t, row.clone())).or_insert(0) += d;
+                }
+                acc.retain(|_, d| *d != 0);
+                acc
+            })
+            .collect();
+        let mut dead = BTreeMap::new();
+        for (letter, t, d) in &self.errors {
+            *dead.entry((*t, letter.clone())).or_insert(0) += d;
+        }
+        dead.retain(|_, d| *d != 0);
+        (rows, dead)
+    }
+
+    /// The dead letters present through time `at`, sorted, each as many times as present.
+    pub fn dead_letters_at(&self, at: Time) -> Vec<DeadLetter> {
+        let mut acc: BTreeMap<DeadLetter, Diff> = BTreeMap::new();
+        for (letter, _, d) in self.errors.iter().filter(|e| e.1 <= at) {
+            *acc.entry(letter.clone()).or_insert(0) += d;
+        }
+        let mut out = Vec::new();
+        for (letter, d) in acc {
+            assert!(d >= 0, "dead letter {letter:?} retracted more than inserted");
+            out.extend(std::iter::repeat_n(letter, d as usize));
+        }
+        out
+    }
+
+    /// The final dead letters.
+    pub fn dead_letters(&self) -> Vec<DeadLetter> {
+        self.dead_letters_at(Time::MAX)
+    }
+}
+
+/// Runs the dataflow on `workers` workers; round `i` enters at time `i + 1`. Change `j` of
+/// round `i` has position [`change_pos`]`(i, j)`; contact-data rows have none (they are an
+/// upsert's derived rows). Worker `w` feeds the updates at indexes `w, w + workers, …`.
+pub fn run(rounds: &[Round], workers: usize) -> Captured {
+    let rounds = rounds.to_vec();
+    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+        let (index, peers) = (worker.index(), worker.peers());
+        let captured = Rc::new(RefCell::new(Captured::default()));
+        let probe = ProbeHandle::new();
+        let (mut changes, mut contact_data, state) = worker.dataflow::<Time, _, _>(|scope| {
+            let (changes_in, changes) = scope.new_collection::<Row, Diff>();
+            let (data_in, contact_data) = scope.new_collection::<Row, Diff>();
+            let out = contacts(changes, contact_data, "contacts");
+            let outputs = [
+                out.client_state,
+                out.devices,
+                out.resolved_contacts,
+                out.contact_references,
+                out.anonymous_contacts_created,
+                out.client_state_client_updates,
+                out.client_state_push_token_updates,
+                out.client_state_contact_updates,
+                out.suite_contact_updates,
+            ];
+            for (i, rows) in outputs.into_iter().enumerate() {
+                let sink = Rc::clone(&captured);
+                rows.inspect(move |u| sink.borrow_mut().outputs[i].push(u.clone()))
+                    .probe_with(&probe);
+            }
+            let sink = Rc::clone(&captured);
+            out.errors
+                .inspect(move |u| sink.borrow_mut().errors.push(u.clone()))
+                .probe_with(&probe);
+            (changes_in, data_in, out.state)
+        });
+        for (i, round) in rounds.iter().enumerate() {
+            let time = i as Time + 1;
+            changes.advance_to(time);
+            contact_data.advance_to(time);
+            for (j, json) in round.changes.iter().enumerate() {
+                if j % peers == index {
+                    changes.insert(Row {
+                        key: Value::Null,
+                        val: parse(json),
+                        pos: change_pos(i, j),
+                    });
+                }
+            }
+            for (n, &(i, j)) in round.retracted.iter().enumerate() {
+                if n % peers == index {
+                    changes.update(
+                        Row {
+                            key: Value::Null,
+                            val: parse(&rounds[i].changes[j]),
+                            pos: change_pos(i, j),
+                        },
+                        -1,
+                    );
+                }
+            }
+            for (j, (key, val, diff)) in round.contact_data.iter().enumerate() {
+                if j % peers == index {
+                    contact_data.update(Row::derived(parse(key), parse(val)), *diff);
+                }
+            }
+            changes.advance_to(time + 1);
+            contact_data.advance_to(time + 1);
+            changes.flush();
+            contact_data.flush();
+            // Each time's output must complete while the inputs are still open.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while probe.less_equal(&time) {
+                assert!(Instant::now() < deadline, "outputs never passed time {time}");
+                worker.step_or_park(Some(Duration::from_millis(1)));
+            }
+        }
+        drop((changes, contact_data));
+        while !probe.done() {
+            worker.step_or_park(Some(Duration::from_millis(1)));
+        }
+        let mut captured = captured.take();
+        captured.clients = state.clients();
+        captured
+    })
+    .expect("timely starts");
+    let mut all = Captured::default();
+    for part in guards.join() {
+        let part = part.expect("worker ran");
+        for (mine, theirs) in all.outputs.iter_mut().zip(part.outputs) {
+            mine.extend(theirs);
+        }
+        all.errors.extend(part.errors);
+        all.clients += part.clients;
+    }
+    all
+}
+
+fn parse(json: &str) -> Value {
+    Value::from_json_str(json).expect("test input is JSON")
+}
+
+/// JSON as the outputs render it (sorted keys, compact).
+pub fn json(value: serde_json::Value) -> String {
+    Value::from_json_str(&value.to_string())
+        .expect("valid json")
+        .to_json_string()
+}
