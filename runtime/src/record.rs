@@ -85,6 +85,18 @@ pub struct DeadLetter {
     pub raw: Arc<str>,
 }
 
+impl DeadLetter {
+    /// The dead letter of a row a node rejects: its position, and its value as JSON.
+    pub fn for_row(row: &Row, stage: &Arc<str>, reason: impl std::fmt::Display) -> DeadLetter {
+        DeadLetter {
+            pos: row.pos,
+            stage: Arc::clone(stage),
+            reason: Arc::from(reason.to_string()),
+            raw: Arc::from(row.val.to_json_string()),
+        }
+    }
+}
+
 /// Builds a row key from field paths of a record: always a map from each dotted field path to
 /// its value (`{"app": "a", "push_token": "t"}`, or `{"id": 7}` for one field).
 ///

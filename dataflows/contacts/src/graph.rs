@@ -23,11 +23,13 @@ use sluice_runtime::operators::fold::KeyedFold;
 use sluice_runtime::{DeadLetter, Diff, Row, Rows, Time};
 
 use crate::anon::anonymous_contact_id;
-use crate::event::{ClientChange, DecodeError, Mapping, Str};
-use crate::named::{Coll, concat_named, consolidate_batches_named, flat_map_named, map_named, split_named};
+use crate::event::{ClientChange, Mapping, Str};
 use crate::rows;
 use crate::state::{ClientState, ClientView, MappingKey};
 use crate::{ContactsOutputs, ContactsState};
+use sluice_runtime::operators::named::{
+    Coll, concat_named, consolidate_batches_named, flat_map_named, map_named, split_named, split_where_named,
+};
 
 /// A client with its contact resolved: what every output is a projection of.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -67,13 +69,13 @@ pub(crate) fn build<'s>(changes: Rows<'s>, contact_data: Rows<'s>, name: &str) -
     // Client changes are events: a retraction is not a change (and the planner wires append
     // sources here), so only insertions are decoded.
     let change_stage = Arc::clone(&stage);
-    let (changes, change_errors) = split_named(
+    let (changes, change_errors) = split_where_named(
         changes,
         &format!("{name}: decode client changes"),
         |diff| diff > 0,
         move |row: Row| match ClientChange::decode(&row.val) {
             Ok(c) => Ok((c.client_id, c.change)),
-            Err(e) => Err(dead_letter(&change_stage, &row, &e)),
+            Err(e) => Err(DeadLetter::for_row(&row, &change_stage, e)),
         },
     );
     let (views, clients_state) = changes.keyed_fold_core(
@@ -87,10 +89,9 @@ pub(crate) fn build<'s>(changes: Rows<'s>, contact_data: Rows<'s>, name: &str) -
     let (mappings, mapping_errors) = split_named(
         contact_data,
         &format!("{name}: decode contact data"),
-        |_| true,
         move |row: Row| match Mapping::decode(&row.val) {
             Ok(m) => Ok(((m.app_code, m.field_id, m.value), m.contact_id)),
-            Err(e) => Err(dead_letter(&stage, &row, &e)),
+            Err(e) => Err(DeadLetter::for_row(&row, &stage, e)),
         },
     );
     // One contact id per contact field, the smallest, should two rows map the same field.
@@ -108,7 +109,6 @@ pub(crate) fn build<'s>(changes: Rows<'s>, contact_data: Rows<'s>, name: &str) -
     let (with_field, without_field) = split_named(
         views,
         &format!("{name}: clients with a contact field"),
-        |_| true,
         |view: ClientView| match view.mapping_key() {
             Some(key) => Ok((key, view)),
             None => Err(view),
@@ -265,14 +265,4 @@ fn output<'s, P: differential_dataflow::Data>(
     });
     let changed = consolidate_batches_named(projected, &format!("{name}: changed {what}"));
     map_named(changed, &format!("{name}: {what} rows"), row)
-}
-
-/// The dead letter of an input row that cannot be decoded.
-fn dead_letter(stage: &Str, row: &Row, e: &DecodeError) -> DeadLetter {
-    DeadLetter {
-        pos: row.pos,
-        stage: Arc::clone(stage),
-        reason: Arc::from(e.to_string()),
-        raw: Arc::from(row.val.to_json_string()),
-    }
 }

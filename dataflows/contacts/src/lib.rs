@@ -78,7 +78,7 @@
 mod anon;
 mod event;
 mod graph;
-mod named;
+
 mod rows;
 mod state;
 

@@ -143,12 +143,7 @@ pub(crate) fn build<'s>(reports: Rows<'s>, config: &DeliveryConfig, name: &str) 
                 };
                 Ok(Classified { report, category })
             }
-            Err(e) => Err(DeadLetter {
-                pos: row.pos,
-                stage: Arc::clone(&stage),
-                reason: Arc::from(e.to_string()),
-                raw: Arc::from(row.val.to_json_string()),
-            }),
+            Err(e) => Err(DeadLetter::for_row(&row, &stage, e)),
         });
     let errors = decoded.clone().flat_map(Result::err);
     let ok = decoded.flat_map(Result::ok);

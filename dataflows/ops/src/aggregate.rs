@@ -6,9 +6,9 @@ use sluice_runtime::operators::fold::KeyedFold;
 pub use sluice_runtime::spec::AggFunc;
 use sluice_runtime::{DeadLetters, Row, Rows, Value};
 
-use crate::named::{map_named, split_named};
 use crate::order::compare;
 use crate::{dead_letter, stage};
+use sluice_runtime::operators::named::{map_named, split_named};
 
 /// One aggregate: output field `name` = `func` over `field`.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 
 use sluice_runtime::{Row, Rows, Value};
 
-use crate::named::map_named;
+use sluice_runtime::operators::named::map_named;
 
 /// Per key, `{"count": n}`: the number of rows with that key, maintained under retractions.
 ///

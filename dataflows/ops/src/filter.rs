@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use sluice_expr::Expr;
 use sluice_runtime::Rows;
 
-use crate::named;
+use sluice_runtime::operators::named;
 
 /// Keeps rows where `expr` evaluates to `true`; as [`filter_named`], named `"filter"`.
 pub fn filter<'s>(rows: Rows<'s>, expr: &Expr, errors: Arc<AtomicU64>) -> Rows<'s> {

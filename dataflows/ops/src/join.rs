@@ -4,7 +4,7 @@ use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
 pub use sluice_runtime::spec::JoinKind;
 use sluice_runtime::{Diff, Pos, Row, Rows, Time, Value};
 
-use crate::named::{concat_named, flat_map_named, map_named};
+use sluice_runtime::operators::named::{concat_named, flat_map_named, map_named};
 
 /// Joins `left` and `right` on their keys; each output value is `{"left": l, "right": r}`.
 ///

@@ -4,8 +4,8 @@ use sluice_expr::Expr;
 use sluice_runtime::record::key_from_fields;
 use sluice_runtime::{DeadLetters, Row, Rows, Value};
 
-use crate::named::split_named;
 use crate::{dead_letter, stage};
+use sluice_runtime::operators::named::split_named;
 
 /// Where a row's new key comes from.
 #[derive(Clone, Debug)]

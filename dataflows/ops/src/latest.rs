@@ -3,8 +3,8 @@
 use sluice_runtime::operators::fold::KeyedFold;
 use sluice_runtime::{Pos, Row, Rows, Value};
 
-use crate::named::{Coll, map_named};
 use crate::order::compare;
+use sluice_runtime::operators::named::{Coll, map_named};
 
 /// How `latest` decides which row is newest.
 #[derive(Clone, Debug, PartialEq, Eq)]

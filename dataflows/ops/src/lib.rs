@@ -24,7 +24,7 @@ mod join;
 mod key_by;
 mod latest;
 mod map;
-mod named;
+
 pub mod order;
 mod union;
 

@@ -3,8 +3,8 @@
 use sluice_expr::Expr;
 use sluice_runtime::{DeadLetters, Row, Rows};
 
-use crate::named::split_named;
 use crate::{dead_letter, stage};
+use sluice_runtime::operators::named::split_named;
 
 /// Replaces each row's value by `expr`'s result, keeping its key and position.
 ///

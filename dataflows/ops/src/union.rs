@@ -3,7 +3,7 @@
 use sluice_runtime::{Rows, Time};
 use timely::dataflow::Scope;
 
-use crate::named::concat_named;
+use sluice_runtime::operators::named::concat_named;
 
 /// The multiset union of `inputs`; as [`union_named`], named `"union"`.
 pub fn union<'s>(scope: Scope<'s, Time>, inputs: Vec<Rows<'s>>) -> Rows<'s> {

@@ -1,3 +1,4 @@
 //! Timely/differential operators the engine and the dataflows share.
 
 pub mod fold;
+pub mod named;

@@ -1,11 +1,11 @@
-//! Named stateless operators: differential's `map`, `flat_map`, `concat` and
-//! `consolidate_stream` take no name, so the node's operators would show up in timely's logs
-//! as anonymous "Map"s. These carry the node's name (as in `sluice-ops`), and the split
-//! evaluates each record once where `map` + two `flat_map`s would clone every result twice.
+//! Named stateless operators: differential's `map`, `flat_map`, `filter`, `concat` and
+//! `consolidate_stream` take no name, so a node's operators would show up in timely's logs
+//! as anonymous "Map"s. These carry the node's name, and the split evaluates each record once
+//! where `map` + two `flat_map`s would clone every result twice.
 
+use crate::record::{Diff, Time};
 use differential_dataflow::consolidation::ConsolidatingContainerBuilder;
 use differential_dataflow::{AsCollection, Data, VecCollection};
-use sluice_runtime::{Diff, Time};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::OutputBuilder;
@@ -15,10 +15,10 @@ use timely::dataflow::{Scope, StreamVec};
 use timely::progress::operate::FrontierInterest;
 
 /// A collection of the engine's time and difference types.
-pub(crate) type Coll<'s, D> = VecCollection<'s, Time, D, Diff>;
+pub type Coll<'s, D> = VecCollection<'s, Time, D, Diff>;
 
 /// Replaces each record by the records `logic` gives for it (with the same time and diff).
-pub(crate) fn flat_map_named<'s, D, D2, I, L>(input: Coll<'s, D>, name: &str, mut logic: L) -> Coll<'s, D2>
+pub fn flat_map_named<'s, D, D2, I, L>(input: Coll<'s, D>, name: &str, mut logic: L) -> Coll<'s, D2>
 where
     D: Data,
     D2: Data,
@@ -43,7 +43,7 @@ where
 }
 
 /// Replaces each record by `logic`'s result (with the same time and diff).
-pub(crate) fn map_named<'s, D, D2, L>(input: Coll<'s, D>, name: &str, mut logic: L) -> Coll<'s, D2>
+pub fn map_named<'s, D, D2, L>(input: Coll<'s, D>, name: &str, mut logic: L) -> Coll<'s, D2>
 where
     D: Data,
     D2: Data,
@@ -52,9 +52,40 @@ where
     flat_map_named(input, name, move |d| Some(logic(d)))
 }
 
+/// Keeps the records `keep` accepts; it also sees each record's diff.
+pub fn filter_named<'s, D, P>(input: Coll<'s, D>, name: &str, mut keep: P) -> Coll<'s, D>
+where
+    D: Data,
+    P: FnMut(&D, Diff) -> bool + 'static,
+{
+    input
+        .inner
+        .unary::<CapacityContainerBuilder<Vec<(D, Time, Diff)>>, _, _, _>(Pipeline, name, move |_, _| {
+            move |input, output| {
+                input.for_each(|cap, data| {
+                    output
+                        .session(&cap)
+                        .give_iterator(data.drain(..).filter(|(d, _, diff)| keep(d, *diff)));
+                });
+            }
+        })
+        .as_collection()
+}
+
+/// Sends each update to the first output (`Ok`) or the second (`Err`), with its time and diff.
+pub fn split_named<'s, D, A, B, L>(input: Coll<'s, D>, name: &str, logic: L) -> (Coll<'s, A>, Coll<'s, B>)
+where
+    D: Data,
+    A: Data,
+    B: Data,
+    L: FnMut(D) -> Result<A, B> + 'static,
+{
+    split_where_named(input, name, |_| true, logic)
+}
+
 /// Sends each update to the first output (`Ok`) or the second (`Err`), with its time and
 /// diff; `keep` sees the diff first and drops the update when it says no.
-pub(crate) fn split_named<'s, D, A, B, K, L>(
+pub fn split_where_named<'s, D, A, B, K, L>(
     input: Coll<'s, D>,
     name: &str,
     mut keep: K,
@@ -97,7 +128,7 @@ where
 }
 
 /// The multiset union of `inputs`.
-pub(crate) fn concat_named<'s, D: Data>(scope: Scope<'s, Time>, inputs: Vec<Coll<'s, D>>, name: &str) -> Coll<'s, D> {
+pub fn concat_named<'s, D: Data>(scope: Scope<'s, Time>, inputs: Vec<Coll<'s, D>>, name: &str) -> Coll<'s, D> {
     let mut builder = OperatorBuilder::new(name.to_owned(), scope);
     let mut handles: Vec<_> = inputs
         .into_iter()
@@ -124,7 +155,7 @@ pub(crate) fn concat_named<'s, D: Data>(scope: Scope<'s, Time>, inputs: Vec<Coll
 /// A client's change retracts its old view and inserts the new one; most outputs see only a
 /// part of the view, so most of those pairs project to identical records. Cancelling them
 /// here, on small typed records, saves building output rows that would cancel in the sink.
-pub(crate) fn consolidate_batches_named<'s, D: Data>(input: Coll<'s, D>, name: &str) -> Coll<'s, D> {
+pub fn consolidate_batches_named<'s, D: Data>(input: Coll<'s, D>, name: &str) -> Coll<'s, D> {
     input
         .inner
         .unary::<ConsolidatingContainerBuilder<_>, _, _, _>(Pipeline, name, |_cap, _info| {
