@@ -21,8 +21,9 @@ use sluice_runtime::{DeadLetter, Diff, Pos, Row, Rows, Value};
 use timely::dataflow::operators::generic::operator::empty;
 
 use crate::change::{Change, Event, Image, Stamp};
-use crate::view::{View, uuid_text};
+use crate::view::View;
 use crate::{CdsOutputs, Wanted};
+use sluice_runtime::value::uuid_text;
 
 /// One fact about an account, ordered so that the latest is the largest: by item version,
 /// a removal after the version it removes, then by when it happened and by content (ties

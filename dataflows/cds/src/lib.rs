@@ -48,7 +48,7 @@ mod view;
 use sluice_runtime::{DeadLetters, Rows};
 
 pub use change::{Change, ChangeError, Event, Image, Stamp, filter};
-pub use view::{View, ViewError, image_version, is_e164, parse_uuid_text, uuid_text};
+pub use view::{View, ViewError, image_version, is_e164};
 
 /// The names of the outputs, in the order of [`CdsOutputs`]' fields.
 pub const OUTPUTS: &[&str] = &["cds_updates", "accounts_by_uuid", "directory"];

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use sluice_runtime::Value;
-use sluice_runtime::value::ValueMap;
+use sluice_runtime::value::{ValueMap, parse_uuid_text, uuid_text};
 
 /// Shared bytes, as values hold them.
 type Bytes = Arc<[u8]>;
@@ -199,36 +199,6 @@ pub fn is_e164(s: &str) -> bool {
     (1..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0')
 }
 
-/// A UUID as canonical lowercase 8-4-4-4-12 text.
-pub fn uuid_text(uuid: &[u8; 16]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(36);
-    for (i, b) in uuid.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            out.push('-');
-        }
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 15)]));
-    }
-    out
-}
-
-/// Parses 8-4-4-4-12 UUID text (either case).
-pub fn parse_uuid_text(text: &str) -> Option<[u8; 16]> {
-    let bytes = text.as_bytes();
-    if bytes.len() != 36 || [8, 13, 18, 23].iter().any(|&i| bytes[i] != b'-') {
-        return None;
-    }
-    let mut hex = bytes.iter().filter(|&&b| b != b'-');
-    let mut out = [0u8; 16];
-    for byte in &mut out {
-        let hi = char::from(*hex.next()?).to_digit(16)?;
-        let lo = char::from(*hex.next()?).to_digit(16)?;
-        *byte = u8::try_from(hi * 16 + lo).ok()?;
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,18 +220,6 @@ mod tests {
         assert!(!is_e164("+0123"));
         assert!(!is_e164("+1555 000"));
         assert!(!is_e164("+1234567890123456"));
-    }
-
-    #[test]
-    fn uuid_text_round_trips() {
-        let uuid: [u8; 16] = std::array::from_fn(|i| u8::try_from(i).unwrap_or(0) * 17);
-        let text = uuid_text(&uuid);
-        assert_eq!(text, "00112233-4455-6677-8899-aabbccddeeff");
-        assert_eq!(parse_uuid_text(&text), Some(uuid));
-        assert_eq!(parse_uuid_text(&text.to_uppercase()), Some(uuid));
-        assert_eq!(parse_uuid_text("00112233-4455-6677-8899-aabbccddeef"), None);
-        assert_eq!(parse_uuid_text("00112233x4455-6677-8899-aabbccddeeff"), None);
-        assert_eq!(parse_uuid_text("g0112233-4455-6677-8899-aabbccddeeff"), None);
     }
 
     #[test]

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use differential_dataflow::input::Input;
-use sluice_cds::{Wanted, cds, uuid_text};
+use sluice_cds::{Wanted, cds};
+use sluice_runtime::value::uuid_text;
 use sluice_runtime::{DeadLetter, Diff, Pos, Row, Time, Value};
 use timely::dataflow::ProbeHandle;
 
