@@ -4,6 +4,7 @@
 //! spec enums meet their implementations, each in one exhaustive `match`: adding a
 //! connector means a variant in the spec, an arm here, and its crate.
 
+pub mod formats;
 mod render;
 
 use std::collections::BTreeMap;

@@ -1,7 +1,7 @@
 //! The one place where spec enums meet their implementations: compiling nodes at
 //! validation, opening sources and sinks, and rendering nodes into the dataflow.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -10,13 +10,16 @@ use sluice_connector_file::FileSource;
 use sluice_delivery::DeliveryConfig;
 use sluice_expr::Expr;
 use sluice_runtime::exec::{Built, Wiring};
+use sluice_runtime::ingest::{Decode, JsonDecoder};
 use sluice_runtime::sink::{Sink, SinkError};
 use sluice_runtime::source::{Source, SourceError};
 use sluice_runtime::spec::{
-    Envelope, Graph, NodeDecl, NodeSpec, Pipeline, Problem, SinkMode, SinkTarget, SourceSpec, Spanned,
+    Envelope, Format, Graph, NodeDecl, NodeSpec, Pipeline, Problem, SinkMode, SinkTarget, SourceSpec, Spanned,
 };
 use sluice_runtime::{Rows, Time};
 use sluice_sink_file::JsonLinesSink;
+
+use crate::formats;
 use timely::dataflow::Scope;
 
 /// What validation compiled for a node, reused by every worker.
@@ -64,6 +67,8 @@ pub struct SluiceWiring {
     pipeline: Arc<Pipeline>,
     graph: Graph,
     compiled: BTreeMap<String, Compiled>,
+    /// Every reference some node or sink reads: outputs nobody reads are not built.
+    used: BTreeSet<String>,
     /// Per filter node, records whose condition failed to evaluate (summed over workers).
     pub filter_errors: BTreeMap<String, Arc<AtomicU64>>,
 }
@@ -77,10 +82,16 @@ impl SluiceWiring {
             .filter(|n| matches!(n.spec, NodeSpec::Filter { .. }))
             .map(|n| (n.name.value.clone(), Arc::default()))
             .collect();
+        let inputs = pipeline.nodes.iter().flat_map(|n| n.spec.inputs());
+        let used = inputs
+            .chain(pipeline.sinks.iter().map(|s| &s.input))
+            .map(|r| r.value.clone())
+            .collect();
         SluiceWiring {
             pipeline,
             graph,
             compiled,
+            used,
             filter_errors,
         }
     }
@@ -104,10 +115,38 @@ impl Wiring for SluiceWiring {
         }
     }
 
-    fn open_sink(&self, target: &SinkTarget, mode: SinkMode) -> Result<Box<dyn Sink>, SinkError> {
+    fn decoder(&self, pipeline: &Pipeline, index: usize) -> Arc<dyn Decode> {
+        let Some(decl) = pipeline.sources.get(index) else {
+            return Arc::new(JsonDecoder);
+        };
+        match decl.format {
+            Format::Json => Arc::new(JsonDecoder),
+            Format::DynamodbStream if self.only_cds_changes_read(&decl.name.value) => {
+                Arc::new(formats::CdsChangeDecoder)
+            }
+            Format::DynamodbStream => Arc::new(formats::DynamodbStreamDecoder),
+            Format::DynamodbItem => Arc::new(formats::DynamodbItemDecoder),
+            Format::CdsUpdate => Arc::new(formats::CdsUpdateDecoder),
+        }
+    }
+
+    fn open_sink(&self, target: &SinkTarget, mode: SinkMode, format: Format) -> Result<Box<dyn Sink>, SinkError> {
+        let encoder = formats::encoder(format);
         match target {
-            SinkTarget::File { path } => Ok(Box::new(JsonLinesSink::create(path, mode)?)),
-            SinkTarget::Stdout => Ok(Box::new(JsonLinesSink::stdout(mode))),
+            SinkTarget::File { path } => {
+                let sink = JsonLinesSink::create(path, mode)?;
+                Ok(Box::new(match encoder {
+                    Some(e) => sink.with_encoder(e),
+                    None => sink,
+                }))
+            }
+            SinkTarget::Stdout => {
+                let sink = JsonLinesSink::stdout(mode);
+                Ok(Box::new(match encoder {
+                    Some(e) => sink.with_encoder(e),
+                    None => sink,
+                }))
+            }
         }
     }
 
@@ -192,6 +231,46 @@ impl Wiring for SluiceWiring {
                         dead_letters.push(out.errors);
                     }
                 }
+                (NodeSpec::Contacts(c), _) => {
+                    if let (Some(changes), Some(contact_data)) = (input(&c.changes), input(&c.contact_data)) {
+                        let out = sluice_contacts::contacts(changes, contact_data, name);
+                        let rows = [
+                            out.client_state,
+                            out.devices,
+                            out.resolved_contacts,
+                            out.contact_references,
+                            out.anonymous_contacts_created,
+                            out.client_state_client_updates,
+                            out.client_state_push_token_updates,
+                            out.client_state_contact_updates,
+                            out.suite_contact_updates,
+                        ];
+                        for (output, rows) in sluice_contacts::OUTPUTS.iter().zip(rows) {
+                            outputs.insert(format!("{name}.{output}"), rows);
+                        }
+                        dead_letters.push(out.errors);
+                    }
+                }
+                (NodeSpec::Cds(c), _) => {
+                    // `None` when the snapshot was declared but not built (an upstream problem).
+                    let snapshot = match &c.snapshot {
+                        Some(r) => input(r).map(Some),
+                        None => Some(None),
+                    };
+                    if let (Some(changes), Some(snapshot)) = (input(&c.changes), snapshot) {
+                        let used = |o: &str| self.used.contains(&format!("{name}.{o}"));
+                        let wanted = sluice_cds::Wanted {
+                            cds_updates: used("cds_updates"),
+                            accounts_by_uuid: used("accounts_by_uuid"),
+                            directory: used("directory"),
+                        };
+                        let out = sluice_cds::cds(changes, snapshot, &wanted, name);
+                        outputs.insert(format!("{name}.cds_updates"), out.cds_updates);
+                        outputs.insert(format!("{name}.accounts_by_uuid"), out.accounts_by_uuid);
+                        outputs.insert(format!("{name}.directory"), out.directory);
+                        dead_letters.push(out.errors);
+                    }
+                }
                 // Validation compiled every expression node; a mismatch here is a bug of ours.
                 (spec, _) => tracing::error!(node = name, kind = spec.kind(), "node was not compiled; skipped"),
             }
@@ -203,6 +282,24 @@ impl Wiring for SluiceWiring {
 impl SluiceWiring {
     fn append_only(&self, reference: &str) -> bool {
         self.graph.shapes.get(reference).is_some_and(|s| s.append_only)
+    }
+
+    /// Whether every reader of `source` is the `changes` input of a `cds` node, so its
+    /// decoder may drop the changes those nodes would drop (spec/cds.md, rule 5).
+    fn only_cds_changes_read(&self, source: &str) -> bool {
+        let p = &self.pipeline;
+        let mut readers = p.nodes.iter().flat_map(|n| {
+            n.spec
+                .inputs()
+                .into_iter()
+                .filter(|r| r.value == source)
+                .map(move |r| match &n.spec {
+                    NodeSpec::Cds(c) => std::ptr::eq(r, &c.changes),
+                    _ => false,
+                })
+        });
+        let sinks_read = p.sinks.iter().any(|s| s.input.value == source);
+        !sinks_read && readers.all(|cds_changes| cds_changes)
     }
 }
 

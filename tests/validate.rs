@@ -39,6 +39,11 @@ fn expressions_and_domain_parameters_are_compiled_at_validation() {
 }
 
 #[test]
+fn domain_nodes_and_formats_are_checked() {
+    assert_golden("validate/domains.txt", &problems_of("domains"));
+}
+
+#[test]
 fn missing_environment_variables_are_errors() {
     assert_golden("validate/env.txt", &problems_of("env"));
 }
