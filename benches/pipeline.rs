@@ -5,6 +5,7 @@
 //! ```text
 //! cargo bench --bench pipeline                       # delivery and generic filter, 1 M records, 1 and 2 workers
 //! cargo bench --bench pipeline -- --n 200000 --workers 1,2,4 --workload delivery
+//! cargo bench --bench pipeline -- --workload cds-filter,cds,contacts
 //! ```
 //!
 //! Each measurement is a separate `sluice run` process (so peak memory is that run's own),
@@ -54,24 +55,85 @@ fn generator() -> Option<PathBuf> {
     script.exists().then_some(script)
 }
 
+/// The `gen.py` workload a benchmark workload reads.
+fn data_set(workload: &str) -> &'static str {
+    match workload {
+        "cds" | "cds-filter" => "cds",
+        "contacts" => "contacts",
+        _ => "delivery",
+    }
+}
+
+fn file_sink(name: &str, input: &str, mode: &str, extra: &str) -> String {
+    format!(
+        "[sinks.{name}]\ntype = \"file\"\npath = \"OUT/{name}.jsonl\"\ninput = \"{input}\"\nmode = \"{mode}\"\n{extra}\n"
+    )
+}
+
+fn file_source(name: &str, file: &str, extra: &str) -> String {
+    format!("[sources.{name}]\ntype = \"file\"\npath = \"DATA/{file}\"\n{extra}\n")
+}
+
 fn pipeline(workload: &str, data: &Path, out: &Path) -> String {
-    let reports = data.join("delivery-reports.jsonl");
-    let common = format!(
-        "[dead_letters]\ntype = \"file\"\npath = \"{}\"\n\n[sources.reports]\ntype = \"file\"\npath = \"{}\"\n\n",
-        out.join("dead-letters.jsonl").display(),
-        reports.display()
-    );
+    let dead = "[dead_letters]\ntype = \"file\"\npath = \"OUT/dead-letters.jsonl\"\n\n".to_owned();
     let graph = match workload {
-        "delivery" => "[nodes.delivery]\ntype = \"delivery\"\ninput = \"reports\"\n\n\
-             [sinks.unsubscribes]\ntype = \"file\"\npath = \"OUT/unsubscribes.jsonl\"\ninput = \"delivery.unsubscribes\"\nmode = \"upsert\"\n\n\
-             [sinks.error_stats]\ntype = \"file\"\npath = \"OUT/error_stats.jsonl\"\ninput = \"delivery.error_stats\"\nmode = \"upsert\"\n\n\
-             [sinks.alerts]\ntype = \"file\"\npath = \"OUT/alerts.jsonl\"\ninput = \"delivery.alerts\"\nmode = \"upsert\"\n"
-            .to_owned(),
-        _ => "[nodes.v1_errors]\ntype = \"filter\"\ninput = \"reports\"\nexpr = 'status == \"error\" && protocol == \"fcm-v1\"'\n\n\
-             [sinks.errors]\ntype = \"file\"\npath = \"OUT/errors.jsonl\"\ninput = \"v1_errors\"\nmode = \"append\"\n"
-            .to_owned(),
+        "delivery" => {
+            file_source("reports", "delivery-reports.jsonl", "")
+                + "[nodes.delivery]\ntype = \"delivery\"\ninput = \"reports\"\n\n"
+                + &file_sink("unsubscribes", "delivery.unsubscribes", "upsert", "")
+                + &file_sink("error_stats", "delivery.error_stats", "upsert", "")
+                + &file_sink("alerts", "delivery.alerts", "upsert", "")
+        }
+        "cds-filter" => {
+            file_source("changes", "account-changes.jsonl", "format = \"dynamodb-stream\"")
+                + "[nodes.cds]\ntype = \"cds\"\nchanges = \"changes\"\n\n"
+                + &file_sink("updates", "cds.cds_updates", "append", "format = \"cds-update\"")
+        }
+        "cds" => {
+            file_source("accounts", "accounts-scan.jsonl", "format = \"dynamodb-item\"")
+                + &file_source("changes", "account-changes.jsonl", "format = \"dynamodb-stream\"")
+                + "[nodes.cds]\ntype = \"cds\"\nchanges = \"changes\"\nsnapshot = \"accounts\"\n\n"
+                + &file_sink("updates", "cds.cds_updates", "append", "format = \"cds-update\"")
+                + &file_sink("accounts", "cds.accounts_by_uuid", "upsert", "")
+                + &file_sink("directory", "cds.directory", "upsert", "")
+        }
+        "contacts" => {
+            file_source("changes", "client-changes.jsonl", "")
+                + &file_source(
+                    "contact_data",
+                    "contact-data.jsonl",
+                    "envelope = \"upsert\"\nkey = [\"app_code\", \"contact_field_id\", \"contact_field_value\"]",
+                )
+                + "[nodes.contacts]\ntype = \"contacts\"\nchanges = \"changes\"\ncontact_data = \"contact_data\"\n\n"
+                + &contacts_sinks()
+        }
+        _ => {
+            file_source("reports", "delivery-reports.jsonl", "")
+                + "[nodes.v1_errors]\ntype = \"filter\"\ninput = \"reports\"\nexpr = 'status == \"error\" && protocol == \"fcm-v1\"'\n\n"
+                + &file_sink("errors", "v1_errors", "append", "")
+        }
     };
-    common + &graph.replace("OUT", &out.to_string_lossy())
+    (dead + &graph)
+        .replace("OUT", &out.to_string_lossy())
+        .replace("DATA", &data.to_string_lossy())
+}
+
+fn contacts_sinks() -> String {
+    let upserts = ["client_state", "devices", "resolved_contacts", "contact_references"];
+    let changelogs = [
+        "client_state_client_updates",
+        "client_state_push_token_updates",
+        "client_state_contact_updates",
+        "suite_contact_updates",
+    ];
+    let mut out = String::new();
+    for o in upserts {
+        out += &file_sink(o, &format!("contacts.{o}"), "upsert", "");
+    }
+    for o in changelogs {
+        out += &file_sink(o, &format!("contacts.{o}"), "changelog", "");
+    }
+    out + &file_sink("created", "contacts.anonymous_contacts_created", "append", "")
 }
 
 fn main() {
@@ -80,16 +142,20 @@ fn main() {
         eprintln!("../shared/bench/gen.py not found beside the repository; nothing to measure");
         return;
     };
+    let mut sets: Vec<&str> = args.workloads.iter().map(|w| data_set(w)).collect();
+    sets.dedup();
     let data = tempfile::tempdir().expect("tempdir");
-    let status = Command::new("python3")
-        .arg(&script)
-        .args(["delivery", "--n", &args.n.to_string(), "--out"])
-        .arg(data.path())
-        .status()
-        .expect("run gen.py");
-    assert!(status.success(), "gen.py failed");
+    for set in sets {
+        let status = Command::new("python3")
+            .arg(&script)
+            .args([set, "--n", &args.n.to_string(), "--out"])
+            .arg(data.path())
+            .status()
+            .expect("run gen.py");
+        assert!(status.success(), "gen.py failed");
+    }
 
-    println!("workload  records   workers  seconds  records/s  peak MiB");
+    println!("workload    records   workers  seconds  records/s  peak MiB");
     for workload in &args.workloads {
         for &workers in &args.workers {
             let out = tempfile::tempdir().expect("tempdir");
@@ -104,17 +170,19 @@ fn main() {
             let secs = started.elapsed().as_secs_f64();
             let summary = String::from_utf8_lossy(&run.stderr);
             assert!(run.status.success(), "sluice failed: {summary}");
-            let peak = summary
-                .split("peak memory ")
-                .nth(1)
-                .and_then(|s| s.split(" MiB").next())
-                .unwrap_or("?")
-                .to_owned();
+            let peak = between(&summary, "peak memory ", " MiB").unwrap_or("?");
+            // Every record read counts (scan items and mappings too), as the summary reports.
+            let read: u64 = between(&summary, "sluice: read ", " record")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(args.n);
             println!(
-                "{workload:<9} {:<9} {workers:<8} {secs:<8.2} {:<10.0} {peak}",
-                args.n,
-                args.n as f64 / secs
+                "{workload:<11} {read:<9} {workers:<8} {secs:<8.2} {:<10.0} {peak}",
+                read as f64 / secs
             );
         }
     }
+}
+
+fn between<'a>(text: &'a str, start: &str, end: &str) -> Option<&'a str> {
+    text.split(start).nth(1)?.split(end).next()
 }
