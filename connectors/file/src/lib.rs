@@ -32,11 +32,11 @@
 //! position the reader was opened at; resuming from a checkpointed position neither skips
 //! nor repeats lines.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use sluice_runtime::source::{PartitionInfo, PartitionReader, Position, RawRecord, ReadState, Source, SourceError};
 
@@ -51,7 +51,14 @@ pub struct FileSource {
     chunk_bytes: Option<u64>,
     /// Byte range of every chunk partition, by partition id.
     chunks: Mutex<HashMap<String, Chunk>>,
+    /// Where each chunk's first line starts, per file: computed once, on the first open of
+    /// one of its chunks.
+    starts: Mutex<HashMap<PathBuf, Arc<ChunkStarts>>>,
 }
+
+/// For each chunk start byte of a file: the byte its first line starts at and the number of
+/// lines before it.
+type ChunkStarts = BTreeMap<u64, (u64, u64)>;
 
 #[derive(Clone, Debug)]
 struct Chunk {
@@ -68,6 +75,7 @@ impl FileSource {
             follow,
             chunk_bytes: None,
             chunks: Mutex::default(),
+            starts: Mutex::default(),
         }
     }
 
@@ -81,6 +89,68 @@ impl FileSource {
     fn is_glob(&self) -> bool {
         self.pattern.contains(['*', '?', '['])
     }
+
+    /// Where the first line of the chunk starting at `start` begins, and its line count.
+    ///
+    /// One pass over the file finds this for all its chunks, so a file of `k` chunks is
+    /// scanned once, not `k` times from its beginning; other workers wait for that pass.
+    fn chunk_start(&self, path: &Path, start: u64) -> Result<(u64, u64), SourceError> {
+        let mut starts = self
+            .starts
+            .lock()
+            .map_err(|_| SourceError::Config("chunk table poisoned".into()))?;
+        let table = match starts.get(path) {
+            Some(table) => Arc::clone(table),
+            None => {
+                let bounds: Vec<u64> = self
+                    .chunks
+                    .lock()
+                    .map_err(|_| SourceError::Config("chunk table poisoned".into()))?
+                    .values()
+                    .filter(|c| c.path == path && c.start > 0)
+                    .map(|c| c.start)
+                    .collect();
+                let table = Arc::new(scan_chunk_starts(path, bounds)?);
+                starts.insert(path.to_path_buf(), Arc::clone(&table));
+                table
+            }
+        };
+        table
+            .get(&start)
+            .copied()
+            .ok_or_else(|| SourceError::Config(format!("{}: no chunk starts at byte {start}", path.display())))
+    }
+}
+
+/// For each start `s` (> 0): the byte after the first newline at or after `s - 1` (the line
+/// crossing `s` belongs to the previous chunk) and the newlines before that byte.
+fn scan_chunk_starts(path: &Path, mut bounds: Vec<u64>) -> Result<ChunkStarts, SourceError> {
+    bounds.sort_unstable();
+    let mut pending = bounds.into_iter().peekable();
+    let mut out = ChunkStarts::new();
+    let mut reader = BufReader::with_capacity(1024 * 1024, File::open(path).map_err(|e| io_error(path, e))?);
+    let (mut at, mut lines) = (0u64, 0u64);
+    while pending.peek().is_some() {
+        let buf = reader.fill_buf().map_err(|e| io_error(path, e))?;
+        if buf.is_empty() {
+            break;
+        }
+        for i in memchr::memchr_iter(b'\n', buf) {
+            let newline = at + i as u64;
+            lines += 1;
+            while let Some(start) = pending.next_if(|&s| s - 1 <= newline) {
+                out.insert(start, (newline + 1, lines));
+            }
+        }
+        let n = buf.len();
+        at += n as u64;
+        reader.consume(n);
+    }
+    // Starts after the last newline: their chunks hold no line of their own.
+    for start in pending {
+        out.insert(start, (at, lines));
+    }
+    Ok(out)
 }
 
 impl Source for FileSource {
@@ -157,7 +227,16 @@ impl Source for FileSource {
         let chunk = self.chunks.lock().ok().and_then(|c| c.get(&partition.id).cloned());
         let reader = match chunk {
             None => FileReader::open(Path::new(&partition.id), byte, line, self.follow)?,
-            Some(c) if matches!(from, Position::Start) => FileReader::open_chunk(&c.path, c.start, c.end)?,
+            Some(c) if matches!(from, Position::Start) => {
+                let (byte, line) = if c.start == 0 {
+                    (0, 0)
+                } else {
+                    self.chunk_start(&c.path, c.start)?
+                };
+                let mut r = FileReader::open(&c.path, byte, line, false)?;
+                r.end = Some(c.end);
+                r
+            }
             Some(c) => {
                 let mut r = FileReader::open(&c.path, byte, line, false)?;
                 r.end = Some(c.end);
@@ -203,41 +282,6 @@ impl FileReader {
         })
     }
 
-    /// A reader of the lines whose first byte lies in `[start, end)`, numbered as in the
-    /// whole file.
-    fn open_chunk(path: &Path, start: u64, end: u64) -> Result<Self, SourceError> {
-        if start == 0 {
-            let mut r = FileReader::open(path, 0, 0, false)?;
-            r.end = Some(end);
-            return Ok(r);
-        }
-        // The line that crosses `start` belongs to the previous chunk: skip to the byte after
-        // the first newline at or after `start - 1`, counting the newlines before it.
-        let mut r = FileReader::open(path, start - 1, 0, false)?;
-        let mut skipped = Vec::new();
-        let n = r
-            .reader
-            .read_until(b'\n', &mut skipped)
-            .map_err(|e| io_error(path, e))?;
-        let first = start - 1 + n as u64;
-        let mut counter = BufReader::with_capacity(256 * 1024, File::open(path).map_err(|e| io_error(path, e))?);
-        let (mut remaining, mut lines) = (first, 0u64);
-        while remaining > 0 {
-            let buf = counter.fill_buf().map_err(|e| io_error(path, e))?;
-            if buf.is_empty() {
-                break;
-            }
-            let take = buf.len().min(remaining as usize);
-            lines += buf[..take].iter().filter(|&&b| b == b'\n').count() as u64;
-            counter.consume(take);
-            remaining -= take as u64;
-        }
-        r.byte = first;
-        r.line = lines;
-        r.end = Some(end);
-        Ok(r)
-    }
-
     /// Reopens from the start when the file shrank below what was read.
     fn check_truncation(&mut self) -> Result<(), SourceError> {
         let len = std::fs::metadata(&self.path)
@@ -277,10 +321,14 @@ impl PartitionReader for FileReader {
             let len = self.pending.len() as u64;
             self.line += 1;
             self.byte += len;
-            let mut text = std::mem::take(&mut self.pending);
-            while matches!(text.last(), Some(b'\n' | b'\r')) {
-                text.pop();
+            let mut len = self.pending.len();
+            while len > 0 && matches!(self.pending[len - 1], b'\n' | b'\r') {
+                len -= 1;
             }
+            // One exact copy per line; `pending` keeps its capacity, so lines are not read
+            // into a buffer that grows from nothing every time.
+            let text = self.pending[..len].to_vec();
+            self.pending.clear();
             if text.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
