@@ -9,6 +9,7 @@ pub mod record;
 pub mod sink;
 pub mod source;
 pub mod spec;
+pub mod testing;
 pub mod value;
 
 pub use record::{DeadLetter, DeadLetters, Diff, Pos, Row, Rows, Time};

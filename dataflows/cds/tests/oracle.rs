@@ -11,7 +11,9 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{ACCOUNTS, Captured, DIRECTORY, Item, Round, b64, change_pos, insert, json, pni, run, uak, uuid, uuid_of};
+use common::{
+    ACCOUNTS, Captured, DIRECTORY, Item, Round, b64, change_pos, insert, json, pni, run, uak, update, uuid, uuid_of,
+};
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -137,16 +139,6 @@ fn history(rng: &mut SmallRng, steps: usize) -> Vec<Input> {
 /// The view the spec reads from an item.
 fn view(item: &Item) -> (u8, String, bool, Option<u8>, Option<u8>) {
     (item.u, item.p.clone(), item.c.unwrap_or(false), item.pni, item.uak)
-}
-
-fn update(item: &Item, discoverable: bool) -> String {
-    json(json!({
-        "e164": item.p,
-        "uuid": b64(&uuid(item.u)),
-        "canonicallyDiscoverable": discoverable,
-        "pni": item.pni.map(|p| b64(&pni(p))),
-        "uak": item.uak.map(|k| b64(&uak(k))),
-    }))
 }
 
 /// The filter, from the spec's words.

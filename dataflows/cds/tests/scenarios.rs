@@ -7,22 +7,11 @@ mod common;
 
 use common::{
     ACCOUNTS, DIRECTORY, Item, Round, UPDATES, b64, change_pos, insert, json, modify, pni, record, remove, run,
-    run_wanted, scan_pos, uak, uuid, uuid_of,
+    run_wanted, scan_pos, uak, update, uuid, uuid_of,
 };
 use serde_json::json;
 use sluice_cds::Wanted;
 use sluice_runtime::Value;
-
-/// The `cds_updates` value of an item's view (`discoverable` overridden for removals).
-fn update(item: &Item, discoverable: bool) -> String {
-    json(json!({
-        "e164": item.p,
-        "uuid": b64(&uuid(item.u)),
-        "canonicallyDiscoverable": discoverable,
-        "pni": item.pni.map(|p| b64(&pni(p))),
-        "uak": item.uak.map(|k| b64(&uak(k))),
-    }))
-}
 
 fn uuid_key(n: u8) -> String {
     json(json!({ "uuid": uuid_of(n) }))

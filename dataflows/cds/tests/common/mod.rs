@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use differential_dataflow::input::Input;
 use sluice_cds::{Wanted, cds};
+use sluice_runtime::testing;
 use sluice_runtime::value::uuid_text;
 use sluice_runtime::{DeadLetter, Diff, Pos, Row, Time, Value};
 use timely::dataflow::ProbeHandle;
@@ -208,25 +209,13 @@ pub struct Captured {
     pub errors: Vec<(DeadLetter, Time, Diff)>,
 }
 
-/// An output's contents: key JSON → value JSON.
-pub type Upserts = BTreeMap<String, String>;
+pub use sluice_runtime::testing::Upserts;
 
 impl Captured {
     /// The contents of keyed output `index` through time `at`, checking it holds at most one
     /// row per key.
     pub fn upserts_at(&self, index: usize, at: Time) -> Upserts {
-        let mut acc: BTreeMap<Row, Diff> = BTreeMap::new();
-        for (row, _, d) in self.outputs[index].iter().filter(|u| u.1 <= at) {
-            *acc.entry(row.clone()).or_insert(0) += d;
-        }
-        let mut out = Upserts::new();
-        for (row, d) in acc.into_iter().filter(|(_, d)| *d != 0) {
-            assert_eq!(d, 1, "output {index} holds {row:?} {d} times at {at}");
-            let key = row.key.to_json_string();
-            let prev = out.insert(key.clone(), row.val.to_json_string());
-            assert!(prev.is_none(), "output {index} has two rows for key {key} at {at}");
-        }
-        out
+        testing::upserts_at(&self.outputs[index], at, sluice_cds::OUTPUTS[index])
     }
 
     /// The final contents of keyed output `index`.
@@ -267,16 +256,7 @@ impl Captured {
 
     /// The dead letters through time `at`, sorted.
     pub fn dead_letters_at(&self, at: Time) -> Vec<DeadLetter> {
-        let mut acc: BTreeMap<DeadLetter, Diff> = BTreeMap::new();
-        for (letter, _, d) in self.errors.iter().filter(|e| e.1 <= at) {
-            *acc.entry(letter.clone()).or_insert(0) += d;
-        }
-        let mut out = Vec::new();
-        for (letter, d) in acc {
-            assert!(d >= 0, "dead letter {letter:?} retracted");
-            out.extend(std::iter::repeat_n(letter, d as usize));
-        }
-        out
+        testing::dead_letters_at(&self.errors, at)
     }
 
     /// The final dead letters.
@@ -373,4 +353,15 @@ pub fn json(value: serde_json::Value) -> String {
 /// Standard base64 of bytes, as outputs render them.
 pub fn b64(b: &[u8]) -> String {
     sluice_runtime::value::base64_encode(b)
+}
+
+/// The `cds_updates` value of an item's view (`discoverable` overridden for removals).
+pub fn update(item: &Item, discoverable: bool) -> String {
+    json(serde_json::json!({
+        "e164": item.p,
+        "uuid": b64(&uuid(item.u)),
+        "canonicallyDiscoverable": discoverable,
+        "pni": item.pni.map(|p| b64(&pni(p))),
+        "uak": item.uak.map(|k| b64(&uak(k))),
+    }))
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use differential_dataflow::input::Input;
 use sluice_contacts::{OUTPUTS, contacts};
+use sluice_runtime::testing;
 use sluice_runtime::{DeadLetter, Diff, Pos, Row, Time, Value};
 use timely::dataflow::ProbeHandle;
 
@@ -85,8 +86,7 @@ pub struct Captured {
     pub clients: usize,
 }
 
-/// An output's contents: key JSON → value JSON.
-pub type Upserts = BTreeMap<String, String>;
+pub use sluice_runtime::testing::Upserts;
 
 /// Consolidated updates per time: of every output, and of the dead letters.
 pub type Consolidated = (Vec<BTreeMap<(Time, Row), Diff>>, BTreeMap<(Time, DeadLetter), Diff>);
@@ -98,20 +98,7 @@ impl Captured {
     /// The contents of output `index` through time `at`, checking that it is a proper
     /// collection of derived rows with at most one row per key.
     pub fn upserts_at(&self, index: usize, at: Time) -> Upserts {
-        let mut acc: BTreeMap<Row, Diff> = BTreeMap::new();
-        for (row, _, d) in self.outputs[index].iter().filter(|u| u.1 <= at) {
-            *acc.entry(row.clone()).or_insert(0) += d;
-        }
-        let mut out = Upserts::new();
-        for (row, d) in acc.into_iter().filter(|(_, d)| *d != 0) {
-            let name = OUTPUTS[index];
-            assert_eq!(d, 1, "{name} holds {row:?} {d} times at {at}");
-            assert!(row.pos.is_none(), "derived rows carry no position");
-            let key = row.key.to_json_string();
-            let prev = out.insert(key.clone(), row.val.to_json_string());
-            assert!(prev.is_none(), "{name} has two rows for key {key} at {at}");
-        }
-        out
+        testing::upserts_at(&self.outputs[index], at, OUTPUTS[index])
     }
 
     /// The final contents of output `index`.
@@ -158,16 +145,7 @@ impl Captured {
 
     /// The dead letters present through time `at`, sorted, each as many times as present.
     pub fn dead_letters_at(&self, at: Time) -> Vec<DeadLetter> {
-        let mut acc: BTreeMap<DeadLetter, Diff> = BTreeMap::new();
-        for (letter, _, d) in self.errors.iter().filter(|e| e.1 <= at) {
-            *acc.entry(letter.clone()).or_insert(0) += d;
-        }
-        let mut out = Vec::new();
-        for (letter, d) in acc {
-            assert!(d >= 0, "dead letter {letter:?} retracted more than inserted");
-            out.extend(std::iter::repeat_n(letter, d as usize));
-        }
-        out
+        testing::dead_letters_at(&self.errors, at)
     }
 
     /// The final dead letters.

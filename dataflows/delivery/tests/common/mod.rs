@@ -4,12 +4,12 @@
 #![allow(dead_code)]
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use differential_dataflow::input::Input;
 use sluice_delivery::{DeliveryConfig, delivery};
+use sluice_runtime::testing;
 use sluice_runtime::{DeadLetter, Diff, Pos, Row, Time, Value};
 use timely::dataflow::ProbeHandle;
 
@@ -24,26 +24,13 @@ pub struct Captured {
     pub state: [usize; 4],
 }
 
-/// An upsert output's contents: key JSON → value JSON.
-pub type Upserts = BTreeMap<String, String>;
+pub use sluice_runtime::testing::Upserts;
 
 impl Captured {
     /// The contents of output `index` through time `at`, checking it is a proper upsert
     /// (every row present once, at most one row per key).
     pub fn upserts_at(&self, index: usize, at: Time) -> Upserts {
-        let mut acc: BTreeMap<Row, Diff> = BTreeMap::new();
-        for (row, _, d) in self.outputs[index].iter().filter(|u| u.1 <= at) {
-            *acc.entry(row.clone()).or_insert(0) += d;
-        }
-        let mut out = Upserts::new();
-        for (row, d) in acc.into_iter().filter(|(_, d)| *d != 0) {
-            assert_eq!(d, 1, "output {index} holds {row:?} {d} times");
-            let key = row.key.to_json_string();
-            assert!(row.pos.is_none(), "derived rows carry no position");
-            let prev = out.insert(key.clone(), row.val.to_json_string());
-            assert!(prev.is_none(), "output {index} has two rows for key {key}");
-        }
-        out
+        testing::upserts_at(&self.outputs[index], at, &format!("output {index}"))
     }
 
     /// The final contents of output `index`.
@@ -53,9 +40,7 @@ impl Captured {
 
     /// The dead letters, in position order.
     pub fn dead_letters(&self) -> Vec<DeadLetter> {
-        let mut out: Vec<DeadLetter> = self.errors.iter().filter(|e| e.2 > 0).map(|e| e.0.clone()).collect();
-        out.sort();
-        out
+        testing::dead_letters_at(&self.errors, Time::MAX)
     }
 }
 
