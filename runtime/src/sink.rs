@@ -82,7 +82,7 @@ pub fn sink_rows<'s>(rows: Rows<'s>, name: &str, mut sink: Option<Box<dyn Sink>>
                 let Some(mut updates) = stash.remove(&time) else {
                     continue;
                 };
-                differential_dataflow::consolidation::consolidate(&mut updates);
+                consolidate_rows(&mut updates);
                 if updates.is_empty() {
                     continue;
                 }
@@ -107,4 +107,45 @@ pub fn sink_rows<'s>(rows: Rows<'s>, name: &str, mut sink: Option<Box<dyn Sink>>
             }
         },
     );
+}
+
+/// Sorts updates by row and sums the diffs of equal rows, dropping those that cancel.
+///
+/// As differential's `consolidate`, but with an unstable sort (equal rows are merged, so
+/// their order is moot): rows are maps, each comparison walks them, and the sink sorts every
+/// update it writes.
+fn consolidate_rows(updates: &mut Vec<(Row, Diff)>) {
+    updates.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    updates.dedup_by(|later, kept| {
+        let same = later.0 == kept.0;
+        if same {
+            kept.1 += later.1;
+        }
+        same
+    });
+    updates.retain(|(_, d)| *d != 0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Value;
+
+    #[test]
+    fn consolidation_sums_equal_rows_drops_cancelled_ones_and_sorts() {
+        let row = |k: i64| Row::derived(Value::Int(k), Value::Null);
+        let mut updates = vec![
+            (row(3), 1),
+            (row(1), 1),
+            (row(2), 1),
+            (row(1), -1),
+            (row(3), 2),
+            (row(2), -1),
+        ];
+        consolidate_rows(&mut updates);
+        assert_eq!(updates, vec![(row(3), 3)]);
+        let mut updates = vec![(row(2), 1), (row(1), -1), (row(4), 0)];
+        consolidate_rows(&mut updates);
+        assert_eq!(updates, vec![(row(1), -1), (row(2), 1)]);
+    }
 }
