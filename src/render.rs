@@ -233,22 +233,11 @@ impl Wiring for SluiceWiring {
                 }
                 (NodeSpec::Contacts(c), _) => {
                     if let (Some(changes), Some(contact_data)) = (input(&c.changes), input(&c.contact_data)) {
-                        let out = sluice_contacts::contacts(changes, contact_data, name);
-                        let rows = [
-                            out.client_state,
-                            out.devices,
-                            out.resolved_contacts,
-                            out.contact_references,
-                            out.anonymous_contacts_created,
-                            out.client_state_client_updates,
-                            out.client_state_push_token_updates,
-                            out.client_state_contact_updates,
-                            out.suite_contact_updates,
-                        ];
+                        let (rows, errors, _state) = sluice_contacts::contacts(changes, contact_data, name).split();
                         for (output, rows) in sluice_contacts::OUTPUTS.iter().zip(rows) {
                             outputs.insert(format!("{name}.{output}"), rows);
                         }
-                        dead_letters.push(out.errors);
+                        dead_letters.push(errors);
                     }
                 }
                 (NodeSpec::Cds(c), _) => {

@@ -50,8 +50,9 @@ use sluice_runtime::{DeadLetters, Rows};
 pub use change::{Change, ChangeError, Event, Image, Stamp, filter};
 pub use view::{View, ViewError, image_version, is_e164};
 
-/// The names of the outputs, in the order of [`CdsOutputs`]' fields.
-pub const OUTPUTS: &[&str] = &["cds_updates", "accounts_by_uuid", "directory"];
+/// The names of the outputs, in the order of [`CdsOutputs`]' fields (the pipeline spec's
+/// list, so validation and the dataflow cannot disagree).
+pub const OUTPUTS: &[&str] = sluice_runtime::spec::CDS_OUTPUTS;
 
 /// Which outputs a pipeline reads; the others are not built (their collections stay empty).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

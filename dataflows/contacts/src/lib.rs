@@ -88,18 +88,9 @@ use sluice_runtime::{DeadLetters, Rows};
 pub use anon::anonymous_contact_id;
 pub use event::{Body, CHANGE_TYPES, Change, ClientChange, ContactField, DecodeError, Mapping};
 
-/// The names of the outputs, in the order of [`ContactsOutputs`]' fields.
-pub const OUTPUTS: &[&str] = &[
-    "client_state",
-    "devices",
-    "resolved_contacts",
-    "contact_references",
-    "anonymous_contacts_created",
-    "client_state_client_updates",
-    "client_state_push_token_updates",
-    "client_state_contact_updates",
-    "suite_contact_updates",
-];
+/// The names of the outputs, in the order of [`ContactsOutputs`]' fields (the pipeline
+/// spec's list, so validation and the dataflow cannot disagree).
+pub const OUTPUTS: &[&str] = sluice_runtime::spec::CONTACTS_OUTPUTS;
 
 /// The collections the contacts dataflow produces (see the crate documentation for shapes).
 pub struct ContactsOutputs<'s> {
@@ -125,6 +116,24 @@ pub struct ContactsOutputs<'s> {
     pub errors: DeadLetters<'s>,
     /// A handle on this worker's state, for metrics and tests.
     pub state: ContactsState,
+}
+
+impl<'s> ContactsOutputs<'s> {
+    /// The row outputs in the order of [`OUTPUTS`], the dead letters and the state handle.
+    pub fn split(self) -> ([Rows<'s>; 9], DeadLetters<'s>, ContactsState) {
+        let rows = [
+            self.client_state,
+            self.devices,
+            self.resolved_contacts,
+            self.contact_references,
+            self.anonymous_contacts_created,
+            self.client_state_client_updates,
+            self.client_state_push_token_updates,
+            self.client_state_contact_updates,
+            self.suite_contact_updates,
+        ];
+        (rows, self.errors, self.state)
+    }
 }
 
 /// This worker's share of the dataflow's per-client state; read it between worker steps.

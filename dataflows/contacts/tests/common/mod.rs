@@ -166,28 +166,17 @@ pub fn run(rounds: &[Round], workers: usize) -> Captured {
         let (mut changes, mut contact_data, state) = worker.dataflow::<Time, _, _>(|scope| {
             let (changes_in, changes) = scope.new_collection::<Row, Diff>();
             let (data_in, contact_data) = scope.new_collection::<Row, Diff>();
-            let out = contacts(changes, contact_data, "contacts");
-            let outputs = [
-                out.client_state,
-                out.devices,
-                out.resolved_contacts,
-                out.contact_references,
-                out.anonymous_contacts_created,
-                out.client_state_client_updates,
-                out.client_state_push_token_updates,
-                out.client_state_contact_updates,
-                out.suite_contact_updates,
-            ];
+            let (outputs, errors, state) = contacts(changes, contact_data, "contacts").split();
             for (i, rows) in outputs.into_iter().enumerate() {
                 let sink = Rc::clone(&captured);
                 rows.inspect(move |u| sink.borrow_mut().outputs[i].push(u.clone()))
                     .probe_with(&probe);
             }
             let sink = Rc::clone(&captured);
-            out.errors
+            errors
                 .inspect(move |u| sink.borrow_mut().errors.push(u.clone()))
                 .probe_with(&probe);
-            (changes_in, data_in, out.state)
+            (changes_in, data_in, state)
         });
         for (i, round) in rounds.iter().enumerate() {
             let time = i as Time + 1;
