@@ -473,3 +473,135 @@ fn the_delivery_example_produces_its_golden_outputs() {
     let report = report.replace(&dir.path().to_string_lossy().into_owned(), "<example dir>");
     common::assert_golden("examples/delivery.txt", &report);
 }
+
+/// A change record of the cds example's shape, with the given images' typed JSON.
+fn cds_change(event: &str, old: Option<&str>, new: Option<&str>, t: u64) -> String {
+    let mut dynamodb = format!(r#""ApproximateCreationDateTime":{t},"SequenceNumber":"{t}""#);
+    for (field, image) in [("OldImage", old), ("NewImage", new)] {
+        if let Some(image) = image {
+            dynamodb.push_str(&format!(r#","{field}":{image}"#));
+        }
+    }
+    format!(r#"{{"eventName":"{event}","dynamodb":{{{dynamodb}}}}}"#)
+}
+
+/// An account image: `U` from `u`, `P`, `C`, `V`, `D`, and `PNI`/`UAK` unless `pni` is empty.
+fn cds_image(u: u8, p: &str, c: bool, v: u64, d: &str, pni: &str) -> String {
+    let uuid = sluice_runtime::value::base64_encode(&[u; 16]);
+    let keys = if pni.is_empty() {
+        String::new()
+    } else {
+        format!(r#","PNI":{{"B":"{pni}"}},"UAK":{{"B":"AAEC"}}"#)
+    };
+    let d = sluice_runtime::value::base64_encode(d.as_bytes());
+    format!(
+        r#"{{"U":{{"B":"{uuid}"}},"P":{{"S":"{p}"}},"C":{{"BOOL":{c}}},"V":{{"N":"{v}"}},"D":{{"B":"{d}"}}{keys}}}"#
+    )
+}
+
+#[test]
+fn the_cds_pre_filter_changes_no_output() {
+    // Records the decoder may drop and records it must leave to the node: V-only changes,
+    // equal values spelled differently, PNI/UAK from a changed D blob, an invalid U in both
+    // images, number moves and removals.
+    let pni = sluice_runtime::value::base64_encode(&[7; 16]);
+    let blob = |uak: &str| format!(r#"{{"pni":"07070707-0707-0707-0707-070707070707","uak":"{uak}"}}"#);
+    let a1 = cds_image(1, "+15550000001", true, 1, "{}", &pni);
+    let a2 = cds_image(1, "+15550000001", true, 2, r#"{"x":1}"#, &pni);
+    let a2_spaced = a2.replace(r#"{"S":"+15550000001"}"#, r#"{ "S" : "+15550000001" }"#);
+    let a3 = cds_image(1, "+15550000002", true, 3, "{}", &pni);
+    let b1 = cds_image(2, "+15550000003", true, 1, &blob("AAEC"), "");
+    let b2 = cds_image(2, "+15550000003", true, 2, &blob("AAEC"), "");
+    let b3 = cds_image(2, "+15550000003", true, 3, &blob("AAED"), "");
+    let bad1 = cds_image(3, "+15550000004", true, 1, "{}", &pni)
+        .replace(&sluice_runtime::value::base64_encode(&[3; 16]), "AAE=");
+    let bad2 = bad1.replace(r#""V":{"N":"1"}"#, r#""V":{"N":"2"}"#);
+    let lines = [
+        cds_change("INSERT", None, Some(&a1), 1),
+        cds_change("MODIFY", Some(&a1), Some(&a2), 2),
+        cds_change("MODIFY", Some(&a2), Some(&a2_spaced), 3),
+        cds_change("INSERT", None, Some(&b1), 4),
+        cds_change("MODIFY", Some(&b1), Some(&b2), 5),
+        cds_change("MODIFY", Some(&b2), Some(&b3), 6),
+        cds_change("MODIFY", Some(&bad1), Some(&bad2), 7),
+        cds_change("MODIFY", Some(&a2_spaced), Some(&a3), 8),
+        cds_change("REMOVE", Some(&b3), None, 9),
+    ];
+    let sinks = r#"
+[sinks.updates]
+type = "file"
+path = "out/updates.jsonl"
+input = "cds.cds_updates"
+mode = "append"
+format = "cds-update"
+
+[sinks.directory]
+type = "file"
+path = "out/directory.jsonl"
+input = "cds.directory"
+mode = "upsert"
+
+[sinks.accounts]
+type = "file"
+path = "out/accounts.jsonl"
+input = "cds.accounts_by_uuid"
+mode = "upsert"
+"#;
+    let run = |also_read_by_a_sink: bool| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("changes.jsonl"), lines.join("\n")).expect("write");
+        let mut toml = format!(
+            "[dead_letters]\ntype = \"file\"\npath = \"out/dead-letters.jsonl\"\n\n[sources.changes]\ntype = \"file\"\npath = \"changes.jsonl\"\nformat = \"dynamodb-stream\"\n\n[nodes.cds]\ntype = \"cds\"\nchanges = \"changes\"\n{sinks}"
+        );
+        if also_read_by_a_sink {
+            // A second reader that needs every record turns the pre-filter off.
+            toml.push_str("\n[sinks.raw]\ntype = \"file\"\npath = \"raw/changes.jsonl\"\ninput = \"changes\"\nmode = \"append\"\n");
+        }
+        std::fs::write(dir.path().join("pipeline.toml"), toml).expect("write");
+        let out = sluice_in(dir.path(), &["run", "--workers", "2", "pipeline.toml"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let summary = String::from_utf8_lossy(&out.stderr).into_owned();
+        // The V-only change and the unchanged blob are dropped before decoding; the same
+        // values spelled differently and the invalid U are left to the node.
+        assert_eq!(
+            summary.contains("read 9 records (2 dropped early as irrelevant)"),
+            !also_read_by_a_sink,
+            "{summary}"
+        );
+        let raw_lines = std::fs::read_to_string(dir.path().join("raw/changes.jsonl")).map(|t| t.lines().count());
+        let updates = std::fs::read_to_string(dir.path().join("out/updates.jsonl")).expect("updates");
+        (outputs_of(dir.path()), updates, raw_lines.ok())
+    };
+    let (filtered, updates, _) = run(false);
+    let (unfiltered, unfiltered_updates, raw) = run(true);
+    assert_eq!(updates, unfiltered_updates, "cds_updates, byte for byte and in order");
+    assert_eq!(raw, Some(lines.len()), "the second reader saw every record");
+    let strip_raw = |outputs: &BTreeMap<String, Vec<String>>| {
+        let mut outputs = outputs.clone();
+        // The pre-filter hands the node only the attributes it reads, so `raw` differs.
+        if let Some(letters) = outputs.get_mut("dead-letters.jsonl") {
+            for letter in letters.iter_mut() {
+                let mut v: serde_json::Value = serde_json::from_str(letter).expect("json");
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("raw");
+                    o.remove("partition"); // each run has its own directory
+                }
+                *letter = v.to_string();
+            }
+        }
+        outputs
+    };
+    assert_eq!(strip_raw(&filtered), strip_raw(&unfiltered));
+    let updates: Vec<&str> = updates.lines().collect();
+    assert_eq!(
+        updates.len(),
+        6,
+        "a1, b1, b3's new UAK, a's move (removal, insert), b's removal: {updates:?}"
+    );
+    let letters = &filtered["dead-letters.jsonl"];
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert!(
+        letters[0].contains("\"line\":7") && letters[0].contains("not 16"),
+        "{letters:?}"
+    );
+}

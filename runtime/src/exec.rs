@@ -131,8 +131,14 @@ impl RunReport {
             .map(|b| format!(", peak memory {:.1} MiB", b as f64 / (1024.0 * 1024.0)))
             .unwrap_or_default();
         let plural = |n: u64, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+        let dropped: u64 = self.records_dropped.values().sum();
+        let dropped = if dropped > 0 {
+            format!(" ({dropped} dropped early as irrelevant)")
+        } else {
+            String::new()
+        };
         format!(
-            "sluice: read {}, wrote {}, {}, in {secs:.2}s ({rate:.0} records/s{memory}){}",
+            "sluice: read {}{dropped}, wrote {}, {}, in {secs:.2}s ({rate:.0} records/s{memory}){}",
             plural(read, "record"),
             plural(written, "update"),
             plural(self.dead_letters, "dead letter"),
