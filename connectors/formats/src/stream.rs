@@ -71,15 +71,9 @@ impl<'a> StreamRecordRef<'a> {
         let mut found = Found::default();
         if cursor.open_object()? {
             loop {
-                let key = cursor.key()?;
-                let decoded;
-                let name = if key.escaped {
-                    decoded = key.decode()?;
-                    &*decoded
-                } else {
-                    key.raw
-                };
-                match name {
+                // `decode` borrows the key unless it has escapes.
+                let name = cursor.key()?.decode()?;
+                match &*name {
                     "eventName" => {
                         once(&found.event_name, "eventName")?;
                         found.event_name = Some(event(&mut cursor)?);
@@ -237,15 +231,9 @@ fn dynamodb<'a>(cursor: &mut Cursor<'a>, found: &mut Found<'a>) -> Result<(), Fo
         return Ok(());
     }
     loop {
-        let key = cursor.key()?;
-        let decoded;
-        let name = if key.escaped {
-            decoded = key.decode()?;
-            &*decoded
-        } else {
-            key.raw
-        };
-        match name {
+        // `decode` borrows the key unless it has escapes.
+        let name = cursor.key()?.decode()?;
+        match &*name {
             "NewImage" => {
                 once(&found.new, "NewImage")?;
                 found.new = Some(ImageRef::parse(cursor, "NewImage")?);
