@@ -1,9 +1,16 @@
-//! Helpers for dataflow tests: reading captured `(record, time, diff)` updates back as the
-//! collection they add up to at a time. Used by the dataflow crates' test harnesses.
+//! Helpers for dataflow tests: capturing a dataflow's updates, stepping workers through
+//! times, and reading the captured `(record, time, diff)` updates back as the collection they
+//! add up to at a time. Used by the dataflow crates' test harnesses.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
 
-use crate::record::{DeadLetter, Diff, Row, Time};
+use timely::dataflow::ProbeHandle;
+use timely::worker::Worker;
+
+use crate::record::{DeadLetter, DeadLetters, Diff, Row, Rows, Time};
 
 /// A keyed output's contents: key JSON → value JSON.
 pub type Upserts = BTreeMap<String, String>;
@@ -46,4 +53,66 @@ pub fn dead_letters_at(errors: &[(DeadLetter, Time, Diff)], at: Time) -> Vec<Dea
         out.extend(std::iter::repeat_n(letter, n));
     }
     out
+}
+
+/// Every update of a dataflow's row outputs and of its dead letters, as workers saw them.
+#[derive(Debug, Default)]
+pub struct Updates {
+    /// The updates of each row output, in the order the outputs were given to [`capture`].
+    pub outputs: Vec<Vec<(Row, Time, Diff)>>,
+    /// The dead letters' updates.
+    pub errors: Vec<(DeadLetter, Time, Diff)>,
+}
+
+impl Updates {
+    /// Adds another worker's updates to these.
+    pub fn absorb(&mut self, other: Updates) {
+        if self.outputs.len() < other.outputs.len() {
+            self.outputs.resize_with(other.outputs.len(), Vec::new);
+        }
+        for (mine, theirs) in self.outputs.iter_mut().zip(other.outputs) {
+            mine.extend(theirs);
+        }
+        self.errors.extend(other.errors);
+    }
+}
+
+/// Records every update of `outputs` and `errors` on this worker, and attaches them to `probe`.
+pub fn capture<'s>(
+    outputs: impl IntoIterator<Item = Rows<'s>>,
+    errors: DeadLetters<'s>,
+    probe: &ProbeHandle<Time>,
+) -> Rc<RefCell<Updates>> {
+    let captured = Rc::new(RefCell::new(Updates::default()));
+    for (i, rows) in outputs.into_iter().enumerate() {
+        captured.borrow_mut().outputs.push(Vec::new());
+        let sink = Rc::clone(&captured);
+        rows.inspect(move |u| sink.borrow_mut().outputs[i].push(u.clone()))
+            .probe_with(probe);
+    }
+    let sink = Rc::clone(&captured);
+    errors
+        .inspect(move |u| sink.borrow_mut().errors.push(u.clone()))
+        .probe_with(probe);
+    captured
+}
+
+/// Steps `worker` until `probe` has passed `time`: each time's output must complete while
+/// the inputs are still open.
+///
+/// # Panics
+/// If that takes more than a minute.
+pub fn step_past(worker: &mut Worker, probe: &ProbeHandle<Time>, time: Time) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while probe.less_equal(&time) {
+        assert!(Instant::now() < deadline, "outputs never passed time {time}");
+        worker.step_or_park(Some(Duration::from_millis(1)));
+    }
+}
+
+/// Steps `worker` until everything `probe` watches is complete (the inputs are dropped).
+pub fn step_to_end(worker: &mut Worker, probe: &ProbeHandle<Time>) {
+    while !probe.done() {
+        worker.step_or_park(Some(Duration::from_millis(1)));
+    }
 }

@@ -4,11 +4,8 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use differential_dataflow::input::Input;
 use sluice_cds::{Wanted, cds};
@@ -275,25 +272,13 @@ pub fn run_wanted(rounds: &[Round], workers: usize, wanted: Wanted) -> Captured 
     let rounds = rounds.to_vec();
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
-        let captured = Rc::new(RefCell::new(Captured::default()));
         let probe = ProbeHandle::new();
-        let (mut changes, mut scan) = worker.dataflow::<Time, _, _>(|scope| {
+        let (mut changes, mut scan, captured) = worker.dataflow::<Time, _, _>(|scope| {
             let (changes_in, changes) = scope.new_collection::<Row, Diff>();
             let (scan_in, scan) = scope.new_collection::<Row, Diff>();
             let out = cds(changes, Some(scan), &wanted, "cds");
-            for (i, rows) in [out.cds_updates, out.accounts_by_uuid, out.directory]
-                .into_iter()
-                .enumerate()
-            {
-                let sink = Rc::clone(&captured);
-                rows.inspect(move |u| sink.borrow_mut().outputs[i].push(u.clone()))
-                    .probe_with(&probe);
-            }
-            let sink = Rc::clone(&captured);
-            out.errors
-                .inspect(move |u| sink.borrow_mut().errors.push(u.clone()))
-                .probe_with(&probe);
-            (changes_in, scan_in)
+            let outputs = [out.cds_updates, out.accounts_by_uuid, out.directory];
+            (changes_in, scan_in, testing::capture(outputs, out.errors, &probe))
         });
         for (i, round) in rounds.iter().enumerate() {
             let time = i as Time + 1;
@@ -321,28 +306,21 @@ pub fn run_wanted(rounds: &[Round], workers: usize, wanted: Wanted) -> Captured 
             scan.advance_to(time + 1);
             changes.flush();
             scan.flush();
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while probe.less_equal(&time) {
-                assert!(Instant::now() < deadline, "outputs never passed time {time}");
-                worker.step_or_park(Some(Duration::from_millis(1)));
-            }
+            testing::step_past(worker, &probe, time);
         }
         drop((changes, scan));
-        while !probe.done() {
-            worker.step_or_park(Some(Duration::from_millis(1)));
-        }
+        testing::step_to_end(worker, &probe);
         captured.take()
     })
     .expect("timely starts");
-    let mut all = Captured::default();
+    let mut all = testing::Updates::default();
     for part in guards.join() {
-        let part = part.expect("worker ran");
-        for (mine, theirs) in all.outputs.iter_mut().zip(part.outputs) {
-            mine.extend(theirs);
-        }
-        all.errors.extend(part.errors);
+        all.absorb(part.expect("worker ran"));
     }
-    all
+    Captured {
+        outputs: all.outputs.try_into().expect("three outputs"),
+        errors: all.errors,
+    }
 }
 
 /// JSON as the outputs render it (sorted keys, compact).

@@ -4,10 +4,7 @@
 
 #![allow(dead_code)]
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::rc::Rc;
-use std::time::{Duration, Instant};
 
 use differential_dataflow::input::Input;
 use sluice_contacts::{OUTPUTS, contacts};
@@ -161,22 +158,12 @@ pub fn run(rounds: &[Round], workers: usize) -> Captured {
     let rounds = rounds.to_vec();
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
-        let captured = Rc::new(RefCell::new(Captured::default()));
         let probe = ProbeHandle::new();
-        let (mut changes, mut contact_data, state) = worker.dataflow::<Time, _, _>(|scope| {
+        let (mut changes, mut contact_data, captured, state) = worker.dataflow::<Time, _, _>(|scope| {
             let (changes_in, changes) = scope.new_collection::<Row, Diff>();
             let (data_in, contact_data) = scope.new_collection::<Row, Diff>();
             let (outputs, errors, state) = contacts(changes, contact_data, "contacts").split();
-            for (i, rows) in outputs.into_iter().enumerate() {
-                let sink = Rc::clone(&captured);
-                rows.inspect(move |u| sink.borrow_mut().outputs[i].push(u.clone()))
-                    .probe_with(&probe);
-            }
-            let sink = Rc::clone(&captured);
-            errors
-                .inspect(move |u| sink.borrow_mut().errors.push(u.clone()))
-                .probe_with(&probe);
-            (changes_in, data_in, state)
+            (changes_in, data_in, testing::capture(outputs, errors, &probe), state)
         });
         for (i, round) in rounds.iter().enumerate() {
             let time = i as Time + 1;
@@ -212,32 +199,24 @@ pub fn run(rounds: &[Round], workers: usize) -> Captured {
             contact_data.advance_to(time + 1);
             changes.flush();
             contact_data.flush();
-            // Each time's output must complete while the inputs are still open.
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while probe.less_equal(&time) {
-                assert!(Instant::now() < deadline, "outputs never passed time {time}");
-                worker.step_or_park(Some(Duration::from_millis(1)));
-            }
+            testing::step_past(worker, &probe, time);
         }
         drop((changes, contact_data));
-        while !probe.done() {
-            worker.step_or_park(Some(Duration::from_millis(1)));
-        }
-        let mut captured = captured.take();
-        captured.clients = state.clients();
-        captured
+        testing::step_to_end(worker, &probe);
+        (captured.take(), state.clients())
     })
     .expect("timely starts");
-    let mut all = Captured::default();
+    let (mut all, mut clients) = (testing::Updates::default(), 0);
     for part in guards.join() {
-        let part = part.expect("worker ran");
-        for (mine, theirs) in all.outputs.iter_mut().zip(part.outputs) {
-            mine.extend(theirs);
-        }
-        all.errors.extend(part.errors);
-        all.clients += part.clients;
+        let (updates, n) = part.expect("worker ran");
+        all.absorb(updates);
+        clients += n;
     }
-    all
+    Captured {
+        outputs: all.outputs.try_into().expect("nine outputs"),
+        errors: all.errors,
+        clients,
+    }
 }
 
 fn parse(json: &str) -> Value {

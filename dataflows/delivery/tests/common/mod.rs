@@ -3,10 +3,6 @@
 
 #![allow(dead_code)]
 
-use std::cell::RefCell;
-use std::rc::Rc;
-use std::time::{Duration, Instant};
-
 use differential_dataflow::input::Input;
 use sluice_delivery::{DeliveryConfig, delivery};
 use sluice_runtime::testing;
@@ -65,22 +61,12 @@ pub fn run(config: &DeliveryConfig, batches: &[Vec<String>], workers: usize) -> 
     let batches = batches.to_vec();
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
-        let captured = Rc::new(RefCell::new(Captured::default()));
         let probe = ProbeHandle::new();
-        let (mut input, state) = worker.dataflow::<Time, _, _>(|scope| {
+        let (mut input, captured, state) = worker.dataflow::<Time, _, _>(|scope| {
             let (input, reports) = scope.new_collection::<Row, Diff>();
             let out = delivery(reports, &config, "delivery");
             let outputs = [out.unsubscribes, out.token_replacements, out.error_stats, out.alerts];
-            for (i, rows) in outputs.into_iter().enumerate() {
-                let sink = Rc::clone(&captured);
-                rows.inspect(move |u| sink.borrow_mut().outputs[i].push(u.clone()))
-                    .probe_with(&probe);
-            }
-            let sink = Rc::clone(&captured);
-            out.errors
-                .inspect(move |u| sink.borrow_mut().errors.push(u.clone()))
-                .probe_with(&probe);
-            (input, out.state)
+            (input, testing::capture(outputs, out.errors, &probe), out.state)
         });
         for (i, batch) in batches.iter().enumerate() {
             let time = i as Time + 1;
@@ -102,34 +88,29 @@ pub fn run(config: &DeliveryConfig, batches: &[Vec<String>], workers: usize) -> 
             }
             input.advance_to(time + 1);
             input.flush();
-            // Each time's output must complete while the input is still open.
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while probe.less_equal(&time) {
-                assert!(Instant::now() < deadline, "outputs never passed time {time}");
-                worker.step_or_park(Some(Duration::from_millis(1)));
-            }
+            testing::step_past(worker, &probe, time);
         }
         drop(input);
-        while !probe.done() {
-            worker.step_or_park(Some(Duration::from_millis(1)));
-        }
-        let mut captured = captured.take();
-        captured.state = [state.tokens(), state.windows(), state.apps(), state.error_keys()];
-        captured
+        testing::step_to_end(worker, &probe);
+        (
+            captured.take(),
+            [state.tokens(), state.windows(), state.apps(), state.error_keys()],
+        )
     })
     .expect("timely starts");
-    let mut all = Captured::default();
+    let (mut all, mut state) = (testing::Updates::default(), [0; 4]);
     for part in guards.join() {
-        let part = part.expect("worker ran");
-        for (mine, theirs) in all.outputs.iter_mut().zip(part.outputs) {
-            mine.extend(theirs);
-        }
-        all.errors.extend(part.errors);
-        for (mine, theirs) in all.state.iter_mut().zip(part.state) {
+        let (updates, sizes) = part.expect("worker ran");
+        all.absorb(updates);
+        for (mine, theirs) in state.iter_mut().zip(sizes) {
             *mine += theirs;
         }
     }
-    all
+    Captured {
+        outputs: all.outputs.try_into().expect("four outputs"),
+        errors: all.errors,
+        state,
+    }
 }
 
 /// JSON as the outputs render it (sorted keys, compact).
