@@ -119,13 +119,14 @@ pub(crate) fn client_update(c: &Client) -> Option<ClientUpdate> {
 }
 
 pub(crate) fn client_update_row((client, app, properties): ClientUpdate) -> Row {
+    update_row(&client, &app, "properties", Value::Map(properties))
+}
+
+/// A row of an update stream: keyed by client, `client_id`, `app_code` and one more field.
+fn update_row(client: &Str, app: &Str, field: &'static str, value: Value) -> Row {
     Row::derived(
-        client_key(&client),
-        Value::map([
-            ("client_id", s(&client)),
-            ("app_code", s(&app)),
-            ("properties", Value::Map(properties)),
-        ]),
+        client_key(client),
+        Value::map([("client_id", s(client)), ("app_code", s(app)), (field, value)]),
     )
 }
 
@@ -138,14 +139,7 @@ pub(crate) fn push_update(c: &Client) -> Option<PushUpdate> {
 }
 
 pub(crate) fn push_update_row((client, app, push): PushUpdate) -> Row {
-    Row::derived(
-        client_key(&client),
-        Value::map([
-            ("client_id", s(&client)),
-            ("app_code", s(&app)),
-            ("push_token", opt(push.as_ref())),
-        ]),
-    )
+    update_row(&client, &app, "push_token", opt(push.as_ref()))
 }
 
 /// `client_state_contact_updates`: `(client_id, app_code, contact_id)`.
@@ -161,14 +155,7 @@ pub(crate) fn contact_update(c: &Client) -> Option<ContactUpdate> {
 }
 
 pub(crate) fn contact_update_row((client, app, contact): ContactUpdate) -> Row {
-    Row::derived(
-        client_key(&client),
-        Value::map([
-            ("client_id", s(&client)),
-            ("app_code", s(&app)),
-            ("contact_id", s(&contact)),
-        ]),
-    )
+    update_row(&client, &app, "contact_id", s(&contact))
 }
 
 /// `suite_contact_updates`: `(client_id, app_code, contact_id, field id, field value)`.
