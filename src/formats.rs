@@ -127,6 +127,6 @@ impl Encode for CdsUpdateEncoder {
     }
 
     fn partition_key(&self, row: &Row) -> Option<String> {
-        sluice_formats::encode_cds_update(&row.val).ok().map(|(key, _)| key)
+        sluice_formats::cds_update_partition_key(&row.val).ok()
     }
 }

@@ -18,6 +18,21 @@ fn required<'v>(val: &'v Value, name: &str) -> Result<&'v Value, FormatError> {
     val.get(name).ok_or_else(|| problem(format!("{name} is missing")))
 }
 
+/// The 16-byte account uuid of an update.
+fn uuid_of(val: &Value) -> Result<[u8; 16], FormatError> {
+    match required(val, "uuid")? {
+        Value::Bytes(b) => {
+            <[u8; 16]>::try_from(&b[..]).map_err(|_| problem(format!("uuid must be 16 bytes, not {}", b.len())))
+        }
+        _ => Err(problem("uuid must be bytes")),
+    }
+}
+
+/// The partition key of an update, the uuid as 8-4-4-4-12 text, without encoding it.
+pub fn cds_update_partition_key(val: &Value) -> Result<String, FormatError> {
+    uuid_of(val).map(|uuid| uuid_text(&uuid))
+}
+
 /// Encodes an update `{e164, uuid, canonicallyDiscoverable, pni, uak}` as the original did.
 ///
 /// That is: that field order, no spaces, bytes as standard base64 with padding, `pni` and
@@ -30,12 +45,7 @@ pub fn encode_cds_update(val: &Value) -> Result<(String, Vec<u8>), FormatError> 
     let Value::Str(e164) = required(val, "e164")? else {
         return Err(problem("e164 must be a string"));
     };
-    let uuid: [u8; 16] = match required(val, "uuid")? {
-        Value::Bytes(b) => {
-            <[u8; 16]>::try_from(&b[..]).map_err(|_| problem(format!("uuid must be 16 bytes, not {}", b.len())))?
-        }
-        _ => return Err(problem("uuid must be bytes")),
-    };
+    let uuid = uuid_of(val)?;
     let Value::Bool(discoverable) = required(val, "canonicallyDiscoverable")? else {
         return Err(problem("canonicallyDiscoverable must be a boolean"));
     };

@@ -67,7 +67,7 @@ use std::sync::Arc;
 
 use sluice_runtime::Value;
 
-pub use cds_update::{decode_cds_update, encode_cds_update};
+pub use cds_update::{cds_update_partition_key, decode_cds_update, encode_cds_update};
 pub use sluice_runtime::value::{parse_uuid_text, uuid_text};
 pub use stream::{ImageRef, StreamRecordRef};
 

@@ -38,6 +38,12 @@ fn encode_text(v: &Value) -> Result<(String, String), String> {
 fn updates_encode_exactly_as_the_original_function_wrote_them() {
     let (key, text) = encode_text(&update("+15550000011", true, Some(&PNI), None)).unwrap();
     assert_eq!(key, "0000000b-0000-4000-8000-00000000000b");
+    let alone = sluice_formats::cds_update_partition_key(&update("+15550000011", true, Some(&PNI), None));
+    assert_eq!(
+        alone.ok().as_deref(),
+        Some(key.as_str()),
+        "the key alone is the encoder's key"
+    );
     assert_eq!(
         text,
         r#"{"e164":"+15550000011","uuid":"AAAACwAAQACAAAAAAAAACw==","canonicallyDiscoverable":true,"pni":"UAtQC1ALUAtQC1ALUAtQCw==","uak":null}"#
