@@ -133,20 +133,8 @@ impl Wiring for SluiceWiring {
     fn open_sink(&self, target: &SinkTarget, mode: SinkMode, format: Format) -> Result<Box<dyn Sink>, SinkError> {
         let encoder = formats::encoder(format);
         match target {
-            SinkTarget::File { path } => {
-                let sink = JsonLinesSink::create(path, mode)?;
-                Ok(Box::new(match encoder {
-                    Some(e) => sink.with_encoder(e),
-                    None => sink,
-                }))
-            }
-            SinkTarget::Stdout => {
-                let sink = JsonLinesSink::stdout(mode);
-                Ok(Box::new(match encoder {
-                    Some(e) => sink.with_encoder(e),
-                    None => sink,
-                }))
-            }
+            SinkTarget::File { path } => Ok(Box::new(JsonLinesSink::create(path, mode)?.with_encoder(encoder))),
+            SinkTarget::Stdout => Ok(Box::new(JsonLinesSink::stdout(mode).with_encoder(encoder))),
         }
     }
 

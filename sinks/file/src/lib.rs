@@ -82,9 +82,9 @@ impl<W: Write> JsonLinesSink<W> {
         }
     }
 
-    /// Writes append-mode records with `encoder` instead of as JSON values.
-    pub fn with_encoder(mut self, encoder: Arc<dyn Encode>) -> Self {
-        self.encoder = Some(encoder);
+    /// Writes append-mode records with `encoder` instead of as JSON values (`None`: as JSON).
+    pub fn with_encoder(mut self, encoder: Option<Arc<dyn Encode>>) -> Self {
+        self.encoder = encoder;
         self
     }
 
@@ -268,7 +268,7 @@ mod tests {
     fn append_uses_the_encoder() {
         let mut buf = Vec::new();
         {
-            let mut sink = JsonLinesSink::new(&mut buf, SinkMode::Append).with_encoder(Arc::new(Upper));
+            let mut sink = JsonLinesSink::new(&mut buf, SinkMode::Append).with_encoder(Some(Arc::new(Upper)));
             sink.write(1, &[(row("a", 1), 1), (row("b", 1), -1)]).expect("write");
             sink.commit(None).expect("commit");
         }
