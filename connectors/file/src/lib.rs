@@ -53,7 +53,7 @@ pub struct FileSource {
     chunks: Mutex<HashMap<String, Chunk>>,
     /// Where each chunk's first line starts, per file: computed once, on the first open of
     /// one of its chunks.
-    starts: Mutex<HashMap<PathBuf, Arc<ChunkStarts>>>,
+    starts: Mutex<HashMap<PathBuf, Arc<Mutex<Option<ChunkStarts>>>>>,
 }
 
 /// For each chunk start byte of a file: the byte its first line starts at and the number of
@@ -95,28 +95,31 @@ impl FileSource {
     /// One pass over the file finds this for all its chunks, so a file of `k` chunks is
     /// scanned once, not `k` times from its beginning; other workers wait for that pass.
     fn chunk_start(&self, path: &Path, start: u64) -> Result<(u64, u64), SourceError> {
-        let mut starts = self
-            .starts
-            .lock()
-            .map_err(|_| SourceError::Config("chunk table poisoned".into()))?;
-        let table = match starts.get(path) {
-            Some(table) => Arc::clone(table),
-            None => {
-                let bounds: Vec<u64> = self
-                    .chunks
-                    .lock()
-                    .map_err(|_| SourceError::Config("chunk table poisoned".into()))?
-                    .values()
-                    .filter(|c| c.path == path && c.start > 0)
-                    .map(|c| c.start)
-                    .collect();
-                let table = Arc::new(scan_chunk_starts(path, bounds)?);
-                starts.insert(path.to_path_buf(), Arc::clone(&table));
-                table
-            }
-        };
+        let poisoned = || SourceError::Config("chunk table poisoned".into());
+        // The table's lock is held only to find the file's entry; the scan holds the file's
+        // own lock, so opening chunks of other files does not wait for it.
+        let entry = Arc::clone(
+            self.starts
+                .lock()
+                .map_err(|_| poisoned())?
+                .entry(path.to_path_buf())
+                .or_default(),
+        );
+        let mut table = entry.lock().map_err(|_| poisoned())?;
+        if table.is_none() {
+            let bounds: Vec<u64> = self
+                .chunks
+                .lock()
+                .map_err(|_| poisoned())?
+                .values()
+                .filter(|c| c.path == path && c.start > 0)
+                .map(|c| c.start)
+                .collect();
+            *table = Some(scan_chunk_starts(path, bounds)?);
+        }
         table
-            .get(&start)
+            .as_ref()
+            .and_then(|t| t.get(&start))
             .copied()
             .ok_or_else(|| SourceError::Config(format!("{}: no chunk starts at byte {start}", path.display())))
     }
