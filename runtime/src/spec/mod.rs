@@ -333,6 +333,19 @@ pub struct CdsSpec {
 /// The outputs of the cds node, in a fixed order.
 pub const CDS_OUTPUTS: &[&str] = &["cds_updates", "accounts_by_uuid", "directory"];
 
+/// The outputs of the messages node, in a fixed order.
+pub const MESSAGES_OUTPUTS: &[&str] = &[
+    "messages",
+    "feed",
+    "accepted",
+    "rejections",
+    "file_usage",
+    "file_usage_events",
+];
+
+/// The outputs of the fanout node, in a fixed order.
+pub const FANOUT_OUTPUTS: &[&str] = &["deliveries", "subscriber_errors"];
+
 /// Parameters of a `delivery` node.
 #[derive(Clone, Debug)]
 pub struct DeliverySpec {
