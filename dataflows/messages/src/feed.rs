@@ -86,7 +86,10 @@ impl FeedView {
                     }
                 } else {
                     if *diff != 1 {
-                        return Err(SinkError::Io(format!("feed row {} inserted {diff} times", row.key.to_json_string())));
+                        return Err(SinkError::Io(format!(
+                            "feed row {} inserted {diff} times",
+                            row.key.to_json_string()
+                        )));
                     }
                     if let Some((old, _)) = feed.entries.insert(Arc::clone(&id), (timestamp, row.val.clone())) {
                         feed.by_timestamp.remove(&old);
@@ -153,7 +156,10 @@ impl FeedView {
 fn feed_row(row: &Row) -> Result<(Arc<str>, Arc<str>, u64), SinkError> {
     let text = |name: &str| match row.key.get(name) {
         Some(Value::Str(s)) => Ok(Arc::clone(s)),
-        _ => Err(SinkError::Config(format!("a feed row's key has a `{name}` string; {} has not", row.key.to_json_string()))),
+        _ => Err(SinkError::Config(format!(
+            "a feed row's key has a `{name}` string; {} has not",
+            row.key.to_json_string()
+        ))),
     };
     let timestamp = match row.val.get("timestamp") {
         Some(Value::Int(n)) => u64::try_from(*n).ok(),

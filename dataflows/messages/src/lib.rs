@@ -45,8 +45,8 @@ mod timeline;
 
 use std::sync::Arc;
 
-use sluice_runtime::operators::named::{Coll, concat_named, flat_map_named, map_named, split_named};
 use differential_dataflow::AsCollection;
+use sluice_runtime::operators::named::{Coll, concat_named, flat_map_named, map_named, split_named};
 use sluice_runtime::{DeadLetter, DeadLetters, Diff, Pos, Row, Rows, Time, Value};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
@@ -103,17 +103,20 @@ pub fn messages<'s>(ops: Rows<'s>, name: &str) -> MessagesOutputs<'s> {
     let stage: Arc<str> = Arc::from(format!("node {name}"));
     let (ranked, overflow) = sequence::sequence(ops, name, &stage);
     let read_stage = Arc::clone(&stage);
-    let (sequenced, unreadable) = split_named(ranked, &format!("{name}: read ops"), move |(timestamp, row)| {
-        match Op::from_record(&row.val) {
-            Ok(op) => Ok(Sequenced {
-                target: op.target(timestamp),
-                timestamp,
-                pos: row.pos,
-                op,
-            }),
-            Err(e) => Err(DeadLetter::for_row(&row, &read_stage, e)),
-        }
-    });
+    let (sequenced, unreadable) =
+        split_named(
+            ranked,
+            &format!("{name}: read ops"),
+            move |(timestamp, row)| match Op::from_record(&row.val) {
+                Ok(op) => Ok(Sequenced {
+                    target: op.target(timestamp),
+                    timestamp,
+                    pos: row.pos,
+                    op,
+                }),
+                Err(e) => Err(DeadLetter::for_row(&row, &read_stage, e)),
+            },
+        );
     let applied = timeline::apply(sequenced, &format!("{name}: apply ops"));
 
     let messages: Coll<'s, Message> = flat_map_named(applied.clone(), &format!("{name}: versions"), |a| match a {
@@ -200,13 +203,15 @@ fn in_use_events<'s>(in_use: Coll<'s, Arc<str>>, name: &str) -> Rows<'s> {
         .unary::<CapacityContainerBuilder<Vec<(Row, Time, Diff)>>, _, _, _>(Pipeline, name, |_, _| {
             |input, output| {
                 input.for_each(|cap, data| {
-                    output.session(&cap).give_iterator(data.drain(..).map(|(file, time, diff)| {
-                        let row = Row::derived(
-                            file_key(&file),
-                            Value::map([("fileId", Value::Str(file)), ("inUse", Value::Bool(diff > 0))]),
-                        );
-                        (row, time, 1)
-                    }));
+                    output
+                        .session(&cap)
+                        .give_iterator(data.drain(..).map(|(file, time, diff)| {
+                            let row = Row::derived(
+                                file_key(&file),
+                                Value::map([("fileId", Value::Str(file)), ("inUse", Value::Bool(diff > 0))]),
+                            );
+                            (row, time, 1)
+                        }));
                 });
             }
         })

@@ -368,7 +368,10 @@ pub fn decide(op: &Op, timestamp: u64, current: Option<&Message>) -> Result<Mess
             ));
         }
         Command::MarkRead { .. } if message.to != op.user => {
-            return Err(Rejection::new(Code::Forbidden, "only the receiver may mark a message read"));
+            return Err(Rejection::new(
+                Code::Forbidden,
+                "only the receiver may mark a message read",
+            ));
         }
         _ => {}
     }

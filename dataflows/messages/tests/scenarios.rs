@@ -30,7 +30,11 @@ const F2: &str = "bbbbbbbbbbbbbbbbbbbbbbbb";
 
 fn message(c: &Captured, id: &str) -> serde_json::Value {
     let key = json!({ "id": id }).to_string();
-    let text = c.upserts(MESSAGES).get(&key).cloned().unwrap_or_else(|| panic!("no message {id}"));
+    let text = c
+        .upserts(MESSAGES)
+        .get(&key)
+        .cloned()
+        .unwrap_or_else(|| panic!("no message {id}"));
     serde_json::from_str(&text).expect("JSON")
 }
 
@@ -56,7 +60,10 @@ fn send_creates_a_message_in_both_feeds() {
     assert_eq!(feed[&json!({"user": "ann", "id": id}).to_string()], entry);
     assert_eq!(feed[&json!({"user": "bob", "id": id}).to_string()], entry);
     assert_eq!(
-        c.upserts_at(FILE_USAGE, Time::MAX).values().cloned().collect::<Vec<_>>(),
+        c.upserts_at(FILE_USAGE, Time::MAX)
+            .values()
+            .cloned()
+            .collect::<Vec<_>>(),
         vec![json!({"file_id": F1, "count": 1}).to_string()]
     );
     assert_eq!(
@@ -81,7 +88,11 @@ fn an_invalid_send_lists_every_reason() {
     assert_eq!(rejected["code"], "invalid");
     assert_eq!(
         rejected["reasons"],
-        json!(["file id `short` is not 24 characters", "`to` is empty", "the message has neither text nor files"])
+        json!([
+            "file id `short` is not 24 characters",
+            "`to` is empty",
+            "the message has neither text nor files"
+        ])
     );
     assert!(c.upserts(MESSAGES).is_empty());
     // Files alone are content enough.
@@ -186,7 +197,10 @@ fn ops_of_one_epoch_apply_in_position_order() {
     assert_eq!(c.outcome("e"), "accepted");
     assert_eq!(c.outcome("r"), "accepted");
     let msg = message(&c, &m);
-    assert_eq!((msg["text"].clone(), msg["read"].clone()), (json!("edited"), json!(true)));
+    assert_eq!(
+        (msg["text"].clone(), msg["read"].clone()),
+        (json!("edited"), json!(true))
+    );
     assert_eq!(msg["timestamp"], ts(0, 2));
     // One net change per epoch: the message appears once in its time's output.
     let inserted: Vec<_> = c.outputs[MESSAGES].iter().filter(|u| u.2 > 0).collect();
@@ -260,7 +274,15 @@ fn ids_and_timestamps_are_the_same_for_any_number_of_workers_and_on_replay() {
     let rounds: Vec<Vec<String>> = (0..4)
         .map(|i| {
             (0..30)
-                .map(|j| send(&format!("r{i}-{j}"), &format!("u{}", j % 5), &format!("u{}", j % 3), "x", &[]))
+                .map(|j| {
+                    send(
+                        &format!("r{i}-{j}"),
+                        &format!("u{}", j % 5),
+                        &format!("u{}", j % 3),
+                        "x",
+                        &[],
+                    )
+                })
                 .collect()
         })
         .collect();
@@ -276,14 +298,20 @@ fn ids_and_timestamps_are_the_same_for_any_number_of_workers_and_on_replay() {
         .iter()
         .map(|a| {
             let v: serde_json::Value = serde_json::from_str(a).expect("JSON");
-            (v["request_id"].as_str().unwrap_or_default().to_owned(), v["timestamp"].as_i64().unwrap_or_default())
+            (
+                v["request_id"].as_str().unwrap_or_default().to_owned(),
+                v["timestamp"].as_i64().unwrap_or_default(),
+            )
         })
         .collect();
     stamps.sort_by_key(|(r, _)| {
         let (i, j) = r[1..].split_once('-').expect("r<i>-<j>");
         (i.parse::<usize>().expect("i"), j.parse::<usize>().expect("j"))
     });
-    assert!(stamps.windows(2).all(|w| w[0].1 < w[1].1), "timestamps increase: {stamps:?}");
+    assert!(
+        stamps.windows(2).all(|w| w[0].1 < w[1].1),
+        "timestamps increase: {stamps:?}"
+    );
 }
 
 #[test]
@@ -314,12 +342,18 @@ fn changes_pages_through_a_users_feed_from_final_times_only() {
     assert_eq!(page.entries.len(), 1);
     assert_eq!(page.entries[0].timestamp, ts(0, 0));
     let page = view.changes("ann", ts(0, 0), Some(10)).expect("page");
-    assert_eq!(page.entries.iter().map(|e| e.timestamp).collect::<Vec<_>>(), vec![ts(0, 1)]);
+    assert_eq!(
+        page.entries.iter().map(|e| e.timestamp).collect::<Vec<_>>(),
+        vec![ts(0, 1)]
+    );
     assert!(view.changes("ann", ts(0, 1), None).expect("page").entries.is_empty());
     assert_eq!(view.changes("cat", 0, None).expect("page").entries.len(), 1);
     assert!(view.changes("nobody", 0, None).expect("page").entries.is_empty());
     assert_eq!(view.changes("ann", 0, Some(0)), Err(QueryError::Limit(0)));
     assert_eq!(view.changes("ann", 0, Some(101)), Err(QueryError::Limit(101)));
     assert!(view.message("cat", &id(0, 2)).is_some());
-    assert!(view.message("ann", &id(0, 2)).is_none(), "a user never sees another user's messages");
+    assert!(
+        view.message("ann", &id(0, 2)).is_none(),
+        "a user never sees another user's messages"
+    );
 }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod model;
+
 use differential_dataflow::input::Input;
 use sluice_messages::{OUTPUTS, messages, timestamp};
 use sluice_runtime::testing::{self, Upserts};
