@@ -48,6 +48,9 @@ pub fn timestamp_epoch(timestamp: u64) -> Time {
 /// A partition of a source: `(source, partition)` of a position.
 type Part = (u32, u32);
 
+/// An op with its partition and its index among the partition's ops of its epoch.
+type NumberedOp = (Part, u64, Row);
+
 /// What the numbering step sends on: an op with its index in its partition's ops of the
 /// epoch, or the number of those ops.
 #[derive(Clone, Debug)]
@@ -79,7 +82,7 @@ pub fn sequence<'s>(ops: Rows<'s>, name: &str, stage: &Arc<str>) -> (Coll<'s, (u
             Pipeline,
             &format!("{name}: rank ops"),
             move |_default, _info| {
-                let mut ops: BTreeMap<Time, (Capability<Time>, Vec<(Part, u64, Row)>)> = BTreeMap::new();
+                let mut ops: BTreeMap<Time, (Capability<Time>, Vec<NumberedOp>)> = BTreeMap::new();
                 let mut counts: BTreeMap<Time, BTreeMap<Part, u64>> = BTreeMap::new();
                 move |(ops_in, ops_frontier), (counts_in, counts_frontier), output| {
                     // Only messages sent under no capability lack a time; nothing sends them.
