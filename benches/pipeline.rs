@@ -6,6 +6,7 @@
 //! cargo bench --bench pipeline                       # delivery and generic filter, 1 M records, 1 and 2 workers
 //! cargo bench --bench pipeline -- --n 200000 --workers 1,2,4 --workload delivery
 //! cargo bench --bench pipeline -- --workload cds-filter,cds,contacts
+//! cargo bench --bench pipeline -- --workload fanout,messages
 //! ```
 //!
 //! Each measurement is a separate `sluice run` process (so peak memory is that run's own),
@@ -60,6 +61,8 @@ fn data_set(workload: &str) -> &'static str {
     match workload {
         "cds" | "cds-filter" => "cds",
         "contacts" => "contacts",
+        "fanout" | "fanout-file" => "fanout",
+        "messages" => "messages",
         _ => "delivery",
     }
 }
@@ -106,6 +109,36 @@ fn pipeline(workload: &str, data: &Path, out: &Path) -> String {
                 )
                 + "[nodes.contacts]\ntype = \"contacts\"\nchanges = \"changes\"\ncontact_data = \"contact_data\"\n\n"
                 + &contacts_sinks()
+        }
+        "fanout" | "fanout-file" => {
+            let deliveries = if workload == "fanout" {
+                "[sinks.deliveries]\ntype = \"discard\"\ninput = \"hub.deliveries\"\nmode = \"append\"\n\n".to_owned()
+            } else {
+                file_sink("deliveries", "hub.deliveries", "append", "")
+            };
+            file_source(
+                "subscribers",
+                "subscribers.jsonl",
+                "envelope = \"upsert\"\nkey = [\"id\"]",
+            ) + &file_source("events", "events.jsonl", "")
+                + "[nodes.hub]\ntype = \"fanout\"\nsubscribers = \"subscribers\"\nevents = \"events\"\n\n"
+                + &deliveries
+                + &file_sink("subscriber_errors", "hub.subscriber_errors", "upsert", "")
+        }
+        "messages" => {
+            let mut graph = file_source("ops", "message-ops.jsonl", "")
+                + "[nodes.timeline]\ntype = \"messages\"\nops = \"ops\"\n\n";
+            for (output, mode) in [
+                ("messages", "upsert"),
+                ("feed", "upsert"),
+                ("accepted", "append"),
+                ("rejections", "append"),
+                ("file_usage", "upsert"),
+                ("file_usage_events", "append"),
+            ] {
+                graph += &file_sink(output, &format!("timeline.{output}"), mode, "");
+            }
+            graph
         }
         _ => {
             file_source("reports", "delivery-reports.jsonl", "")
@@ -155,7 +188,7 @@ fn main() {
         assert!(status.success(), "gen.py failed");
     }
 
-    println!("workload    records   workers  seconds  records/s  peak MiB");
+    println!("workload    records   workers  seconds  records/s  written/s  peak MiB");
     for workload in &args.workloads {
         for &workers in &args.workers {
             let out = tempfile::tempdir().expect("tempdir");
@@ -175,9 +208,14 @@ fn main() {
             let read: u64 = between(&summary, "sluice: read ", " record")
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(args.n);
+            // Updates written to every sink (deliveries, for fanout).
+            let written: u64 = between(&summary, "wrote ", " update")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
             println!(
-                "{workload:<11} {read:<9} {workers:<8} {secs:<8.2} {:<10.0} {peak}",
-                read as f64 / secs
+                "{workload:<11} {read:<9} {workers:<8} {secs:<8.2} {:<10.0} {:<10.0} {peak}",
+                read as f64 / secs,
+                written as f64 / secs
             );
         }
     }

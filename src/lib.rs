@@ -124,5 +124,13 @@ pub fn run(plan: Plan, options: RunOptions) -> Result<RunReport, RunError> {
             tracing::warn!(node = %node, records = n, "filter condition could not be evaluated on some records; they did not match");
         }
     }
+    for (node, c) in &wiring.fanout_counters {
+        let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+        let failed = load(&c.filter_errors);
+        tracing::info!(node = %node, events = load(&c.events), deliveries = load(&c.deliveries), "fanout");
+        if failed > 0 {
+            tracing::warn!(node = %node, evaluations = failed, "subscriber filters could not be evaluated on some events; they did not match");
+        }
+    }
     Ok(report)
 }

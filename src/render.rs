@@ -62,6 +62,27 @@ fn compile_expr(file: &Path, expr: &Spanned<String>) -> Result<Expr, Vec<Problem
     Expr::compile(&expr.value).map_err(|e| vec![Problem::at(file, expr, format!("invalid expression: {e}"))])
 }
 
+/// A sink that keeps nothing: the engine still counts what it is given.
+struct Discard;
+
+impl Sink for Discard {
+    fn write(
+        &mut self,
+        _time: Time,
+        _updates: &[(sluice_runtime::Row, sluice_runtime::Diff)],
+    ) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    fn commit(&mut self, _frontier: Option<Time>) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    fn durable(&self) -> Option<Time> {
+        None
+    }
+}
+
 /// The [`Wiring`] of this binary.
 pub struct SluiceWiring {
     pipeline: Arc<Pipeline>,
@@ -71,6 +92,8 @@ pub struct SluiceWiring {
     used: BTreeSet<String>,
     /// Per filter node, records whose condition failed to evaluate (summed over workers).
     pub filter_errors: BTreeMap<String, Arc<AtomicU64>>,
+    /// Per fanout node, events, deliveries and filter failures (summed over workers).
+    pub fanout_counters: BTreeMap<String, Arc<sluice_fanout::Counters>>,
 }
 
 impl SluiceWiring {
@@ -80,6 +103,12 @@ impl SluiceWiring {
             .nodes
             .iter()
             .filter(|n| matches!(n.spec, NodeSpec::Filter { .. }))
+            .map(|n| (n.name.value.clone(), Arc::default()))
+            .collect();
+        let fanout_counters = pipeline
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.spec, NodeSpec::Fanout(_)))
             .map(|n| (n.name.value.clone(), Arc::default()))
             .collect();
         let inputs = pipeline.nodes.iter().flat_map(|n| n.spec.inputs());
@@ -93,6 +122,7 @@ impl SluiceWiring {
             compiled,
             used,
             filter_errors,
+            fanout_counters,
         }
     }
 }
@@ -135,6 +165,7 @@ impl Wiring for SluiceWiring {
         match target {
             SinkTarget::File { path } => Ok(Box::new(JsonLinesSink::create(path, mode)?.with_encoder(encoder))),
             SinkTarget::Stdout => Ok(Box::new(JsonLinesSink::stdout(mode).with_encoder(encoder))),
+            SinkTarget::Discard => Ok(Box::new(Discard)),
         }
     }
 
@@ -246,6 +277,25 @@ impl Wiring for SluiceWiring {
                         outputs.insert(format!("{name}.accounts_by_uuid"), out.accounts_by_uuid);
                         outputs.insert(format!("{name}.directory"), out.directory);
                         dead_letters.push(out.errors);
+                    }
+                }
+                (NodeSpec::Fanout(f), _) => {
+                    if let (Some(subscribers), Some(events)) = (input(&f.subscribers), input(&f.events)) {
+                        let counters = self.fanout_counters.get(name).cloned().unwrap_or_default();
+                        let (rows, errors) = sluice_fanout::fanout(subscribers, events, counters, name).split();
+                        for (output, rows) in sluice_fanout::OUTPUTS.iter().zip(rows) {
+                            outputs.insert(format!("{name}.{output}"), rows);
+                        }
+                        dead_letters.push(errors);
+                    }
+                }
+                (NodeSpec::Messages(m), _) => {
+                    if let Some(ops) = input(&m.ops) {
+                        let (rows, errors) = sluice_messages::messages(ops, name).split();
+                        for (output, rows) in sluice_messages::OUTPUTS.iter().zip(rows) {
+                            outputs.insert(format!("{name}.{output}"), rows);
+                        }
+                        dead_letters.push(errors);
                     }
                 }
                 // Validation compiled every expression node; a mismatch here is a bug of ours.

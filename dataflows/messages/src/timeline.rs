@@ -108,7 +108,7 @@ pub fn apply<'s>(ops: Coll<'s, Sequenced>, name: &str) -> Coll<'s, Applied> {
                                 }
                                 Err(rejection) => Applied::Rejected {
                                     request_id: Arc::clone(&s.op.request_id),
-                                    id: s.op.names_target().then(|| Arc::clone(&s.target)),
+                                    id: (s.op.names_target() && !s.target.is_empty()).then(|| Arc::clone(&s.target)),
                                     rejection,
                                     pos: s.pos,
                                 },

@@ -386,6 +386,32 @@ fn infer_shapes(p: &Pipeline, order: &[usize], problems: &mut Vec<Problem>) -> B
                 outputs(&mut shapes, &n.name.value, &["cds_updates"]);
                 None
             }
+            NodeSpec::Fanout(f) => {
+                need_events(&f.events, "`fanout` reads published events as events", problems);
+                if get(&f.subscribers).is_some_and(|s| s.append_only) {
+                    problems.push(Problem::at(
+                        file,
+                        &f.subscribers,
+                        format!(
+                            "`subscribers` is the subscriber table, an upsert collection, and `{}` is append-only; \
+                             read it with envelope = \"upsert\" and key = [\"id\"]",
+                            f.subscribers.value
+                        ),
+                    ));
+                }
+                // Deliveries are events for the webhook sink: each is sent, not updated.
+                outputs(&mut shapes, &n.name.value, &["deliveries"]);
+                None
+            }
+            NodeSpec::Messages(m) => {
+                need_events(&m.ops, "`messages` reads message ops as events", problems);
+                outputs(
+                    &mut shapes,
+                    &n.name.value,
+                    &["accepted", "rejections", "file_usage_events"],
+                );
+                None
+            }
         };
         if let Some(shape) = out {
             shapes.insert(n.name.value.clone(), shape);

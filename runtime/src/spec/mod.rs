@@ -297,6 +297,26 @@ pub enum NodeSpec {
     Contacts(ContactsSpec),
     /// The contact-discovery account dataflow (spec/cds.md).
     Cds(CdsSpec),
+    /// Topic fan-out to filtered subscribers (spec/fanout.md).
+    Fanout(FanoutSpec),
+    /// The message timeline and sync feed (spec/messages.md).
+    Messages(MessagesSpec),
+}
+
+/// Parameters of a `fanout` node.
+#[derive(Clone, Debug)]
+pub struct FanoutSpec {
+    /// The subscriber table (an upsert collection keyed by `id`).
+    pub subscribers: Ref,
+    /// The published events (append).
+    pub events: Ref,
+}
+
+/// Parameters of a `messages` node.
+#[derive(Clone, Debug)]
+pub struct MessagesSpec {
+    /// The message ops (append).
+    pub ops: Ref,
 }
 
 /// Parameters of a `contacts` node.
@@ -379,6 +399,8 @@ impl NodeSpec {
             NodeSpec::Delivery(_) => "delivery",
             NodeSpec::Contacts(_) => "contacts",
             NodeSpec::Cds(_) => "cds",
+            NodeSpec::Fanout(_) => "fanout",
+            NodeSpec::Messages(_) => "messages",
         }
     }
 
@@ -396,6 +418,8 @@ impl NodeSpec {
             NodeSpec::Delivery(d) => vec![&d.input],
             NodeSpec::Contacts(c) => vec![&c.changes, &c.contact_data],
             NodeSpec::Cds(c) => std::iter::once(&c.changes).chain(&c.snapshot).collect(),
+            NodeSpec::Fanout(f) => vec![&f.subscribers, &f.events],
+            NodeSpec::Messages(m) => vec![&m.ops],
         }
     }
 
@@ -405,6 +429,8 @@ impl NodeSpec {
             NodeSpec::Delivery(_) => DELIVERY_OUTPUTS,
             NodeSpec::Contacts(_) => CONTACTS_OUTPUTS,
             NodeSpec::Cds(_) => CDS_OUTPUTS,
+            NodeSpec::Fanout(_) => FANOUT_OUTPUTS,
+            NodeSpec::Messages(_) => MESSAGES_OUTPUTS,
             _ => &[],
         }
     }
@@ -494,6 +520,8 @@ pub enum SinkTarget {
     },
     /// JSON lines to standard output.
     Stdout,
+    /// Nowhere: the updates are counted and dropped (to measure a graph without its output).
+    Discard,
 }
 
 impl SinkTarget {
@@ -502,6 +530,7 @@ impl SinkTarget {
         match self {
             SinkTarget::File { .. } => "file",
             SinkTarget::Stdout => "stdout",
+            SinkTarget::Discard => "discard",
         }
     }
 }

@@ -7,8 +7,9 @@ use toml_edit::{Document, TableLike};
 
 use super::walk::{Walker, join};
 use super::{
-    AggFunc, AggregateDecl, CdsSpec, ContactsSpec, DeliverySpec, Envelope, FileSourceSpec, Format, JoinKind, KeyFields,
-    Loc, NodeDecl, NodeSpec, Pipeline, Problem, SinkDecl, SinkMode, SinkTarget, SourceDecl, SourceSpec, Spanned,
+    AggFunc, AggregateDecl, CdsSpec, ContactsSpec, DeliverySpec, Envelope, FanoutSpec, FileSourceSpec, Format,
+    JoinKind, KeyFields, Loc, MessagesSpec, NodeDecl, NodeSpec, Pipeline, Problem, SinkDecl, SinkMode, SinkTarget,
+    SourceDecl, SourceSpec, Spanned,
 };
 
 const TOP_KEYS: &[&str] = &["pipeline", "dead_letters", "sources", "nodes", "sinks"];
@@ -26,8 +27,10 @@ const NODE_TYPES: &[&str] = &[
     "delivery",
     "contacts",
     "cds",
+    "fanout",
+    "messages",
 ];
-const SINK_TYPES: &[&str] = &["file", "stdout"];
+const SINK_TYPES: &[&str] = &["file", "stdout", "discard"];
 
 /// Parses pipeline `text` read from `file`; `env` resolves `${VAR}` references.
 ///
@@ -373,6 +376,8 @@ fn node(w: &mut Walker, name: Spanned<String>, t: &dyn TableLike, loc: Option<Lo
         "union" => &["type", "inputs"],
         "contacts" => &["type", "changes", "contact_data"],
         "cds" => &["type", "changes", "snapshot"],
+        "fanout" => &["type", "subscribers", "events"],
+        "messages" => &["type", "ops"],
         _ => &[
             "type",
             "input",
@@ -482,6 +487,17 @@ fn node(w: &mut Walker, name: Spanned<String>, t: &dyn TableLike, loc: Option<Lo
                 snapshot,
             })
         }
+        "fanout" => {
+            let subscribers = required(w, t, "subscribers", &path, loc);
+            let events = required(w, t, "events", &path, loc);
+            NodeSpec::Fanout(FanoutSpec {
+                subscribers: subscribers?,
+                events: events?,
+            })
+        }
+        "messages" => NodeSpec::Messages(MessagesSpec {
+            ops: required(w, t, "ops", &path, loc)?,
+        }),
         _ => {
             let input = required(w, t, "input", &path, loc);
             let classification = w.string(t, "classification", &path).map(|c| Spanned {
@@ -624,11 +640,15 @@ fn sink_target(w: &mut Walker, t: &dyn TableLike, path: &str, loc: Option<Loc>, 
         "file" => required(w, t, "path", path, loc).map(|p| SinkTarget::File {
             path: resolve(base, &p.value),
         }),
-        _ => {
+        other => {
             if let Some(p) = w.string(t, "path", path) {
                 w.problem_at(p.loc, &p.path, "`path` only applies to `type = \"file\"`");
             }
-            Some(SinkTarget::Stdout)
+            Some(if other == "discard" {
+                SinkTarget::Discard
+            } else {
+                SinkTarget::Stdout
+            })
         }
     }
 }

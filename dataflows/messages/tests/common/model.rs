@@ -103,7 +103,7 @@ pub fn generate(seed: u64, rounds: usize) -> (Vec<Vec<String>>, Expected) {
                 }
                 Err(r) => {
                     let mut v = json!({"request_id": request_id, "code": r.code.as_str(), "reasons": r.reasons});
-                    if parsed.names_target() {
+                    if parsed.names_target() && !key.is_empty() {
                         v["id"] = json!(key);
                     }
                     rejections.push(v.to_string());
