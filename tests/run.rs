@@ -633,7 +633,9 @@ fn normalize_timestamps(report: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i].is_ascii_digit() && (i == 0 || !bytes[i - 1].is_ascii_alphanumeric()) {
-            let end = (i..bytes.len()).find(|&j| !bytes[j].is_ascii_digit()).unwrap_or(bytes.len());
+            let end = (i..bytes.len())
+                .find(|&j| !bytes[j].is_ascii_digit())
+                .unwrap_or(bytes.len());
             let n: Option<u64> = report[i..end].parse().ok();
             match n {
                 Some(n) if n >= MIN_TIMESTAMP => tokens.push((i, end, Some(n))),

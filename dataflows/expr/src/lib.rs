@@ -14,8 +14,14 @@
 //! for a validator that knows the schema.
 //!
 //! **Library.** The CEL standard library plus the `strings` (`lowerAscii`, `split`, …),
-//! `math` (`math.greatest`, …) and `lists` extensions. `matches` (regular expressions) and
-//! timestamps are not enabled.
+//! `math` (`math.greatest`, …) and `lists` extensions, and two functions of ours that
+//! Python-style filters need: `truthy(x)` (Python truthiness) and `py_in(a, b)` (Python's
+//! `in`). `matches` (regular expressions) and timestamps are not enabled. A call of a
+//! function the library does not have is a compile error, not a failure on every record.
+//!
+//! **Python-style filters.** [`Expr::compile_filter`] also accepts the expressions of the
+//! publish/subscribe hub that the fanout dataflow replaces, translated to CEL by
+//! [`translate_python`] (a parser for a small, safe subset: see the `python` module).
 //!
 //! **Speed.** Variables are resolved on demand from the record, without building a context
 //! of all its fields: a dotted name such as `data.body.x` is looked up as a path and only the
@@ -28,6 +34,7 @@
 //! only adds a child scope on its own stack.
 
 mod convert;
+mod python;
 
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -39,6 +46,16 @@ use cel::{Context, Env, ExecutionError, Program};
 use sluice_runtime::Value;
 
 pub use convert::{from_cel, to_cel};
+pub use python::translate_python;
+
+/// Functions sluice adds to CEL (for Python-style filters; any expression may call them).
+const OUR_FUNCTIONS: &[&str] = &["truthy", "py_in"];
+
+/// Namespaces of the library's functions (`math.greatest`, `optional.of`).
+const NAMESPACES: &[&str] = &["math", "optional", "lists", "strings", "sets", "base64"];
+
+/// Macros the parser expands; they are not functions of the environment.
+const MACROS: &[&str] = &["has", "all", "exists", "exists_one", "map", "filter"];
 
 /// A compiled expression, shareable between threads.
 #[derive(Clone)]
@@ -159,16 +176,62 @@ impl Expr {
                 },
             }
         })?;
+        let mut root = Context::with_env(Arc::clone(&env));
+        root.add_function("truthy", python::truthy)
+            .and_then(|()| root.add_function("py_in", python::py_in))
+            .map_err(|e| ExprError {
+                message: format!("the expression library failed to load: {e}"),
+                position: None,
+            })?;
+        // CEL resolves functions when it evaluates; an unknown one would fail on every record,
+        // so it is refused here, where the pipeline file can still be fixed.
+        // Operators (`_==_`) are not names; a namespaced function (`math.greatest`) is listed
+        // by its last part. `add_function` refuses a name the environment already declares,
+        // which is the only public way to ask whether it does.
+        let declared = |name: &str| {
+            let mut probe = Context::with_env(Arc::clone(&env));
+            probe.add_function(name, |_: i64| 0i64).is_err()
+        };
+        for function in program.references().functions() {
+            let is_name = function.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            let known = !is_name
+                || OUR_FUNCTIONS.contains(&function)
+                || MACROS.contains(&function)
+                || declared(function)
+                || NAMESPACES.iter().any(|ns| declared(&format!("{ns}.{function}")));
+            if !known {
+                return Err(ExprError {
+                    message: format!("unknown function `{function}`"),
+                    position: None,
+                });
+            }
+        }
         let mut variables: Vec<Box<str>> = program.references().variables().into_iter().map(Box::from).collect();
         variables.sort();
         Ok(Expr {
             inner: Arc::new(Compiled {
                 program,
-                root: Context::with_env(env),
+                root,
                 source: source.into(),
                 variables: variables.into(),
             }),
         })
+    }
+
+    /// Compiles a subscriber filter: empty matches everything; text that parses as the
+    /// original hub's Python-style syntax is translated ([`translate_python`]); anything else
+    /// is CEL. The error of text that is neither names both attempts.
+    pub fn compile_filter(source: &str) -> Result<Expr, ExprError> {
+        if source.trim().is_empty() {
+            return Expr::compile("true");
+        }
+        match translate_python(source) {
+            Ok(cel) => Expr::compile(&cel),
+            Err(python) => Expr::compile(source).map_err(|cel| ExprError {
+                message: format!("neither CEL ({cel}) nor the Python-style syntax ({python})"),
+                position: None,
+            }),
+        }
     }
 
     /// The expression's source text.
@@ -273,3 +336,6 @@ fn friendly(msg: &str) -> String {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod python_tests;

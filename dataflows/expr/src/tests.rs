@@ -112,7 +112,12 @@ fn missing_fields_and_type_errors_are_errors_not_panics() {
     assert!(matches!(eval("a.b.c", r#"{"a":{"b":1}}"#), Err(EvalError::Failed(_))));
     assert!(matches!(eval("a / 0", r#"{"a":1}"#), Err(EvalError::Failed(_))));
     assert!(eval("key.id", r#"{}"#).is_err());
-    assert_eq!(eval("nosuchfn(1)", r#"{}"#), Err(EvalError::Unknown("nosuchfn".into())));
+    // An unknown function fails every record: it is refused when the expression compiles.
+    assert_eq!(
+        Expr::compile("nosuchfn(1)").map(|_| ()).map_err(|e| e.message),
+        Err("unknown function `nosuchfn`".to_owned())
+    );
+    assert!(Expr::compile("math.greatest(1, 2) == 2 && optional.of(1).hasValue() && 'a'.lowerAscii() == 'a'").is_ok());
     assert_eq!(
         compile("a").eval_bool(&rec(r#"{"a":1}"#), &Value::Null),
         Err(EvalError::NotBool("number"))

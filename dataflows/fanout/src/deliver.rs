@@ -153,7 +153,7 @@ fn apply(topics: &mut HashMap<Arc<str>, BTreeMap<Arc<str>, Active>>, mut batch: 
         let filter = if subscriber.filter.trim().is_empty() {
             None
         } else {
-            match crate::subscriber::compile_filter(&subscriber.filter) {
+            match Expr::compile_filter(&subscriber.filter) {
                 Ok(expr) => Some(expr),
                 Err(e) => {
                     tracing::error!(subscriber = %subscriber.id, error = %e, "a checked filter failed to compile; subscriber skipped");

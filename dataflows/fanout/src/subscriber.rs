@@ -66,7 +66,7 @@ impl Subscriber {
         }
         let filter = text("filter", false)?.unwrap_or_default();
         let secret = text("secret", false)?.filter(|s| !s.is_empty());
-        compile_filter(&filter).map_err(|e| format!("the filter does not compile: {e}"))?;
+        Expr::compile_filter(&filter).map_err(|e| format!("the filter does not compile: {e}"))?;
         Ok(Some(Subscriber {
             id,
             topic,
@@ -75,12 +75,4 @@ impl Subscriber {
             secret,
         }))
     }
-}
-
-/// Compiles a subscriber filter (an empty one matches everything).
-pub(crate) fn compile_filter(source: &str) -> Result<Expr, sluice_expr::ExprError> {
-    if source.trim().is_empty() {
-        return Expr::compile("true");
-    }
-    Expr::compile(source)
 }
