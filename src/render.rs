@@ -81,6 +81,10 @@ impl Sink for Discard {
     fn durable(&self) -> Option<Time> {
         None
     }
+
+    fn ordered(&self) -> bool {
+        false
+    }
 }
 
 /// The [`Wiring`] of this binary.

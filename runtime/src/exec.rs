@@ -389,7 +389,11 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
     let p = &ctx.pipeline;
     let probe = ProbeHandle::new();
     let mut epoch = now_ms();
-    let n_sinks = p.sinks.len() + 1;
+    // Every instance of a sink reports its close: one per single-writer sink, one per worker
+    // for a parallel one.
+    let instances = |parallel: bool| if parallel { worker.peers() } else { 1 };
+    let n_sinks =
+        p.sinks.iter().map(|s| instances(s.target.parallel())).sum::<usize>() + instances(p.dead_letters.parallel());
 
     let (mut inputs, mut dead_input) = worker.dataflow::<Time, _, _>(|scope| {
         let mut inputs = Vec::new();
@@ -421,14 +425,15 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
                 ));
                 continue;
             };
-            let opened = open_on_first_worker(
+            let parallel = sink.target.parallel();
+            let opened = open_sink(
                 ctx,
-                index,
+                if parallel { 0 } else { index },
                 (&sink.target, sink.mode.value, sink.format.value),
                 &sink.name.value,
             );
             let rows = rows.clone().probe_with(&probe);
-            sink_rows(rows, &sink.name.value, opened, ctx.status.clone());
+            sink_rows(rows, &sink.name.value, opened, ctx.status.clone(), parallel);
         }
 
         let catalog = ctx.catalog.clone();
@@ -436,13 +441,14 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
             differential_dataflow::collection::concatenate(scope, built.dead_letters.into_iter().chain([dead_rows]))
                 .map(move |d| catalog.dead_letter_row(&d))
                 .probe_with(&probe);
-        let dead_sink = open_on_first_worker(
+        let dead_parallel = p.dead_letters.parallel();
+        let dead_sink = open_sink(
             ctx,
-            index,
+            if dead_parallel { 0 } else { index },
             (&p.dead_letters, SinkMode::Append, Format::Json),
             DEAD_LETTER_SINK,
         );
-        sink_rows(dead, DEAD_LETTER_SINK, dead_sink, ctx.status.clone());
+        sink_rows(dead, DEAD_LETTER_SINK, dead_sink, ctx.status.clone(), dead_parallel);
         (inputs, dead_session)
     });
 
@@ -567,7 +573,7 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
     // Draining phase: close the inputs, let every sink see the empty frontier.
     drop(inputs);
     drop(dead_input);
-    while !probe.done() || (index == 0 && ctx.status.sinks_closed.load(Ordering::SeqCst) < n_sinks) {
+    while !probe.done() || ctx.status.sinks_closed.load(Ordering::SeqCst) < n_sinks {
         if ctx.status.aborted() {
             return Ok(());
         }
@@ -576,9 +582,10 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
     Ok(())
 }
 
-/// Opens a sink on worker 0, its single writer; other workers forward their rows to it.
-/// A sink that cannot be opened fails the run.
-fn open_on_first_worker<W: Wiring>(
+/// Opens a sink on worker 0, its single writer (other workers forward their rows to it), or
+/// on every worker when the caller passes `index` 0 for a parallel sink. A sink that cannot
+/// be opened fails the run.
+fn open_sink<W: Wiring>(
     ctx: &Ctx<W>,
     index: usize,
     (target, mode, format): (&SinkTarget, SinkMode, Format),

@@ -35,6 +35,13 @@ pub trait Sink {
     /// The frontier up to which output is durable (`None` = all of it), for checkpoints and
     /// source commits.
     fn durable(&self) -> Option<Time>;
+
+    /// Whether the sink needs each time's updates consolidated and sorted (files do, for
+    /// deterministic output). A sink that handles every update on its own — sends it,
+    /// counts it — says no and saves the sort, which dominates wide append outputs.
+    fn ordered(&self) -> bool {
+        true
+    }
 }
 
 /// Encodes rows in a format other than the sinks' own JSON (`format = "cds-update"`).
@@ -51,15 +58,24 @@ pub trait Encode: Send + Sync {
 }
 
 /// Feeds `rows` to `sink` on worker 0; other workers pass `None` and forward their rows.
+/// A `parallel` sink instead has an instance on every worker, fed that worker's rows.
 ///
 /// A sink that fails records the error in `status` and stops receiving updates; the run
 /// loop sees the error and ends the run.
-pub fn sink_rows<'s>(rows: Rows<'s>, name: &str, mut sink: Option<Box<dyn Sink>>, status: Arc<RunStatus>) {
+pub fn sink_rows<'s>(
+    rows: Rows<'s>,
+    name: &str,
+    mut sink: Option<Box<dyn Sink>>,
+    status: Arc<RunStatus>,
+    parallel: bool,
+) {
+    // Routing to oneself keeps a parallel sink's rows on the worker that made them.
+    let writer = if parallel { rows.inner.scope().index() as u64 } else { 0 };
     let mut stash: BTreeMap<Time, Vec<(Row, Diff)>> = BTreeMap::new();
     let mut last_frontier: Option<Option<Time>> = None;
     let label = name.to_owned();
     rows.inner.sink(
-        Exchange::new(|_: &(Row, Time, Diff)| 0u64),
+        Exchange::new(move |_: &(Row, Time, Diff)| writer),
         &format!("Sink: {name}"),
         move |(input, frontier)| {
             input.for_each(|_cap, data| {
@@ -82,7 +98,9 @@ pub fn sink_rows<'s>(rows: Rows<'s>, name: &str, mut sink: Option<Box<dyn Sink>>
                 let Some(mut updates) = stash.remove(&time) else {
                     continue;
                 };
-                consolidate_rows(&mut updates);
+                if target.ordered() {
+                    consolidate_rows(&mut updates);
+                }
                 if updates.is_empty() {
                     continue;
                 }

@@ -112,7 +112,7 @@ impl Wiring for TestWiring {
     }
     fn open_sink(&self, target: &SinkTarget, _mode: SinkMode, _format: Format) -> Result<Box<dyn Sink>, SinkError> {
         let sink = match target {
-            SinkTarget::Stdout => Memory(self.written.clone(), None),
+            SinkTarget::Stdout | SinkTarget::Discard => Memory(self.written.clone(), None),
             // The dead-letter output: nothing should reach it.
             SinkTarget::File { .. } => Memory(Arc::default(), None),
         };
@@ -160,4 +160,31 @@ fn a_child_partition_starts_after_its_parents_finish() {
     );
     // Sinks see times in increasing order.
     assert!(rows.windows(2).all(|w| w[0].0 <= w[1].0));
+}
+
+#[test]
+fn a_parallel_sink_gets_every_update_once_across_its_instances() {
+    let text = "[pipeline]\nepoch_ms = 5\n[dead_letters]\ntype = \"file\"\npath = \"unused\"\n\
+                [sources.s]\ntype = \"file\"\npath = \"unused\"\n[sinks.o]\ntype = \"discard\"\ninput = \"s\"\nmode = \"append\"\n";
+    let pipeline = Arc::new(parse(Path::new("test.toml"), text, &|_| None).expect("valid pipeline"));
+    let written: Written = Arc::default();
+    let wiring = Arc::new(TestWiring {
+        written: written.clone(),
+    });
+    let options = RunOptions {
+        workers: Some(3),
+        stop: Arc::new(AtomicBool::new(false)),
+    };
+    let report = run(pipeline, wiring, options).expect("run ends once every instance has closed");
+    assert_eq!(report.records_in.get("s"), Some(&10));
+    let mut rows: Vec<String> = written
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|(_, r, d)| format!("{} {d}", r.val.to_json_string()))
+        .collect();
+    rows.sort();
+    assert_eq!(rows.len(), 10, "each record once: {rows:?}");
+    rows.dedup();
+    assert_eq!(rows.len(), 10, "ten different records: {rows:?}");
 }

@@ -192,7 +192,11 @@ impl Expr {
             let mut probe = Context::with_env(Arc::clone(&env));
             probe.add_function(name, |_: i64| 0i64).is_err()
         };
-        for function in program.references().functions() {
+        // Sorted, so the error names the same function every time (the set is unordered).
+        let references = program.references();
+        let mut functions = references.functions();
+        functions.sort_unstable();
+        for function in functions {
             let is_name = function.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             let known = !is_name
                 || OUR_FUNCTIONS.contains(&function)

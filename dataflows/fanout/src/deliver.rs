@@ -46,6 +46,9 @@ struct Active {
     filter: Option<Expr>,
 }
 
+/// Events matched per activation of the operator.
+const MATCH_BATCH: usize = 1024;
+
 type Pending<D> = BTreeMap<Time, (Capability<Time>, Vec<D>)>;
 
 /// Matches `events` against `subscribers` and produces one delivery row per match.
@@ -55,6 +58,7 @@ pub fn deliver<'s>(
     counters: Arc<Counters>,
     name: &str,
 ) -> Rows<'s> {
+    let scope = events.inner.scope();
     events
         .inner
         .binary_frontier::<_, CapacityContainerBuilder<Vec<(Row, Time, Diff)>>, _, _, _, _>(
@@ -62,7 +66,8 @@ pub fn deliver<'s>(
             Exchange::new(|(e, _, _): &(Event, Time, Diff)| e.topic.hashed()),
             Exchange::new(|(s, _, _): &(Subscriber, Time, Diff)| s.topic.hashed()),
             name,
-            move |_default, _info| {
+            move |_default, info| {
+                let activator = scope.activator_for(info.address);
                 let mut topics: HashMap<Arc<str>, BTreeMap<Arc<str>, Active>> = HashMap::new();
                 let mut events: Pending<Event> = BTreeMap::new();
                 let mut changes: BTreeMap<Time, Vec<(Subscriber, Diff)>> = BTreeMap::new();
@@ -107,10 +112,14 @@ pub fn deliver<'s>(
                         if subs_frontier.less_equal(&te) {
                             break;
                         }
-                        let Some((time, (cap, batch))) = events.pop_first() else {
-                            break;
-                        };
-                        let mut session = output.session(&cap);
+                        let Some(mut entry) = events.first_entry() else { break };
+                        let time = *entry.key();
+                        let (cap, pending) = entry.get_mut();
+                        // A bounded slice per activation: an epoch's deliveries can be many
+                        // times its events, and the sink consumes them between slices.
+                        let take = pending.len().min(MATCH_BATCH);
+                        let batch: Vec<Event> = pending.drain(..take).collect();
+                        let mut session = output.session(&*cap);
                         let mut made = 0u64;
                         for event in &batch {
                             for row in matches(&topics, event, time, &counters) {
@@ -118,8 +127,15 @@ pub fn deliver<'s>(
                                 made += 1;
                             }
                         }
+                        drop(session);
                         counters.events.fetch_add(batch.len() as u64, Ordering::Relaxed);
                         counters.deliveries.fetch_add(made, Ordering::Relaxed);
+                        if pending.is_empty() {
+                            entry.remove();
+                        } else {
+                            activator.activate();
+                            break;
+                        }
                     }
                 }
             },

@@ -533,4 +533,9 @@ impl SinkTarget {
             SinkTarget::Discard => "discard",
         }
     }
+
+    /// Whether every worker writes its own share (no single writer, no order across workers).
+    pub fn parallel(&self) -> bool {
+        matches!(self, SinkTarget::Discard)
+    }
 }
