@@ -18,7 +18,7 @@
 //! requested (SIGINT/SIGTERM), the worker closes its inputs and keeps stepping until its
 //! sinks have seen the empty frontier, so everything read is written and flushed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -38,6 +38,10 @@ use crate::value::Value;
 
 /// Epochs a worker may have in flight before it pauses reading.
 pub const MAX_EPOCHS_IN_FLIGHT: u64 = 8;
+/// Records a worker may have read in epochs its outputs have not passed before it pauses
+/// reading: epochs bound the lag in time, this bounds it in memory when records are slow
+/// to process or multiply (a fanout event becomes several deliveries).
+pub const MAX_RECORDS_IN_FLIGHT: usize = 16_384;
 /// Records read from one partition before the worker steps the dataflow again.
 const POLL_BATCH: usize = 4096;
 /// How often unbounded sources are asked for new partitions.
@@ -389,6 +393,8 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
     let p = &ctx.pipeline;
     let probe = ProbeHandle::new();
     let mut epoch = now_ms();
+    // Records read per epoch, for the epochs the outputs have not passed yet.
+    let mut in_flight: VecDeque<(Time, usize)> = VecDeque::new();
     // Every instance of a sink reports its close: one per single-writer sink, one per worker
     // for a parallel one.
     let instances = |parallel: bool| if parallel { worker.peers() } else { 1 };
@@ -485,7 +491,12 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
         if all_bounded && waiting.is_empty() && assigned.iter().all(|a| a.finished) {
             break;
         }
-        let behind = probe.less_than(&epoch.saturating_sub(MAX_EPOCHS_IN_FLIGHT * p.epoch_ms));
+        while in_flight.front().is_some_and(|(e, _)| !probe.less_equal(e)) {
+            in_flight.pop_front();
+        }
+        let unfinished: usize = in_flight.iter().map(|(_, n)| n).sum();
+        let behind = probe.less_than(&epoch.saturating_sub(MAX_EPOCHS_IN_FLIGHT * p.epoch_ms))
+            || unfinished >= MAX_RECORDS_IN_FLIGHT;
         let mut busy = false;
         if !behind {
             let now = Instant::now();
@@ -541,6 +552,10 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
                     }
                 }
                 ctx.status.count_in(&p.sources[a.source].name.value, read, dropped);
+                match in_flight.back_mut() {
+                    Some((e, n)) if *e == epoch => *n += read,
+                    _ => in_flight.push_back((epoch, read)),
+                }
             }
         }
         if Instant::now() >= next_tick {

@@ -80,19 +80,7 @@ fn sync(seed: u64, workers: usize) {
             Vec::new()
         };
         for (i, round) in input.iter().enumerate() {
-            let time = i as Time + 1;
-            ops.advance_to(time);
-            for (j, json) in round.iter().enumerate() {
-                if j % peers == index {
-                    ops.insert(Row {
-                        key: Value::Null,
-                        val: parse(json),
-                        pos: op_pos(i, j, round.len()),
-                    });
-                }
-            }
-            ops.advance_to(time + 1);
-            ops.flush();
+            let time = feed_round(&mut ops, i, round, index, peers);
             // Clients poll between steps, while the round is still being computed.
             while probe.less_equal(&time) {
                 worker.step();

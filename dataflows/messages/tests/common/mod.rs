@@ -5,7 +5,7 @@
 
 pub mod model;
 
-use differential_dataflow::input::Input;
+use differential_dataflow::input::{Input, InputSession};
 use sluice_messages::{OUTPUTS, messages, timestamp};
 use sluice_runtime::testing::{self, Upserts};
 use sluice_runtime::{DeadLetter, Diff, Pos, Row, Time, Value};
@@ -125,6 +125,31 @@ pub fn parse(json: &str) -> Value {
     Value::from_json_str(json).expect("test JSON")
 }
 
+/// Feeds round `i` at time `i + 1` (op `j` at [`op_pos`], from worker `j % peers`), closes
+/// that time, and returns it.
+pub fn feed_round(
+    input: &mut InputSession<Time, Row, Diff>,
+    i: usize,
+    round: &[String],
+    index: usize,
+    peers: usize,
+) -> Time {
+    let time = i as Time + 1;
+    input.advance_to(time);
+    for (j, json) in round.iter().enumerate() {
+        if j % peers == index {
+            input.insert(Row {
+                key: Value::Null,
+                val: parse(json),
+                pos: op_pos(i, j, round.len()),
+            });
+        }
+    }
+    input.advance_to(time + 1);
+    input.flush();
+    time
+}
+
 /// Runs the dataflow on `workers` workers; round `i` enters at time `i + 1`, op `j` of it at
 /// [`op_pos`]. Worker `w` feeds ops `w, w + workers, …` (not by partition: the dataflow
 /// must regroup them).
@@ -139,19 +164,7 @@ pub fn run(rounds: &[Vec<String>], workers: usize) -> Captured {
             (input, testing::capture(outputs, errors, &probe))
         });
         for (i, round) in rounds.iter().enumerate() {
-            let time = i as Time + 1;
-            input.advance_to(time);
-            for (j, json) in round.iter().enumerate() {
-                if j % peers == index {
-                    input.insert(Row {
-                        key: Value::Null,
-                        val: parse(json),
-                        pos: op_pos(i, j, round.len()),
-                    });
-                }
-            }
-            input.advance_to(time + 1);
-            input.flush();
+            let time = feed_round(&mut input, i, round, index, peers);
             testing::step_past(worker, &probe, time);
         }
         drop(input);
