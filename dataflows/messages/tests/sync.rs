@@ -67,7 +67,8 @@ fn sync(seed: u64, workers: usize) {
             ["ann", "bob", "cat", "dan"]
                 .iter()
                 .flat_map(|u| {
-                    [1, 3].map(|limit| Client {
+                    // The spec's two clients with limit 2, and one that takes a change at a time.
+                    [2, 2, 1].map(|limit| Client {
                         user: (*u).to_owned(),
                         limit,
                         after: 0,
@@ -133,7 +134,7 @@ fn sync(seed: u64, workers: usize) {
             clients += 1;
         }
     }
-    assert_eq!(clients, 8);
+    assert_eq!(clients, 12);
 }
 
 #[test]
