@@ -39,7 +39,7 @@ mod subscriber;
 
 use std::sync::Arc;
 
-use sluice_runtime::operators::named::{flat_map_named, split_where_named};
+use sluice_runtime::operators::named::{flat_map_named, split_named, split_where_named};
 use sluice_runtime::{DeadLetter, DeadLetters, Row, Rows, Value};
 
 pub use deliver::{Counters, delivery_row};
@@ -78,31 +78,26 @@ pub fn fanout<'s>(subscribers: Rows<'s>, events: Rows<'s>, counters: Arc<Counter
         |diff| diff > 0,
         move |row: Row| Event::read(&row.val, row.pos).map_err(|e| DeadLetter::for_row(&row, &stage, e)),
     );
-    let read =
-        flat_map_named(
-            subscribers.clone(),
-            &format!("{name}: read subscribers"),
-            |row: Row| match Subscriber::read(&row) {
-                Read::Subscriber(s) => Some(s),
-                Read::Deleted | Read::Rejected(..) => None,
-            },
-        );
+    // One read per subscriber change: the filter is compiled here to check it, and once more
+    // where the subscriber is loaded, never per event.
     let label = name.to_owned();
-    let subscriber_errors =
-        flat_map_named(
+    let (read, subscriber_errors) =
+        split_named(
             subscribers,
-            &format!("{name}: subscriber_errors"),
+            &format!("{name}: read subscribers"),
             move |row: Row| match Subscriber::read(&row) {
+                Read::Subscriber(s) => Ok(Some(s)),
+                Read::Deleted => Ok(None),
                 Read::Rejected(id, reason) => {
                     tracing::warn!(node = %label, subscriber = %id.to_json_string(), %reason, "subscriber rejected");
-                    Some(Row::derived(
+                    Err(Row::derived(
                         Value::map([("id", id.clone())]),
                         Value::map([("id", id), ("error", Value::str(reason))]),
                     ))
                 }
-                Read::Subscriber(_) | Read::Deleted => None,
             },
         );
+    let read = flat_map_named(read, &format!("{name}: subscribers"), |s: Option<Subscriber>| s);
     let deliveries = deliver::deliver(events, read, counters, &format!("{name}: match events"));
     FanoutOutputs {
         deliveries,
