@@ -611,7 +611,7 @@ mode = "upsert"
 #[test]
 fn the_fanout_example_produces_its_golden_outputs() {
     let dir = copy_example("fanout");
-    let stdout = run_ok(&dir.path().join("pipeline.toml"), 1);
+    let stdout = run_ok(&dir.path().join("pipeline.toml"), 2);
     common::assert_golden("examples/fanout.txt", &example_report(dir.path(), &stdout));
 }
 

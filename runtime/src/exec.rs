@@ -204,6 +204,8 @@ pub struct Catalog {
     sources: Vec<CatalogEntry>,
     /// Partitions read to their end, as (source index, partition id), from every worker.
     finished: Mutex<std::collections::BTreeSet<(usize, String)>>,
+    /// Per source, the latest epoch in which one of its partitions was read to its end.
+    finished_at: Mutex<BTreeMap<usize, Time>>,
 }
 
 struct CatalogEntry {
@@ -213,10 +215,30 @@ struct CatalogEntry {
 }
 
 impl Catalog {
-    fn mark_finished(&self, source: usize, id: &str) {
+    fn mark_finished(&self, source: usize, id: &str, epoch: Time) {
         if let Ok(mut f) = self.finished.lock() {
             f.insert((source, id.to_owned()));
         }
+        if let Ok(mut at) = self.finished_at.lock() {
+            let latest = at.entry(source).or_insert(epoch);
+            *latest = (*latest).max(epoch);
+        }
+    }
+
+    /// If every partition of every source in `sources` has been read to its end, the latest
+    /// epoch in which one was: records read after them must not be at an earlier time.
+    fn sources_done(&self, sources: &[usize]) -> Option<Time> {
+        let finished = self.finished.lock().ok()?;
+        let at = self.finished_at.lock().ok()?;
+        let mut latest = 0;
+        for &s in sources {
+            let listed = self.sources.get(s)?.partitions.read().ok()?;
+            if !listed.iter().all(|p| finished.contains(&(s, p.id.clone()))) {
+                return None;
+            }
+            latest = latest.max(at.get(&s).copied().unwrap_or(0));
+        }
+        Some(latest)
     }
 
     /// Whether every parent of `part` has been read to its end.
@@ -296,7 +318,19 @@ pub fn run<W: Wiring>(pipeline: Arc<Pipeline>, wiring: Arc<W>, options: RunOptio
     let catalog = Arc::new(Catalog {
         sources: entries,
         finished: Mutex::default(),
+        finished_at: Mutex::default(),
     });
+    // Indices of the sources each source starts after (validation checked the names).
+    let start_after = pipeline
+        .sources
+        .iter()
+        .map(|s| {
+            s.start_after
+                .iter()
+                .filter_map(|a| pipeline.sources.iter().position(|o| o.name.value == a.value))
+                .collect()
+        })
+        .collect();
     let status = Arc::new(RunStatus::default());
     let workers = options.workers.unwrap_or(pipeline.workers).max(1);
     let ctx = Arc::new(Ctx {
@@ -304,6 +338,7 @@ pub fn run<W: Wiring>(pipeline: Arc<Pipeline>, wiring: Arc<W>, options: RunOptio
         wiring,
         sources,
         catalog,
+        start_after,
         status: status.clone(),
         stop: options.stop.clone(),
     });
@@ -338,6 +373,8 @@ struct Ctx<W> {
     wiring: Arc<W>,
     sources: Vec<Arc<dyn Source>>,
     catalog: Arc<Catalog>,
+    /// Per source, the sources that must be read to their end before it starts.
+    start_after: Vec<Vec<usize>>,
     status: Arc<RunStatus>,
     stop: Arc<AtomicBool>,
 }
@@ -464,6 +501,7 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
     let mut waiting: Vec<(usize, u32, PartitionInfo)> = Vec::new();
     let mut last_discover = Instant::now();
     open_new_partitions(ctx, index, peers, &mut known, &mut waiting, false);
+    // Nothing has finished yet, so no source started after another opens here.
     open_ready_partitions(ctx, &mut waiting, &mut assigned)?;
     for input in &mut inputs {
         input.advance_to(epoch);
@@ -548,7 +586,7 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
                     ReadState::Idle => a.idle_until = Some(now + Duration::from_millis(idle_poll_ms(p, a.source))),
                     ReadState::Finished => {
                         a.finished = true;
-                        ctx.catalog.mark_finished(a.source, &a.id);
+                        ctx.catalog.mark_finished(a.source, &a.id, epoch);
                     }
                 }
                 ctx.status.count_in(&p.sources[a.source].name.value, read, dropped);
@@ -575,7 +613,17 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
             open_new_partitions(ctx, index, peers, &mut known, &mut waiting, true);
         }
         if !waiting.is_empty() {
-            open_ready_partitions(ctx, &mut waiting, &mut assigned)?;
+            // A source started after others reads at their last epoch or later, so its
+            // records never precede theirs.
+            if let Some(after) = open_ready_partitions(ctx, &mut waiting, &mut assigned)?
+                && after > epoch
+            {
+                epoch = after;
+                for input in &mut inputs {
+                    input.advance_to(epoch);
+                }
+                dead_input.advance_to(epoch);
+            }
         }
         let park = if busy && !behind {
             Some(Duration::ZERO)
@@ -656,17 +704,29 @@ fn open_new_partitions<W: Wiring>(
 }
 
 /// Opens the queued partitions whose parents are all finished (by any worker), so that a
-/// child shard is read only after every record of its parents.
+/// child shard is read only after every record of its parents, and whose source's
+/// `start_after` sources are finished. Returns the latest epoch those sources finished in,
+/// if a partition waiting for them opened.
 fn open_ready_partitions<W: Wiring>(
     ctx: &Ctx<W>,
     waiting: &mut Vec<(usize, u32, PartitionInfo)>,
     assigned: &mut Vec<Assigned>,
-) -> Result<(), RunError> {
+) -> Result<Option<Time>, RunError> {
     let mut still = Vec::new();
+    let mut after: Option<Time> = None;
     for (s, i, part) in waiting.drain(..) {
-        if !ctx.catalog.parents_done(s, &part) {
+        let gate = ctx.start_after.get(s).map(Vec::as_slice).unwrap_or_default();
+        let sources_done = if gate.is_empty() {
+            Some(0)
+        } else {
+            ctx.catalog.sources_done(gate)
+        };
+        let Some(done_at) = sources_done.filter(|_| ctx.catalog.parents_done(s, &part)) else {
             still.push((s, i, part));
             continue;
+        };
+        if !gate.is_empty() {
+            after = after.max(Some(done_at));
         }
         let reader = ctx.sources[s]
             .open(&part, &Position::Start)
@@ -684,5 +744,5 @@ fn open_ready_partitions<W: Wiring>(
         });
     }
     *waiting = still;
-    Ok(())
+    Ok(after)
 }

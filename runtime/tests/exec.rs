@@ -188,3 +188,40 @@ fn a_parallel_sink_gets_every_update_once_across_its_instances() {
     rows.dedup();
     assert_eq!(rows.len(), 10, "ten different records: {rows:?}");
 }
+
+#[test]
+fn a_source_started_after_another_reads_only_once_it_ended_and_never_at_an_earlier_time() {
+    let text = "[pipeline]\nepoch_ms = 5\n[dead_letters]\ntype = \"file\"\npath = \"unused\"\n\
+                [sources.table]\ntype = \"file\"\npath = \"unused\"\n\
+                [sources.events]\ntype = \"file\"\npath = \"unused\"\nstart_after = [\"table\"]\n\
+                [sinks.t]\ntype = \"stdout\"\ninput = \"table\"\nmode = \"append\"\n\
+                [sinks.e]\ntype = \"stdout\"\ninput = \"events\"\nmode = \"append\"\n";
+    let pipeline = Arc::new(parse(Path::new("test.toml"), text, &|_| None).expect("valid pipeline"));
+    let written: Written = Arc::default();
+    let wiring = Arc::new(TestWiring {
+        written: written.clone(),
+    });
+    // Two workers: each reads one partition of each source, so the table's slow partition
+    // and the events are read by different workers.
+    let options = RunOptions {
+        workers: Some(2),
+        stop: Arc::new(AtomicBool::new(false)),
+    };
+    let report = run(pipeline, wiring, options).expect("run");
+    assert_eq!(report.records_in.get("events"), Some(&10));
+    let rows = written.lock().expect("lock").clone();
+    let times = |source: u32| -> Vec<Time> {
+        rows.iter()
+            .filter(|(_, r, _)| r.pos.source == source)
+            .map(|(t, _, _)| *t)
+            .collect()
+    };
+    let (table, events) = (times(0), times(1));
+    assert_eq!((table.len(), events.len()), (10, 10));
+    let last_table = table.iter().max().copied().unwrap_or_default();
+    let first_event = events.iter().min().copied().unwrap_or_default();
+    assert!(
+        first_event >= last_table,
+        "an event was read at {first_event}, before the table ended at {last_table}"
+    );
+}

@@ -53,6 +53,7 @@ pub fn check_partial(p: &Pipeline, broken: &BTreeSet<String>, broken_sinks: bool
         }
         producers.insert(&n.name.value, n.spec.outputs());
     }
+    check_start_after(p, &mut problems);
     let all_refs: Vec<String> = producers
         .iter()
         .flat_map(|(name, outs)| {
@@ -418,4 +419,67 @@ fn infer_shapes(p: &Pipeline, order: &[usize], problems: &mut Vec<Problem>) -> B
         }
     }
     shapes
+}
+
+/// `start_after` names other bounded sources, without cycles: an unbounded source never ends,
+/// and a cycle never starts.
+fn check_start_after(p: &Pipeline, problems: &mut Vec<Problem>) {
+    let file = p.file.as_path();
+    let index: BTreeMap<&str, usize> = p
+        .sources
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.value.as_str(), i))
+        .collect();
+    for s in &p.sources {
+        for after in &s.start_after {
+            let Some(&i) = index.get(after.value.as_str()) else {
+                let names: Vec<&str> = index.keys().copied().collect();
+                problems.push(Problem::at(
+                    file,
+                    after,
+                    format!("`{}` is not a source; sources: {}", after.value, names.join(", ")),
+                ));
+                continue;
+            };
+            let other = &p.sources[i];
+            let bounded = match &other.spec {
+                crate::spec::SourceSpec::File(f) => !f.follow,
+            };
+            if other.name.value == s.name.value {
+                problems.push(Problem::at(file, after, "a source cannot start after itself"));
+            } else if !bounded {
+                problems.push(Problem::at(
+                    file,
+                    after,
+                    format!(
+                        "`{}` never ends (it follows its files), so a source started after it would never start",
+                        after.value
+                    ),
+                ));
+            }
+        }
+    }
+    // A cycle: following `start_after` from a source comes back to it.
+    for (start, s) in p.sources.iter().enumerate() {
+        let mut seen = BTreeSet::new();
+        let mut stack: Vec<usize> = vec![start];
+        while let Some(i) = stack.pop() {
+            for after in &p.sources[i].start_after {
+                match index.get(after.value.as_str()) {
+                    Some(&j) if j == start && i != start => {
+                        problems.push(Problem::at(
+                            file,
+                            &s.name,
+                            format!("`{}` waits for itself through `start_after`", s.name.value),
+                        ));
+                        stack.clear();
+                        break;
+                    }
+                    Some(&j) if seen.insert(j) => stack.push(j),
+                    _ => {}
+                }
+            }
+        }
+    }
 }

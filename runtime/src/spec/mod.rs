@@ -115,6 +115,9 @@ pub struct SourceDecl {
     pub format: Format,
     /// How values become a collection.
     pub envelope: Envelope,
+    /// Bounded sources that must be read to their end before this one starts (a table
+    /// before the events that need it, in a backfill).
+    pub start_after: Vec<Spanned<String>>,
 }
 
 /// The closed set of source kinds; adding a connector adds a variant.

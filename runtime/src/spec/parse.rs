@@ -267,7 +267,7 @@ fn source(
 ) -> Option<SourceDecl> {
     let path = name.path.clone();
     let ty = kind(w, t, &path, loc, SOURCE_TYPES);
-    let common = ["type", "format", "envelope", "key", "deleted_field"];
+    let common = ["type", "format", "envelope", "key", "deleted_field", "start_after"];
     let spec = match ty.as_deref() {
         Some("file") => {
             w.deny_unknown(t, &path, &[&common[..], &["path", "follow", "poll_ms"]].concat());
@@ -323,11 +323,16 @@ fn source(
         }
         None => None,
     };
+    let start_after = w
+        .string_list(t, "start_after", &path)
+        .map(|l| l.value)
+        .unwrap_or_default();
     Some(SourceDecl {
         name,
         spec: spec?,
         format: format?,
         envelope: envelope?,
+        start_after,
     })
 }
 
