@@ -120,7 +120,7 @@ fn pipeline(workload: &str, data: &Path, out: &Path) -> String {
                 "subscribers",
                 "subscribers.jsonl",
                 "envelope = \"upsert\"\nkey = [\"id\"]",
-            ) + &file_source("events", "events.jsonl", "")
+            ) + &file_source("events", "events.jsonl", "start_after = [\"subscribers\"]")
                 + "[nodes.hub]\ntype = \"fanout\"\nsubscribers = \"subscribers\"\nevents = \"events\"\n\n"
                 + &deliveries
                 + &file_sink("subscriber_errors", "hub.subscriber_errors", "upsert", "")
