@@ -15,6 +15,14 @@ pub fn to_dot(p: &Pipeline) -> String {
     for s in &p.sources {
         let label = format!("{}\\n{} source", esc(&s.name.value), s.spec.kind());
         let _ = writeln!(out, "  {} [shape=cylinder, label={}];", q(&s.name.value), q(&label));
+        for after in &s.start_after {
+            let _ = writeln!(
+                out,
+                "  {} -> {} [style=dashed, label=\"then\"];",
+                q(&after.value),
+                q(&s.name.value)
+            );
+        }
     }
     for n in &p.nodes {
         let label = format!("{}\\n{}", esc(&n.name.value), n.spec.kind());
