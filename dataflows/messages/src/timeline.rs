@@ -4,7 +4,7 @@
 //! its ops one after the other. Within an epoch they apply in timestamp order, which is the
 //! position order of [`crate::sequence`]; epochs apply in time order.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use differential_dataflow::{AsCollection, Hashable};
@@ -69,6 +69,7 @@ pub fn apply<'s>(ops: Coll<'s, Sequenced>, name: &str) -> Coll<'s, Applied> {
             |_default, _info| {
                 let mut pending: BTreeMap<Time, (Capability<Time>, Vec<Sequenced>)> = BTreeMap::new();
                 let mut messages: HashMap<Arc<str>, Message> = HashMap::new();
+                let mut users: HashSet<Arc<str>> = HashSet::new();
                 move |(input, frontier), output| {
                     input.for_each(|cap, data| {
                         for (op, time, diff) in data.drain(..) {
@@ -95,7 +96,12 @@ pub fn apply<'s>(ops: Coll<'s, Sequenced>, name: &str) -> Coll<'s, Applied> {
                             let current = messages.get(&s.target);
                             let outcome = decide(&s.op, s.timestamp, current);
                             let applied = match outcome {
-                                Ok(next) => {
+                                Ok(mut next) => {
+                                    // One allocation per id and per user name, however many
+                                    // versions and messages share them.
+                                    next.id = Arc::clone(&s.target);
+                                    next.from = intern(&mut users, &next.from);
+                                    next.to = intern(&mut users, &next.to);
                                     before.entry(Arc::clone(&s.target)).or_insert_with(|| current.cloned());
                                     let accepted = Applied::Accepted {
                                         request_id: Arc::clone(&s.op.request_id),
@@ -128,4 +134,15 @@ pub fn apply<'s>(ops: Coll<'s, Sequenced>, name: &str) -> Coll<'s, Applied> {
             },
         )
         .as_collection()
+}
+
+/// The shared copy of `name`.
+fn intern(users: &mut HashSet<Arc<str>>, name: &Arc<str>) -> Arc<str> {
+    match users.get(name) {
+        Some(shared) => Arc::clone(shared),
+        None => {
+            users.insert(Arc::clone(name));
+            Arc::clone(name)
+        }
+    }
 }
