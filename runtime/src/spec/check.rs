@@ -290,6 +290,20 @@ fn infer_shapes(p: &Pipeline, order: &[usize], problems: &mut Vec<Problem>) -> B
                 ));
             }
         };
+        // A domain input that is a table (latest value per key) must not be events.
+        let need_table = |r: &Ref, what: &str, key: &str, problems: &mut Vec<Problem>| {
+            if get(r).is_some_and(|s| s.append_only) {
+                problems.push(Problem::at(
+                    file,
+                    r,
+                    format!(
+                        "{what}, an upsert collection, and `{}` is append-only; read it with envelope = \"upsert\" \
+                         and key = {key}",
+                        r.value
+                    ),
+                ));
+            }
+        };
         // Every output of a domain node is keyed; only the listed ones are append-only.
         let outputs = |shapes: &mut BTreeMap<String, Shape>, name: &str, append_only: &[&str]| {
             for o in n.spec.outputs() {
@@ -363,18 +377,12 @@ fn infer_shapes(p: &Pipeline, order: &[usize], problems: &mut Vec<Problem>) -> B
             }
             NodeSpec::Contacts(c) => {
                 need_events(&c.changes, "`contacts` reads client changes as events", problems);
-                if get(&c.contact_data).is_some_and(|s| s.append_only) {
-                    problems.push(Problem::at(
-                        file,
-                        &c.contact_data,
-                        format!(
-                            "`contact_data` is the contact-data service's mapping, an upsert collection, and `{}` is \
-                             append-only; read it with envelope = \"upsert\" and key = [\"app_code\", \
-                             \"contact_field_id\", \"contact_field_value\"]",
-                            c.contact_data.value
-                        ),
-                    ));
-                }
+                need_table(
+                    &c.contact_data,
+                    "`contact_data` is the contact-data service's mapping",
+                    r#"["app_code", "contact_field_id", "contact_field_value"]"#,
+                    problems,
+                );
                 // Created anonymous contacts are events for their consumer: each is written once.
                 outputs(&mut shapes, &n.name.value, &["anonymous_contacts_created"]);
                 None
@@ -389,17 +397,12 @@ fn infer_shapes(p: &Pipeline, order: &[usize], problems: &mut Vec<Problem>) -> B
             }
             NodeSpec::Fanout(f) => {
                 need_events(&f.events, "`fanout` reads published events as events", problems);
-                if get(&f.subscribers).is_some_and(|s| s.append_only) {
-                    problems.push(Problem::at(
-                        file,
-                        &f.subscribers,
-                        format!(
-                            "`subscribers` is the subscriber table, an upsert collection, and `{}` is append-only; \
-                             read it with envelope = \"upsert\" and key = [\"id\"]",
-                            f.subscribers.value
-                        ),
-                    ));
-                }
+                need_table(
+                    &f.subscribers,
+                    "`subscribers` is the subscriber table",
+                    r#"["id"]"#,
+                    problems,
+                );
                 // Deliveries are events for the webhook sink: each is sent, not updated.
                 outputs(&mut shapes, &n.name.value, &["deliveries"]);
                 None
