@@ -468,15 +468,14 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
                 ));
                 continue;
             };
-            let parallel = sink.target.parallel();
-            let opened = open_sink(
+            let rows = rows.clone().probe_with(&probe);
+            attach_sink(
                 ctx,
-                if parallel { 0 } else { index },
+                index,
+                rows,
                 (&sink.target, sink.mode.value, sink.format.value),
                 &sink.name.value,
             );
-            let rows = rows.clone().probe_with(&probe);
-            sink_rows(rows, &sink.name.value, opened, ctx.status.clone(), parallel);
         }
 
         let catalog = ctx.catalog.clone();
@@ -484,14 +483,13 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
             differential_dataflow::collection::concatenate(scope, built.dead_letters.into_iter().chain([dead_rows]))
                 .map(move |d| catalog.dead_letter_row(&d))
                 .probe_with(&probe);
-        let dead_parallel = p.dead_letters.parallel();
-        let dead_sink = open_sink(
+        attach_sink(
             ctx,
-            if dead_parallel { 0 } else { index },
+            index,
+            dead,
             (&p.dead_letters, SinkMode::Append, Format::Json),
             DEAD_LETTER_SINK,
         );
-        sink_rows(dead, DEAD_LETTER_SINK, dead_sink, ctx.status.clone(), dead_parallel);
         (inputs, dead_session)
     });
 
@@ -645,25 +643,26 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
     Ok(())
 }
 
-/// Opens a sink on worker 0, its single writer (other workers forward their rows to it), or
-/// on every worker when the caller passes `index` 0 for a parallel sink. A sink that cannot
-/// be opened fails the run.
-fn open_sink<W: Wiring>(
+/// Feeds `rows` to a sink: opened on worker 0, its single writer (other workers forward their
+/// rows to it), or on every worker for a parallel target. A sink that cannot be opened fails
+/// the run.
+fn attach_sink<W: Wiring>(
     ctx: &Ctx<W>,
     index: usize,
+    rows: Rows<'_>,
     (target, mode, format): (&SinkTarget, SinkMode, Format),
     name: &str,
-) -> Option<Box<dyn Sink>> {
-    if index != 0 {
-        return None;
-    }
-    match ctx.wiring.open_sink(target, mode, format) {
-        Ok(sink) => Some(sink),
-        Err(e) => {
-            ctx.status.fail(format!("sink {name}: {e}"));
-            None
-        }
-    }
+) {
+    let parallel = target.parallel();
+    let opened = if parallel || index == 0 {
+        ctx.wiring
+            .open_sink(target, mode, format)
+            .map_err(|e| ctx.status.fail(format!("sink {name}: {e}")))
+            .ok()
+    } else {
+        None
+    };
+    sink_rows(rows, name, opened, ctx.status.clone(), parallel);
 }
 
 fn idle_poll_ms(p: &Pipeline, source: usize) -> u64 {
