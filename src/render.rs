@@ -257,9 +257,7 @@ impl Wiring for SluiceWiring {
                 (NodeSpec::Contacts(c), _) => {
                     if let (Some(changes), Some(contact_data)) = (input(&c.changes), input(&c.contact_data)) {
                         let (rows, errors, _state) = sluice_contacts::contacts(changes, contact_data, name).split();
-                        for (output, rows) in sluice_contacts::OUTPUTS.iter().zip(rows) {
-                            outputs.insert(format!("{name}.{output}"), rows);
-                        }
+                        insert_outputs(&mut outputs, name, sluice_contacts::OUTPUTS, rows);
                         dead_letters.push(errors);
                     }
                 }
@@ -287,18 +285,14 @@ impl Wiring for SluiceWiring {
                     if let (Some(subscribers), Some(events)) = (input(&f.subscribers), input(&f.events)) {
                         let counters = self.fanout_counters.get(name).cloned().unwrap_or_default();
                         let (rows, errors) = sluice_fanout::fanout(subscribers, events, counters, name).split();
-                        for (output, rows) in sluice_fanout::OUTPUTS.iter().zip(rows) {
-                            outputs.insert(format!("{name}.{output}"), rows);
-                        }
+                        insert_outputs(&mut outputs, name, sluice_fanout::OUTPUTS, rows);
                         dead_letters.push(errors);
                     }
                 }
                 (NodeSpec::Messages(m), _) => {
                     if let Some(ops) = input(&m.ops) {
                         let (rows, errors) = sluice_messages::messages(ops, name).split();
-                        for (output, rows) in sluice_messages::OUTPUTS.iter().zip(rows) {
-                            outputs.insert(format!("{name}.{output}"), rows);
-                        }
+                        insert_outputs(&mut outputs, name, sluice_messages::OUTPUTS, rows);
                         dead_letters.push(errors);
                     }
                 }
@@ -331,6 +325,18 @@ impl SluiceWiring {
         });
         let sinks_read = p.sinks.iter().any(|s| s.input.value == source);
         !sinks_read && readers.all(|cds_changes| cds_changes)
+    }
+}
+
+/// Adds a multi-output node's collections as `name.output`, in the order of `names`.
+fn insert_outputs<'s>(
+    outputs: &mut BTreeMap<String, Rows<'s>>,
+    name: &str,
+    names: &[&str],
+    rows: impl IntoIterator<Item = Rows<'s>>,
+) {
+    for (output, rows) in names.iter().zip(rows) {
+        outputs.insert(format!("{name}.{output}"), rows);
     }
 }
 
