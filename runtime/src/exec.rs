@@ -19,7 +19,7 @@
 //! sinks have seen the empty frontier, so everything read is written and flushed.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -154,16 +154,44 @@ impl RunReport {
 /// The name the dead-letter output has in counters.
 pub const DEAD_LETTER_SINK: &str = "dead_letters";
 
-/// Shared state of a run: counters, the first fatal error, sink completion.
+/// Shared state of a run: counters, the first fatal error, sink completion, and the
+/// frontier up to which every sink's output is durable.
 #[derive(Default)]
 pub struct RunStatus {
     error: Mutex<Option<String>>,
     abort: AtomicBool,
     sinks_closed: AtomicUsize,
     counters: Mutex<RunReport>,
+    /// Per sink instance, the frontier its output is durable up to; [`ALL_DURABLE`] once
+    /// everything is. A source commits a position only when every slot has passed it.
+    durable: Vec<AtomicU64>,
 }
 
+/// A durable-frontier slot's value once a sink has made all of its output durable.
+const ALL_DURABLE: u64 = u64::MAX;
+
 impl RunStatus {
+    /// The status of a run whose sinks have `slots` instances in all.
+    pub fn new(slots: usize) -> Self {
+        RunStatus {
+            durable: (0..slots).map(|_| AtomicU64::new(0)).collect(),
+            ..RunStatus::default()
+        }
+    }
+
+    /// Publishes how far sink instance `slot`'s output is durable (`None`: all of it).
+    pub fn set_durable(&self, slot: usize, frontier: Option<Time>) {
+        if let Some(d) = self.durable.get(slot) {
+            d.store(frontier.unwrap_or(ALL_DURABLE), Ordering::SeqCst);
+        }
+    }
+
+    /// The frontier every sink's output is durable up to (`None`: all output is durable).
+    pub fn durable_frontier(&self) -> Option<Time> {
+        let min = self.durable.iter().map(|d| d.load(Ordering::SeqCst)).min().unwrap_or(ALL_DURABLE);
+        (min != ALL_DURABLE).then_some(min)
+    }
+
     /// Records a fatal error; the first one wins and every worker stops.
     pub fn fail(&self, message: String) {
         if let Ok(mut e) = self.error.lock() {
@@ -210,7 +238,7 @@ pub struct Catalog {
 
 struct CatalogEntry {
     name: String,
-    offset_label: &'static str,
+    source: Arc<dyn Source>,
     partitions: RwLock<Vec<PartitionInfo>>,
 }
 
@@ -281,11 +309,11 @@ impl Catalog {
                 .partitions
                 .read()
                 .ok()
-                .and_then(|p| p.get(d.pos.partition as usize).map(|p| p.id.clone()));
+                .and_then(|p| p.get(d.pos.partition as usize).cloned());
             if let Some(p) = partition {
-                fields.push(("partition", Value::from(p)));
+                fields.extend(entry.source.coordinates(&p));
             }
-            fields.push((entry.offset_label, Value::from(d.pos.offset)));
+            fields.push((entry.source.offset_label(), Value::from(d.pos.offset)));
         }
         Row {
             key: Value::Null,
@@ -304,13 +332,15 @@ pub fn run<W: Wiring>(pipeline: Arc<Pipeline>, wiring: Arc<W>, options: RunOptio
             source_name: decl.name.value.clone(),
             error,
         })?;
-        let partitions = source.discover().map_err(|error| RunError::Source {
-            source_name: decl.name.value.clone(),
-            error,
+        let partitions = discover_first(source.as_ref(), &decl.name.value, &options.stop).map_err(|error| {
+            RunError::Source {
+                source_name: decl.name.value.clone(),
+                error,
+            }
         })?;
         entries.push(CatalogEntry {
             name: decl.name.value.clone(),
-            offset_label: source.offset_label(),
+            source: source.clone(),
             partitions: RwLock::new(partitions),
         });
         sources.push(source);
@@ -331,8 +361,9 @@ pub fn run<W: Wiring>(pipeline: Arc<Pipeline>, wiring: Arc<W>, options: RunOptio
                 .collect()
         })
         .collect();
-    let status = Arc::new(RunStatus::default());
     let workers = options.workers.unwrap_or(pipeline.workers).max(1);
+    let slots = SinkSlots::new(&pipeline, workers);
+    let status = Arc::new(RunStatus::new(slots.total()));
     let ctx = Arc::new(Ctx {
         pipeline,
         wiring,
@@ -341,6 +372,7 @@ pub fn run<W: Wiring>(pipeline: Arc<Pipeline>, wiring: Arc<W>, options: RunOptio
         start_after,
         status: status.clone(),
         stop: options.stop.clone(),
+        slots,
     });
 
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
@@ -377,7 +409,83 @@ struct Ctx<W> {
     start_after: Vec<Vec<usize>>,
     status: Arc<RunStatus>,
     stop: Arc<AtomicBool>,
+    slots: SinkSlots,
 }
+
+/// Where each sink's instances publish their durable frontier in [`RunStatus`]: a
+/// single-writer sink has one slot, a parallel one a slot per worker; dead letters come last.
+struct SinkSlots {
+    /// Per sink (in pipeline order, then the dead-letter output): first slot and instances.
+    ranges: Vec<(usize, usize)>,
+}
+
+impl SinkSlots {
+    fn new(p: &Pipeline, workers: usize) -> Self {
+        let targets = p.sinks.iter().map(|s| &s.target).chain([&p.dead_letters]);
+        let mut next = 0;
+        let ranges = targets
+            .map(|t| {
+                let n = if t.parallel() { workers } else { 1 };
+                next += n;
+                (next - n, n)
+            })
+            .collect();
+        SinkSlots { ranges }
+    }
+
+    fn total(&self) -> usize {
+        self.ranges.iter().map(|(_, n)| n).sum()
+    }
+
+    /// The slot of sink `sink`'s instance on worker `index`.
+    fn slot(&self, sink: usize, index: usize) -> usize {
+        let (first, n) = self.ranges.get(sink).copied().unwrap_or((0, 1));
+        first + if n > 1 { index } else { 0 }
+    }
+}
+
+/// Lists a source's partitions at start, retrying an unreachable system (a broker being
+/// restarted) with backoff until it answers or a stop is requested.
+fn discover_first(source: &dyn Source, name: &str, stop: &AtomicBool) -> Result<Vec<PartitionInfo>, SourceError> {
+    let mut backoff = Backoff::default();
+    loop {
+        match source.discover() {
+            Err(SourceError::Transient(e)) if !stop.load(Ordering::SeqCst) => {
+                let wait = backoff.next();
+                tracing::warn!(source = %name, error = %e, retry_in_ms = wait.as_millis() as u64, "cannot list partitions; retrying");
+                std::thread::sleep(wait);
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Exponential backoff for retrying an external system: 100 ms doubling to 5 s.
+#[derive(Default)]
+struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    /// The wait before the next attempt.
+    fn next(&mut self) -> Duration {
+        let ms = 100u64.saturating_mul(1 << self.failures.min(6)).min(5_000);
+        self.failures += 1;
+        Duration::from_millis(ms)
+    }
+
+    /// Consecutive failures so far.
+    fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
+/// How often a partition commits its durable position to its source.
+const COMMIT_EVERY: Duration = Duration::from_secs(1);
 
 /// The input of one source in one worker's dataflow.
 enum SourceInput {
@@ -408,6 +516,31 @@ struct Assigned {
     reader: Box<dyn PartitionReader>,
     finished: bool,
     idle_until: Option<Instant>,
+    /// Failed polls in a row (a broker outage), for backoff and reporting.
+    backoff: Backoff,
+    /// The reader's position at the end of each epoch it read in, oldest first: a position
+    /// may be committed once the sinks' output is durable past its epoch.
+    marks: VecDeque<(Time, Position)>,
+    last_commit: Instant,
+}
+
+impl Assigned {
+    /// Commits the newest position whose records all lie before the durable frontier
+    /// (`None`: everything is durable), at most every [`COMMIT_EVERY`] unless `now_or_never`.
+    fn commit_durable(&mut self, durable: Option<Time>, now_or_never: bool) -> Result<(), SourceError> {
+        if !now_or_never && self.last_commit.elapsed() < COMMIT_EVERY {
+            return Ok(());
+        }
+        let mut newest = None;
+        while self.marks.front().is_some_and(|(e, _)| durable.is_none_or(|d| *e < d)) {
+            newest = self.marks.pop_front().map(|(_, p)| p);
+        }
+        if let Some(position) = newest {
+            self.last_commit = Instant::now();
+            self.reader.commit(&position, now_or_never)?;
+        }
+        Ok(())
+    }
 }
 
 /// The peak resident set size of this process (Linux `VmHWM`), if the OS reports it.
@@ -460,7 +593,7 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
         let mut outputs = built.outputs;
         outputs.extend(collections);
 
-        for sink in &p.sinks {
+        for (k, sink) in p.sinks.iter().enumerate() {
             let Some(rows) = outputs.get(&sink.input.value) else {
                 ctx.status.fail(format!(
                     "sink {}: input `{}` was not built",
@@ -471,7 +604,7 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
             let rows = rows.clone().probe_with(&probe);
             attach_sink(
                 ctx,
-                index,
+                (index, k),
                 rows,
                 (&sink.target, sink.mode.value, sink.format.value),
                 &sink.name.value,
@@ -485,7 +618,7 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
                 .probe_with(&probe);
         attach_sink(
             ctx,
-            index,
+            (index, p.sinks.len()),
             dead,
             (&p.dead_letters, SinkMode::Append, Format::Json),
             DEAD_LETTER_SINK,
@@ -551,10 +684,31 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
                     break;
                 }
                 buf.clear();
-                let state = a.reader.poll(&mut buf, budget).map_err(|error| RunError::Source {
-                    source_name: p.sources[a.source].name.value.clone(),
-                    error,
-                })?;
+                let state = match a.reader.poll(&mut buf, budget) {
+                    Ok(state) => {
+                        a.backoff.reset();
+                        state
+                    }
+                    Err(SourceError::Transient(e)) => {
+                        // An outage is reported and retried, never fatal: the position is
+                        // unchanged, so nothing is skipped when the system comes back.
+                        let wait = a.backoff.next();
+                        if a.backoff.failures().is_power_of_two() {
+                            tracing::warn!(
+                                source = %p.sources[a.source].name.value, partition = %a.id, error = %e,
+                                failures = a.backoff.failures(), "read failed; retrying with backoff"
+                            );
+                        }
+                        a.idle_until = Some(now + wait);
+                        ReadState::Idle
+                    }
+                    Err(error) => {
+                        return Err(RunError::Source {
+                            source_name: p.sources[a.source].name.value.clone(),
+                            error,
+                        });
+                    }
+                };
                 let read = buf.len();
                 let mut dropped = 0;
                 budget = budget.saturating_sub(read);
@@ -579,8 +733,16 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
                         Ingested::Dropped => dropped += 1,
                     }
                 }
+                if read > 0 {
+                    let position = a.reader.position();
+                    match a.marks.back_mut() {
+                        Some((e, pos)) if *e == epoch => *pos = position,
+                        _ => a.marks.push_back((epoch, position)),
+                    }
+                }
                 match state {
                     ReadState::More => busy = true,
+                    ReadState::Idle if a.idle_until.is_some_and(|t| t > now) => {}
                     ReadState::Idle => a.idle_until = Some(now + Duration::from_millis(idle_poll_ms(p, a.source))),
                     ReadState::Finished => {
                         a.finished = true;
@@ -606,6 +768,10 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
             input.flush();
         }
         dead_input.flush();
+        let durable = ctx.status.durable_frontier();
+        for a in &mut assigned {
+            commit_or_fail(a, durable, false, p)?;
+        }
         if !all_bounded && last_discover.elapsed() >= DISCOVER_EVERY {
             last_discover = Instant::now();
             open_new_partitions(ctx, index, peers, &mut known, &mut waiting, true);
@@ -640,7 +806,27 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
         }
         worker.step_or_park(Some(Duration::from_millis(10)));
     }
+    // Every sink has closed, so everything read is durable: record the final positions.
+    for a in &mut assigned {
+        commit_or_fail(a, None, true, p)?;
+    }
     Ok(())
+}
+
+/// Commits a partition's durable position; a failure to record it is reported, not fatal
+/// (the commit is bookkeeping for monitoring, and the next one catches up).
+fn commit_or_fail(a: &mut Assigned, durable: Option<Time>, last: bool, p: &Pipeline) -> Result<(), RunError> {
+    match a.commit_durable(durable, last) {
+        Err(SourceError::Transient(e)) => {
+            tracing::warn!(source = %p.sources[a.source].name.value, partition = %a.id, error = %e, "commit failed");
+            Ok(())
+        }
+        Err(error) => Err(RunError::Source {
+            source_name: p.sources[a.source].name.value.clone(),
+            error,
+        }),
+        Ok(()) => Ok(()),
+    }
 }
 
 /// Feeds `rows` to a sink: opened on worker 0, its single writer (other workers forward their
@@ -648,7 +834,7 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
 /// the run.
 fn attach_sink<W: Wiring>(
     ctx: &Ctx<W>,
-    index: usize,
+    (index, sink): (usize, usize),
     rows: Rows<'_>,
     (target, mode, format): (&SinkTarget, SinkMode, Format),
     name: &str,
@@ -662,12 +848,15 @@ fn attach_sink<W: Wiring>(
     } else {
         None
     };
-    sink_rows(rows, name, opened, ctx.status.clone(), parallel);
+    let slot = ctx.slots.slot(sink, index);
+    sink_rows(rows, name, opened, ctx.status.clone(), (parallel, slot));
 }
 
 fn idle_poll_ms(p: &Pipeline, source: usize) -> u64 {
     match &p.sources[source].spec {
         crate::spec::SourceSpec::File(f) => f.poll_ms,
+        // A Kafka reader only looks at what the client has already fetched: cheap to ask often.
+        crate::spec::SourceSpec::Kafka(_) => 5,
     }
 }
 
@@ -740,6 +929,9 @@ fn open_ready_partitions<W: Wiring>(
             reader,
             finished: false,
             idle_until: None,
+            backoff: Backoff::default(),
+            marks: VecDeque::new(),
+            last_commit: Instant::now(),
         });
     }
     *waiting = still;

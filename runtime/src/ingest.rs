@@ -42,6 +42,15 @@ pub fn decode_json_object(bytes: &[u8]) -> Result<Value, String> {
     }
 }
 
+/// The key of a record keyed by its message key: the JSON value it holds, or else its text.
+///
+/// Kafka keys are often bare strings (`user-17`) rather than JSON; both are accepted so a
+/// topic keyed by a JSON producer and one keyed by a plain-string producer both work.
+pub fn decode_message_key(bytes: &[u8]) -> Result<Value, String> {
+    let text = std::str::from_utf8(bytes).map_err(|e| format!("message key is not UTF-8: {e}"))?;
+    Ok(Value::from_json_str(text).unwrap_or_else(|_| Value::from(text)))
+}
+
 /// What one raw record became.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Ingested {
@@ -121,12 +130,16 @@ impl Ingester {
                 deleted_field,
             } => {
                 let val = value.filter(|v| !v.is_null());
-                let key = match &val {
-                    Some(v) => key_from_fields(v, &fields.fields),
-                    None => match key.map(decode_json_object) {
+                let key = match (fields, &val) {
+                    (Some(fields), Some(v)) => key_from_fields(v, &fields.fields),
+                    (Some(_), None) => match key.map(decode_json_object) {
                         Some(Ok(k)) => Ok(k),
                         Some(Err(reason)) => Err(format!("tombstone key: {reason}")),
                         None => Err("a tombstone without a key cannot delete anything".to_owned()),
+                    },
+                    (None, _) => match key {
+                        Some(bytes) => decode_message_key(bytes),
+                        None => Err("a record without a message key cannot be upserted by it".to_owned()),
                     },
                 };
                 let key = match key {
@@ -195,7 +208,7 @@ mod tests {
     #[test]
     fn upsert_tombstones() {
         let env = Envelope::Upsert {
-            key: keys(&["id"]),
+            key: Some(keys(&["id"])),
             deleted_field: Some("deleted".into()),
         };
         let ing = Ingester::new("s", Arc::new(JsonDecoder), env);
@@ -212,5 +225,23 @@ mod tests {
             ing.ingest(POS, Some(br#"{"id":1}"#), None),
             Ingested::Upsert { val: None, .. }
         ));
+    }
+
+    #[test]
+    fn upsert_by_message_key() {
+        let env = Envelope::Upsert {
+            key: None,
+            deleted_field: None,
+        };
+        let ing = Ingester::new("s", Arc::new(JsonDecoder), env);
+        let key_of = |key: &[u8], payload: Option<&[u8]>| match ing.ingest(POS, Some(key), payload) {
+            Ingested::Upsert { key, val } => (key, val.is_some()),
+            other => panic!("unexpected {other:?}"),
+        };
+        assert_eq!(key_of(b"user-17", Some(b"{}")), (Value::from("user-17"), true));
+        assert_eq!(key_of(br#"{"id":3}"#, None), (Value::map([("id", Value::Int(3))]), false));
+        assert_eq!(key_of(b"42", None), (Value::Int(42), false));
+        assert!(matches!(ing.ingest(POS, None, Some(b"{}")), Ingested::Dead(_)));
+        assert!(matches!(ing.ingest(POS, Some(&[0xff]), Some(b"{}")), Ingested::Dead(_)));
     }
 }

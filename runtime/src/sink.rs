@@ -60,6 +60,9 @@ pub trait Encode: Send + Sync {
 /// Feeds `rows` to `sink` on worker 0; other workers pass `None` and forward their rows.
 /// A `parallel` sink instead has an instance on every worker, fed that worker's rows.
 ///
+/// After each step the sink's durable frontier is published in `status` at `slot`, which is
+/// what sources wait for before committing their positions.
+///
 /// A sink that fails records the error in `status` and stops receiving updates; the run
 /// loop sees the error and ends the run.
 pub fn sink_rows<'s>(
@@ -67,7 +70,7 @@ pub fn sink_rows<'s>(
     name: &str,
     mut sink: Option<Box<dyn Sink>>,
     status: Arc<RunStatus>,
-    parallel: bool,
+    (parallel, slot): (bool, usize),
 ) {
     // Routing to oneself keeps a parallel sink's rows on the worker that made them.
     let writer = if parallel { rows.inner.scope().index() as u64 } else { 0 };
@@ -116,6 +119,10 @@ pub fn sink_rows<'s>(
                 if result.is_ok() && current.is_none() {
                     status.sink_closed();
                 }
+            }
+            if result.is_ok() {
+                // Asynchronous sinks (Kafka) become durable as acknowledgements arrive.
+                status.set_durable(slot, target.durable());
             }
             if let Err(e) = result {
                 // A failed sink receives nothing more; the run loop ends the run on the error.

@@ -99,6 +99,11 @@ pub trait Source: Send + Sync {
     fn bounded(&self) -> bool;
     /// What a record's ordinal is called in dead letters (`line`, `offset`).
     fn offset_label(&self) -> &'static str;
+    /// How a dead letter names the partition: `("partition", id)` unless the source says
+    /// more (Kafka: the topic and the partition number apart).
+    fn coordinates(&self, partition: &PartitionInfo) -> Vec<(&'static str, Value)> {
+        vec![("partition", Value::from(partition.id.as_str()))]
+    }
 }
 
 /// Reads one partition.
@@ -107,6 +112,13 @@ pub trait PartitionReader: Send {
     fn poll(&mut self, out: &mut Vec<RawRecord>, max: usize) -> Result<ReadState, SourceError>;
     /// The position after the last record returned: resuming there reads what follows it.
     fn position(&self) -> Position;
+    /// Records that everything before `position` is reflected in durable output, for the
+    /// source's own bookkeeping (a Kafka consumer group's committed offsets). Called only
+    /// with positions the sinks have made durable. It does not block, except when `last`
+    /// (the run is ending), when it waits until the commit is recorded.
+    fn commit(&mut self, _position: &Position, _last: bool) -> Result<(), SourceError> {
+        Ok(())
+    }
 }
 
 /// The worker that reads partition number `index` of source number `source`.

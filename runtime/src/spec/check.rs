@@ -446,9 +446,7 @@ fn check_start_after(p: &Pipeline, problems: &mut Vec<Problem>) {
                 continue;
             };
             let other = &p.sources[i];
-            let bounded = match &other.spec {
-                crate::spec::SourceSpec::File(f) => !f.follow,
-            };
+            let bounded = other.spec.bounded();
             if other.name.value == s.name.value {
                 problems.push(Problem::at(file, after, "a source cannot start after itself"));
             } else if !bounded {
@@ -456,8 +454,12 @@ fn check_start_after(p: &Pipeline, problems: &mut Vec<Problem>) {
                     file,
                     after,
                     format!(
-                        "`{}` never ends (it follows its files), so a source started after it would never start",
-                        after.value
+                        "`{}` never ends ({}), so a source started after it would never start",
+                        after.value,
+                        match &other.spec {
+                            crate::spec::SourceSpec::File(_) => "it follows its files",
+                            crate::spec::SourceSpec::Kafka(_) => "a Kafka source is unbounded unless `bounded = true`",
+                        }
                     ),
                 ));
             }

@@ -125,6 +125,8 @@ pub struct SourceDecl {
 pub enum SourceSpec {
     /// JSON lines from one file or a glob of files.
     File(FileSourceSpec),
+    /// Records of one or more Kafka topics.
+    Kafka(KafkaSourceSpec),
 }
 
 impl SourceSpec {
@@ -132,6 +134,15 @@ impl SourceSpec {
     pub fn kind(&self) -> &'static str {
         match self {
             SourceSpec::File(_) => "file",
+            SourceSpec::Kafka(_) => "kafka",
+        }
+    }
+
+    /// Whether the source ends by itself (files not followed, Kafka with `bounded = true`).
+    pub fn bounded(&self) -> bool {
+        match self {
+            SourceSpec::File(f) => !f.follow,
+            SourceSpec::Kafka(k) => k.bounded,
         }
     }
 }
@@ -145,6 +156,60 @@ pub struct FileSourceSpec {
     pub follow: bool,
     /// How often a followed file is checked for new lines, in milliseconds.
     pub poll_ms: u64,
+}
+
+/// Configuration of a `kafka` source.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KafkaSourceSpec {
+    /// The bootstrap brokers, `host:port[,host:port…]`.
+    pub brokers: String,
+    /// The topics read, in the order given.
+    pub topics: Vec<String>,
+    /// The consumer group offsets are committed to (for lag monitoring and `start = "committed"`).
+    pub group_id: String,
+    /// Where a partition without a resume position starts.
+    pub start: KafkaStart,
+    /// Read each partition up to the end it had when it was opened, then finish (a bounded
+    /// run, for backfills and tests).
+    pub bounded: bool,
+    /// Extra librdkafka properties (`security.protocol`, `sasl.*`, `fetch.*`), applied last.
+    pub options: Vec<(String, String)>,
+}
+
+/// Where a Kafka partition starts reading.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KafkaStart {
+    /// At the oldest retained record.
+    Earliest,
+    /// After the newest record at the time the partition is opened.
+    Latest,
+    /// At the consumer group's committed offset, or the earliest record if there is none.
+    Committed,
+}
+
+impl KafkaStart {
+    /// The name in pipeline files.
+    pub fn name(&self) -> &'static str {
+        match self {
+            KafkaStart::Earliest => "earliest",
+            KafkaStart::Latest => "latest",
+            KafkaStart::Committed => "committed",
+        }
+    }
+}
+
+/// Configuration of a `kafka` sink (or dead-letter output).
+#[derive(Clone, Debug, PartialEq)]
+pub struct KafkaSinkSpec {
+    /// The bootstrap brokers, `host:port[,host:port…]`.
+    pub brokers: String,
+    /// The topic written.
+    pub topic: String,
+    /// How long librdkafka may retry a record before the sink fails the run, in
+    /// milliseconds; `0` retries until the broker takes it (an outage stalls, never loses).
+    pub delivery_timeout_ms: u64,
+    /// Extra librdkafka properties, applied last.
+    pub options: Vec<(String, String)>,
 }
 
 /// How a source's bytes are decoded into values, or a sink's values encoded into bytes.
@@ -196,8 +261,8 @@ pub enum Envelope {
     },
     /// Each record is the latest value of its key; a tombstone retracts it.
     Upsert {
-        /// Fields forming the key.
-        key: KeyFields,
+        /// Fields forming the key; `None` keys records by the message key (Kafka).
+        key: Option<KeyFields>,
         /// A record whose value of this field is `true` is a tombstone (besides `null`).
         deleted_field: Option<String>,
     },
@@ -208,7 +273,7 @@ impl Envelope {
     pub fn key(&self) -> Option<&KeyFields> {
         match self {
             Envelope::Append { key } => key.as_ref(),
-            Envelope::Upsert { key, .. } => Some(key),
+            Envelope::Upsert { key, .. } => key.as_ref(),
         }
     }
 }
@@ -525,6 +590,8 @@ pub enum SinkTarget {
     Stdout,
     /// Nowhere: the updates are counted and dropped (to measure a graph without its output).
     Discard,
+    /// Records of a Kafka topic.
+    Kafka(KafkaSinkSpec),
 }
 
 impl SinkTarget {
@@ -534,6 +601,7 @@ impl SinkTarget {
             SinkTarget::File { .. } => "file",
             SinkTarget::Stdout => "stdout",
             SinkTarget::Discard => "discard",
+            SinkTarget::Kafka(_) => "kafka",
         }
     }
 

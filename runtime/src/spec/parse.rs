@@ -8,13 +8,13 @@ use toml_edit::{Document, TableLike};
 use super::walk::{Walker, join};
 use super::{
     AggFunc, AggregateDecl, CdsSpec, ContactsSpec, DeliverySpec, Envelope, FanoutSpec, FileSourceSpec, Format,
-    JoinKind, KeyFields, Loc, MessagesSpec, NodeDecl, NodeSpec, Pipeline, Problem, SinkDecl, SinkMode, SinkTarget,
+    JoinKind, KafkaSinkSpec, KafkaSourceSpec, KafkaStart, KeyFields, Loc, MessagesSpec, NodeDecl, NodeSpec, Pipeline, Problem, SinkDecl, SinkMode, SinkTarget,
     SourceDecl, SourceSpec, Spanned,
 };
 
 const TOP_KEYS: &[&str] = &["pipeline", "dead_letters", "sources", "nodes", "sinks"];
 const PIPELINE_KEYS: &[&str] = &["name", "workers", "epoch_ms"];
-const SOURCE_TYPES: &[&str] = &["file"];
+const SOURCE_TYPES: &[&str] = &["file", "kafka"];
 const NODE_TYPES: &[&str] = &[
     "filter",
     "map",
@@ -30,7 +30,11 @@ const NODE_TYPES: &[&str] = &[
     "fanout",
     "messages",
 ];
-const SINK_TYPES: &[&str] = &["file", "stdout", "discard"];
+const SINK_TYPES: &[&str] = &["file", "stdout", "discard", "kafka"];
+/// Keys of a `kafka` source besides the common ones.
+const KAFKA_SOURCE_KEYS: &[&str] = &["brokers", "topic", "topics", "group_id", "start", "bounded", "options"];
+/// Keys of a `kafka` sink target.
+const KAFKA_SINK_KEYS: &[&str] = &["brokers", "topic", "delivery_timeout_ms", "options"];
 
 /// Parses pipeline `text` read from `file`; `env` resolves `${VAR}` references.
 ///
@@ -102,7 +106,7 @@ pub fn parse_partial(file: &Path, text: &str, env: &dyn Fn(&str) -> Option<Strin
     let dead_letters = match w.table(root, "dead_letters", "") {
         Some(t) => {
             let loc = w.key_loc(root, "dead_letters");
-            w.deny_unknown(t, "dead_letters", &["type", "path"]);
+            w.deny_unknown(t, "dead_letters", &[&["type", "path"][..], KAFKA_SINK_KEYS].concat());
             sink_target(&mut w, t, "dead_letters", loc, &base_dir).unwrap_or(SinkTarget::Stdout)
         }
         None => SinkTarget::File {
@@ -112,9 +116,10 @@ pub fn parse_partial(file: &Path, text: &str, env: &dyn Fn(&str) -> Option<Strin
 
     let mut broken = BTreeSet::new();
     let mut sources = Vec::new();
+    let pipeline_name = name.clone();
     for (name, t, loc) in named_tables(&mut w, root, "sources", &mut broken) {
         let n = name.value.clone();
-        match source(&mut w, name, t, loc, &base_dir) {
+        match source(&mut w, name, t, loc, (&base_dir, &pipeline_name)) {
             Some(s) => sources.push(s),
             None => drop(broken.insert(n)),
         }
@@ -263,7 +268,7 @@ fn source(
     name: Spanned<String>,
     t: &dyn TableLike,
     loc: Option<Loc>,
-    base: &Path,
+    (base, pipeline): (&Path, &str),
 ) -> Option<SourceDecl> {
     let path = name.path.clone();
     let ty = kind(w, t, &path, loc, SOURCE_TYPES);
@@ -283,8 +288,13 @@ fn source(
                 })
             })
         }
+        Some("kafka") => {
+            w.deny_unknown(t, &path, &[&common[..], KAFKA_SOURCE_KEYS].concat());
+            kafka_source(w, t, &path, loc, pipeline).map(SourceSpec::Kafka)
+        }
         _ => None,
     };
+    let message_keyed = matches!(spec, Some(SourceSpec::Kafka(_)));
     let format = format(w, t, &path, Format::ALL.as_slice()).map(|f| f.value);
     let key = key_fields(w, t, "key", &path);
     let deleted_field = w.string(t, "deleted_field", &path);
@@ -303,7 +313,12 @@ fn source(
     let envelope = match envelope.as_deref() {
         Some("upsert") => match key {
             Some(key) => Some(Envelope::Upsert {
-                key,
+                key: Some(key),
+                deleted_field: deleted_field.map(|d| d.value),
+            }),
+            // Kafka records carry their key: without `key` fields, the message key is the key.
+            None if message_keyed => Some(Envelope::Upsert {
+                key: None,
                 deleted_field: deleted_field.map(|d| d.value),
             }),
             None => {
@@ -327,6 +342,19 @@ fn source(
         .string_list(t, "start_after", &path)
         .map(|l| l.value)
         .unwrap_or_default();
+    if let (Some(SourceSpec::Kafka(k)), Some(Envelope::Upsert { .. })) = (&spec, &envelope)
+        && k.start == KafkaStart::Committed
+    {
+        // The upsert state of the keys read before the commit is not in the topic's tail.
+        let at = w.key_loc(t, "start").or(loc).unwrap_or_default();
+        w.problem_at(
+            at,
+            &join(&path, "start"),
+            "an upsert source rebuilds its table from its whole topic: use start = \"earliest\" \
+             (\"committed\" would skip every key written before the committed offset)",
+        );
+        return None;
+    }
     Some(SourceDecl {
         name,
         spec: spec?,
@@ -334,6 +362,91 @@ fn source(
         envelope: envelope?,
         start_after,
     })
+}
+
+/// The keys of a `kafka` source (`path` is the source's key path).
+fn kafka_source(
+    w: &mut Walker,
+    t: &dyn TableLike,
+    path: &str,
+    loc: Option<Loc>,
+    pipeline: &str,
+) -> Option<KafkaSourceSpec> {
+    let brokers = required(w, t, "brokers", path, loc);
+    let topics = match (w.string_list(t, "topics", path), w.string(t, "topic", path)) {
+        (Some(list), None) if !list.value.is_empty() => Some(list.value.into_iter().map(|s| s.value).collect()),
+        (Some(list), None) => {
+            w.problem_at(list.loc, &list.path, "`topics` needs at least one topic");
+            None
+        }
+        (None, Some(one)) => Some(vec![one.value]),
+        (Some(list), Some(_)) => {
+            w.problem_at(list.loc, &list.path, "give either `topic` or `topics`, not both");
+            None
+        }
+        (None, None) => {
+            w.problem_at(
+                loc.unwrap_or_default(),
+                &join(path, "topic"),
+                "missing required key `topic` (or `topics`)",
+            );
+            None
+        }
+    };
+    let group_id = w
+        .string(t, "group_id", path)
+        .map_or_else(|| format!("sluice-{pipeline}"), |g| g.value);
+    let start = match w.string(t, "start", path) {
+        None => Some(None),
+        Some(s) => match s.value.as_str() {
+            "earliest" => Some(Some(KafkaStart::Earliest)),
+            "latest" => Some(Some(KafkaStart::Latest)),
+            "committed" => Some(Some(KafkaStart::Committed)),
+            other => {
+                w.problem_at(
+                    s.loc,
+                    &s.path,
+                    format!("unknown start `{other}` (one of: earliest, latest, committed)"),
+                );
+                None
+            }
+        },
+    };
+    // Append sources resume where the group's commit says by default; upsert sources must
+    // read their whole topic, which the envelope check enforces.
+    let upsert = w.string(t, "envelope", path).is_some_and(|e| e.value == "upsert");
+    let default_start = if upsert {
+        KafkaStart::Earliest
+    } else {
+        KafkaStart::Committed
+    };
+    let bounded = w.bool(t, "bounded", path).is_some_and(|b| b.value);
+    let options = string_table(w, t, "options", path);
+    Some(KafkaSourceSpec {
+        brokers: brokers?.value,
+        topics: topics?,
+        group_id,
+        start: start?.unwrap_or(default_start),
+        bounded,
+        options: options?,
+    })
+}
+
+/// A table of string values (`options = { "fetch.min.bytes" = "1" }`), in file order.
+fn string_table(w: &mut Walker, t: &dyn TableLike, key: &str, path: &str) -> Option<Vec<(String, String)>> {
+    let Some(table) = w.table(t, key, path) else {
+        return Some(Vec::new());
+    };
+    let at = join(path, key);
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (name, _) in table.iter() {
+        match w.string(table, name, &at) {
+            Some(v) => out.push((name.to_owned(), v.value)),
+            None => ok = false,
+        }
+    }
+    ok.then_some(out)
 }
 
 /// Reads `format` (default `json`), accepting only `allowed`.
@@ -605,7 +718,11 @@ fn aggregates(w: &mut Walker, t: &dyn TableLike, path: &str, loc: Option<Loc>) -
 
 fn sink(w: &mut Walker, name: Spanned<String>, t: &dyn TableLike, loc: Option<Loc>, base: &Path) -> Option<SinkDecl> {
     let path = name.path.clone();
-    w.deny_unknown(t, &path, &["type", "input", "mode", "path", "format"]);
+    w.deny_unknown(
+        t,
+        &path,
+        &[&["type", "input", "mode", "path", "format"][..], KAFKA_SINK_KEYS].concat(),
+    );
     let input = required(w, t, "input", &path, loc);
     let encodable: Vec<Format> = Format::ALL.into_iter().filter(Format::encodes).collect();
     let format = format(w, t, &path, &encodable);
@@ -641,20 +758,39 @@ fn sink(w: &mut Walker, name: Spanned<String>, t: &dyn TableLike, loc: Option<Lo
 }
 
 fn sink_target(w: &mut Walker, t: &dyn TableLike, path: &str, loc: Option<Loc>, base: &Path) -> Option<SinkTarget> {
-    match kind(w, t, path, loc, SINK_TYPES)?.as_str() {
+    let ty = kind(w, t, path, loc, SINK_TYPES)?;
+    // Keys of the other kinds are refused by name, so a `path` on a Kafka sink is not ignored.
+    let own: &[&str] = match ty.as_str() {
+        "file" => &["path"],
+        "kafka" => KAFKA_SINK_KEYS,
+        _ => &[],
+    };
+    for key in std::iter::once(&"path").chain(KAFKA_SINK_KEYS).filter(|k| !own.contains(k)) {
+        if let Some(at) = w.key_loc(t, key) {
+            let owner = if *key == "path" { "file" } else { "kafka" };
+            w.problem_at(at, &join(path, key), format!("`{key}` only applies to `type = \"{owner}\"`"));
+        }
+    }
+    match ty.as_str() {
         "file" => required(w, t, "path", path, loc).map(|p| SinkTarget::File {
             path: resolve(base, &p.value),
         }),
-        other => {
-            if let Some(p) = w.string(t, "path", path) {
-                w.problem_at(p.loc, &p.path, "`path` only applies to `type = \"file\"`");
-            }
-            Some(if other == "discard" {
-                SinkTarget::Discard
-            } else {
-                SinkTarget::Stdout
-            })
+        "kafka" => {
+            let brokers = required(w, t, "brokers", path, loc);
+            let topic = required(w, t, "topic", path, loc);
+            let delivery_timeout_ms = w
+                .uint(t, "delivery_timeout_ms", path, 0..=86_400_000)
+                .map_or(0, |d| d.value);
+            let options = string_table(w, t, "options", path);
+            Some(SinkTarget::Kafka(KafkaSinkSpec {
+                brokers: brokers?.value,
+                topic: topic?.value,
+                delivery_timeout_ms,
+                options: options?,
+            }))
         }
+        "discard" => Some(SinkTarget::Discard),
+        _ => Some(SinkTarget::Stdout),
     }
 }
 

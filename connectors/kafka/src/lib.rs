@@ -1,0 +1,383 @@
+//! The `kafka` source: topic partitions read by the workers they are assigned to, with
+//! offsets committed to the consumer group only once the sinks have made the output durable.
+//!
+//! ```text
+//!  brokers ──fetch──▶ one consumer per source and process ──split──▶ a queue per partition
+//!                                                                   └─▶ the worker that owns it
+//! ```
+//!
+//! **Assignment, not subscription.** Partitions are spread over workers by the engine's
+//! deterministic rule, so every worker knows its share without a group rebalance (and none
+//! of a group join's seconds of waiting). The consumer group is used only to record offsets:
+//! sluice commits a partition's offset after every output up to it is durable, never by
+//! auto-commit, so the group's lag is the pipeline's true lag and operators' tools work.
+//!
+//! **Positions.** A partition's native position is the next offset to read. A partition
+//! starts at the configured `start` (`earliest`, `latest`, or the group's `committed`
+//! offset); the pipeline's checkpoints, when there are some, take precedence.
+//!
+//! **Outages.** librdkafka reconnects by itself; its errors are logged and the reader idles
+//! and retries, so a broker outage stalls the pipeline and loses nothing. A missing topic
+//! at start is a configuration error.
+//!
+//! **Bounded runs.** With `bounded = true` each partition is read up to the high watermark
+//! it had when it was opened, then finishes, so a Kafka backfill ends by itself.
+//!
+//! One consumer serves all partitions of a source in a process: librdkafka fetches for all
+//! of them over one connection per broker, and each partition's messages go to their own
+//! queue, polled by the worker that owns the partition.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::consumer::base_consumer::PartitionQueue;
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::ClientContext;
+use sluice_runtime::source::{PartitionInfo, PartitionReader, Position, RawRecord, ReadState, Source, SourceError};
+use sluice_runtime::spec::{KafkaSourceSpec, KafkaStart};
+use sluice_runtime::value::Value;
+
+/// How long a metadata or watermark request may take before it counts as an outage.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the end of a run waits for its final offset commit to be acknowledged.
+const FINAL_COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Forwards librdkafka's logs and errors to `tracing`, naming the source, and counts
+/// finished offset commits so the final one can be waited for.
+pub struct Logged {
+    name: String,
+    commits_done: AtomicU64,
+}
+
+impl Logged {
+    /// A context for the source called `name`.
+    pub fn new(name: &str) -> Self {
+        Logged {
+            name: name.to_owned(),
+            commits_done: AtomicU64::new(0),
+        }
+    }
+}
+
+impl ClientContext for Logged {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+                tracing::warn!(client = %self.name, facility = fac, "kafka: {message}")
+            }
+            RDKafkaLogLevel::Warning | RDKafkaLogLevel::Notice => {
+                tracing::info!(client = %self.name, facility = fac, "kafka: {message}")
+            }
+            RDKafkaLogLevel::Info | RDKafkaLogLevel::Debug => {
+                tracing::debug!(client = %self.name, facility = fac, "kafka: {message}")
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(client = %self.name, error = %error, "kafka: {reason}");
+    }
+}
+
+impl ConsumerContext for Logged {
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _offsets: &TopicPartitionList) {
+        self.commits_done.fetch_add(1, Ordering::SeqCst);
+        if let Err(e) = result {
+            tracing::warn!(client = %self.name, error = %e, "kafka: offset commit failed; the next one catches up");
+        }
+    }
+}
+
+type Client = BaseConsumer<Logged>;
+
+/// A Kafka source: its topics' partitions, one shared consumer.
+pub struct KafkaSource {
+    spec: KafkaSourceSpec,
+    consumer: Arc<Client>,
+}
+
+impl KafkaSource {
+    /// A source named `name` for `spec`; connects lazily (the first metadata request).
+    pub fn new(spec: &KafkaSourceSpec, name: &str) -> Result<Self, SourceError> {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &spec.brokers)
+            .set("group.id", &spec.group_id)
+            .set("client.id", format!("sluice-{name}"))
+            // sluice commits durable offsets itself; auto-commit would run ahead of the sinks.
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            // `committed` falls back to the oldest record when the group has no offset yet.
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", "100")
+            .set("reconnect.backoff.max.ms", "2000");
+        for (key, value) in &spec.options {
+            config.set(key, value);
+        }
+        let consumer: Client = config
+            .create_with_context(Logged::new(name))
+            .map_err(|e| SourceError::Config(format!("cannot create a Kafka consumer: {e}")))?;
+        Ok(KafkaSource {
+            spec: spec.clone(),
+            consumer: Arc::new(consumer),
+        })
+    }
+}
+
+/// The partition id sluice gives partition `p` of `topic`.
+pub fn partition_id(topic: &str, p: i32) -> String {
+    format!("{topic}/{p}")
+}
+
+/// The topic and partition number of a partition id made by [`partition_id`].
+fn split_id(id: &str) -> Result<(&str, i32), SourceError> {
+    id.rsplit_once('/')
+        .and_then(|(topic, p)| p.parse().ok().map(|p| (topic, p)))
+        .ok_or_else(|| SourceError::Config(format!("`{id}` is not a Kafka partition id (topic/partition)")))
+}
+
+impl Source for KafkaSource {
+    fn discover(&self) -> Result<Vec<PartitionInfo>, SourceError> {
+        let mut found = Vec::new();
+        for topic in &self.spec.topics {
+            let metadata = self
+                .consumer
+                .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+                .map_err(|e| SourceError::Transient(format!("metadata of topic `{topic}`: {e}")))?;
+            let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else {
+                return Err(SourceError::Config(format!("topic `{topic}` was not in the broker's metadata")));
+            };
+            if let Some(e) = t.error() {
+                let e = rdkafka::types::RDKafkaErrorCode::from(e);
+                return Err(SourceError::Config(format!(
+                    "topic `{topic}` cannot be read from {}: {e}",
+                    self.spec.brokers
+                )));
+            }
+            let mut ids: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+            ids.sort_unstable();
+            found.extend(ids.into_iter().map(|p| PartitionInfo {
+                id: partition_id(topic, p),
+                parents: Vec::new(),
+            }));
+        }
+        Ok(found)
+    }
+
+    fn open(&self, partition: &PartitionInfo, from: &Position) -> Result<Box<dyn PartitionReader>, SourceError> {
+        let (topic, p) = split_id(&partition.id)?;
+        let start = match from {
+            Position::Offset(n) => Offset::Offset(*n as i64),
+            Position::Start => match self.spec.start {
+                KafkaStart::Earliest => Offset::Beginning,
+                KafkaStart::Latest => Offset::End,
+                KafkaStart::Committed => Offset::Stored,
+            },
+            other => {
+                return Err(SourceError::Config(format!(
+                    "a Kafka partition cannot resume from {other}"
+                )));
+            }
+        };
+        let end = if self.spec.bounded {
+            let (_low, high) = self
+                .consumer
+                .fetch_watermarks(topic, p, METADATA_TIMEOUT)
+                .map_err(|e| SourceError::Transient(format!("watermarks of {}: {e}", partition.id)))?;
+            Some(high)
+        } else {
+            None
+        };
+        // Split before assigning, so no message of this partition reaches the shared queue.
+        let queue = self
+            .consumer
+            .split_partition_queue(topic, p)
+            .ok_or_else(|| SourceError::Config(format!("no queue for partition {}", partition.id)))?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, p, start)
+            .map_err(|e| SourceError::Config(format!("{}: {e}", partition.id)))?;
+        self.consumer
+            .incremental_assign(&tpl)
+            .map_err(|e| SourceError::Transient(format!("assigning {}: {e}", partition.id)))?;
+        let next = match from {
+            Position::Offset(n) => Some(*n as i64),
+            _ => None,
+        };
+        Ok(Box::new(KafkaReader {
+            consumer: self.consumer.clone(),
+            queue,
+            topic: topic.to_owned(),
+            partition: p,
+            next,
+            end,
+            committed: None,
+            last_stray_warning: None,
+            start_is_end: matches!(start, Offset::End),
+        }))
+    }
+
+    fn bounded(&self) -> bool {
+        self.spec.bounded
+    }
+
+    fn offset_label(&self) -> &'static str {
+        "offset"
+    }
+
+    fn coordinates(&self, partition: &PartitionInfo) -> Vec<(&'static str, Value)> {
+        match split_id(&partition.id) {
+            Ok((topic, p)) => vec![("topic", Value::from(topic)), ("partition", Value::Int(i64::from(p)))],
+            Err(_) => vec![("partition", Value::from(partition.id.as_str()))],
+        }
+    }
+}
+
+/// Reads one partition from its split queue.
+struct KafkaReader {
+    consumer: Arc<Client>,
+    queue: PartitionQueue<Logged>,
+    topic: String,
+    partition: i32,
+    /// The offset after the last record returned (`None` until one is).
+    next: Option<i64>,
+    /// For bounded runs, the high watermark at open: offsets below it are read, then done.
+    end: Option<i64>,
+    /// The last offset committed to the group.
+    committed: Option<i64>,
+    last_stray_warning: Option<Instant>,
+    /// A bounded partition that starts at `latest` has nothing to read.
+    start_is_end: bool,
+}
+
+impl KafkaReader {
+    /// Serves the consumer's shared queue: errors are logged by the context, commit results
+    /// reported. No message can arrive there, since every partition is split before it is
+    /// assigned; one that did would be lost, so it is refused loudly.
+    fn serve_shared_queue(&mut self) -> Result<(), SourceError> {
+        for _ in 0..16 {
+            match self.consumer.poll(Duration::ZERO) {
+                None => return Ok(()),
+                Some(Err(e)) => {
+                    if self.last_stray_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+                        self.last_stray_warning = Some(Instant::now());
+                        tracing::warn!(topic = %self.topic, error = %e, "kafka consumer error; retrying");
+                    }
+                }
+                Some(Ok(m)) => {
+                    return Err(SourceError::Config(format!(
+                        "a message of {}/{} at offset {} arrived on the shared queue",
+                        m.topic(),
+                        m.partition(),
+                        m.offset()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a bounded partition has been read up to its end.
+    fn done(&self) -> bool {
+        let Some(end) = self.end else {
+            return false;
+        };
+        if self.start_is_end || self.next.is_some_and(|n| n >= end) {
+            return true;
+        }
+        // Transaction markers take offsets but never arrive as messages: the consumer's
+        // position moves past them all the same.
+        self.consumer
+            .position()
+            .ok()
+            .and_then(|tpl| tpl.find_partition(&self.topic, self.partition).map(|e| e.offset()))
+            .is_some_and(|o| matches!(o, Offset::Offset(n) if n >= end))
+    }
+}
+
+impl PartitionReader for KafkaReader {
+    fn poll(&mut self, out: &mut Vec<RawRecord>, max: usize) -> Result<ReadState, SourceError> {
+        self.serve_shared_queue()?;
+        let end = self.end.unwrap_or(i64::MAX);
+        let mut read = 0;
+        while read < max {
+            match self.queue.poll(Duration::ZERO) {
+                None => break,
+                Some(Ok(m)) => {
+                    if m.offset() >= end {
+                        self.next = Some(end);
+                        break;
+                    }
+                    out.push(RawRecord {
+                        offset: m.offset() as u64,
+                        key: m.key().map(<[u8]>::to_vec),
+                        payload: m.payload().map(<[u8]>::to_vec),
+                    });
+                    self.next = Some(m.offset() + 1);
+                    read += 1;
+                }
+                Some(Err(e)) => {
+                    if read > 0 {
+                        break;
+                    }
+                    return Err(SourceError::Transient(format!("{}/{}: {e}", self.topic, self.partition)));
+                }
+            }
+        }
+        Ok(if read == max {
+            ReadState::More
+        } else if self.done() {
+            ReadState::Finished
+        } else {
+            ReadState::Idle
+        })
+    }
+
+    fn position(&self) -> Position {
+        match self.next {
+            Some(n) => Position::Offset(n as u64),
+            None => Position::Start,
+        }
+    }
+
+    fn commit(&mut self, position: &Position, last: bool) -> Result<(), SourceError> {
+        let Position::Offset(n) = position else {
+            return Ok(());
+        };
+        let n = *n as i64;
+        if self.committed == Some(n) {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.topic, self.partition, Offset::Offset(n))
+            .map_err(|e| SourceError::Config(e.to_string()))?;
+        let before = self.consumer.context().commits_done.load(Ordering::SeqCst);
+        self.consumer
+            .commit(&tpl, CommitMode::Async)
+            .map_err(|e| SourceError::Transient(format!("commit of {}/{}: {e}", self.topic, self.partition)))?;
+        if last {
+            // The result arrives on the shared queue; wait for it, bounded, so a run that ends
+            // leaves its final offsets recorded (a broker that is down gets a warning instead).
+            let deadline = Instant::now() + FINAL_COMMIT_TIMEOUT;
+            while self.consumer.context().commits_done.load(Ordering::SeqCst) == before {
+                if Instant::now() >= deadline {
+                    tracing::warn!(topic = %self.topic, partition = self.partition, "the final offset commit was not acknowledged");
+                    break;
+                }
+                if let Some(Err(e)) = self.consumer.poll(Duration::from_millis(50)) {
+                    tracing::warn!(topic = %self.topic, error = %e, "kafka consumer error");
+                }
+            }
+        }
+        self.committed = Some(n);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
