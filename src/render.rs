@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use sluice_connector_file::FileSource;
+use sluice_connector_kafka::KafkaSource;
 use sluice_delivery::DeliveryConfig;
 use sluice_expr::Expr;
 use sluice_runtime::exec::{Built, Wiring};
@@ -18,6 +19,7 @@ use sluice_runtime::spec::{
 };
 use sluice_runtime::{Rows, Time};
 use sluice_sink_file::JsonLinesSink;
+use sluice_sink_kafka::KafkaSink;
 
 use crate::formats;
 use timely::dataflow::Scope;
@@ -138,6 +140,7 @@ impl Wiring for SluiceWiring {
             .get(index)
             .ok_or_else(|| SourceError::Config(format!("no source number {index}")))?;
         match &decl.spec {
+            SourceSpec::Kafka(k) => Ok(Arc::new(KafkaSource::new(k, &decl.name.value)?)),
             SourceSpec::File(f) => {
                 let source = FileSource::new(f.path.value.clone(), f.follow);
                 // Events may be read in parallel chunks; upserts must apply in file order.
@@ -170,6 +173,7 @@ impl Wiring for SluiceWiring {
             SinkTarget::File { path } => Ok(Box::new(JsonLinesSink::create(path, mode)?.with_encoder(encoder))),
             SinkTarget::Stdout => Ok(Box::new(JsonLinesSink::stdout(mode).with_encoder(encoder))),
             SinkTarget::Discard => Ok(Box::new(Discard)),
+            SinkTarget::Kafka(k) => Ok(Box::new(KafkaSink::new(k, mode, encoder, &k.topic)?)),
         }
     }
 

@@ -188,7 +188,12 @@ impl RunStatus {
 
     /// The frontier every sink's output is durable up to (`None`: all output is durable).
     pub fn durable_frontier(&self) -> Option<Time> {
-        let min = self.durable.iter().map(|d| d.load(Ordering::SeqCst)).min().unwrap_or(ALL_DURABLE);
+        let min = self
+            .durable
+            .iter()
+            .map(|d| d.load(Ordering::SeqCst))
+            .min()
+            .unwrap_or(ALL_DURABLE);
         (min != ALL_DURABLE).then_some(min)
     }
 
@@ -332,12 +337,11 @@ pub fn run<W: Wiring>(pipeline: Arc<Pipeline>, wiring: Arc<W>, options: RunOptio
             source_name: decl.name.value.clone(),
             error,
         })?;
-        let partitions = discover_first(source.as_ref(), &decl.name.value, &options.stop).map_err(|error| {
-            RunError::Source {
+        let partitions =
+            discover_first(source.as_ref(), &decl.name.value, &options.stop).map_err(|error| RunError::Source {
                 source_name: decl.name.value.clone(),
                 error,
-            }
-        })?;
+            })?;
         entries.push(CatalogEntry {
             name: decl.name.value.clone(),
             source: source.clone(),

@@ -239,7 +239,10 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         };
         assert_eq!(key_of(b"user-17", Some(b"{}")), (Value::from("user-17"), true));
-        assert_eq!(key_of(br#"{"id":3}"#, None), (Value::map([("id", Value::Int(3))]), false));
+        assert_eq!(
+            key_of(br#"{"id":3}"#, None),
+            (Value::map([("id", Value::Int(3))]), false)
+        );
         assert_eq!(key_of(b"42", None), (Value::Int(42), false));
         assert!(matches!(ing.ingest(POS, None, Some(b"{}")), Ingested::Dead(_)));
         assert!(matches!(ing.ingest(POS, Some(&[0xff]), Some(b"{}")), Ingested::Dead(_)));

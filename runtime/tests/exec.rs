@@ -112,7 +112,7 @@ impl Wiring for TestWiring {
     }
     fn open_sink(&self, target: &SinkTarget, _mode: SinkMode, _format: Format) -> Result<Box<dyn Sink>, SinkError> {
         let sink = match target {
-            SinkTarget::Stdout | SinkTarget::Discard => Memory(self.written.clone(), None),
+            SinkTarget::Stdout | SinkTarget::Discard | SinkTarget::Kafka(_) => Memory(self.written.clone(), None),
             // The dead-letter output: nothing should reach it.
             SinkTarget::File { .. } => Memory(Arc::default(), None),
         };
@@ -223,5 +223,159 @@ fn a_source_started_after_another_reads_only_once_it_ended_and_never_at_an_earli
     assert!(
         first_event >= last_table,
         "an event was read at {first_event}, before the table ended at {last_table}"
+    );
+}
+
+/// What the commit test shares between its source, its sink and its assertions.
+#[derive(Default)]
+struct Ledger {
+    /// Per record written: the time it was written at and its offset.
+    written: Vec<(Time, u64)>,
+    /// The sink's durable frontier, one commit behind the frontiers it was given.
+    durable: Option<Time>,
+    /// Per commit the source received: the position, whether it was the last, and whether
+    /// every record up to it was written before the durable frontier.
+    commits: Vec<(u64, bool, bool)>,
+}
+
+/// One partition of 2,000 records, 50 every 60 ms, so the run outlasts two commit intervals.
+struct Counted(Arc<Mutex<Ledger>>);
+
+struct CountedReader(Arc<Mutex<Ledger>>, u64);
+
+impl Source for Counted {
+    fn discover(&self) -> Result<Vec<PartitionInfo>, SourceError> {
+        Ok(vec![PartitionInfo {
+            id: "only".into(),
+            parents: vec![],
+        }])
+    }
+    fn open(&self, _p: &PartitionInfo, _from: &Position) -> Result<Box<dyn PartitionReader>, SourceError> {
+        Ok(Box::new(CountedReader(self.0.clone(), 0)))
+    }
+    fn bounded(&self) -> bool {
+        true
+    }
+    fn offset_label(&self) -> &'static str {
+        "offset"
+    }
+}
+
+impl PartitionReader for CountedReader {
+    fn poll(&mut self, out: &mut Vec<RawRecord>, _max: usize) -> Result<ReadState, SourceError> {
+        if self.1 == 2_000 {
+            return Ok(ReadState::Finished);
+        }
+        std::thread::sleep(Duration::from_millis(60));
+        for _ in 0..50 {
+            out.push(RawRecord {
+                offset: self.1,
+                key: None,
+                payload: Some(format!(r#"{{"n":{}}}"#, self.1).into_bytes()),
+            });
+            self.1 += 1;
+        }
+        Ok(ReadState::More)
+    }
+    fn position(&self) -> Position {
+        Position::Offset(self.1)
+    }
+    fn commit(&mut self, position: &Position, last: bool) -> Result<(), SourceError> {
+        let Position::Offset(next) = *position else {
+            return Err(SourceError::Config(format!("unexpected position {position}")));
+        };
+        let mut ledger = self.0.lock().map_err(|_| SourceError::Config("poisoned".into()))?;
+        let durable = ledger.durable;
+        let covered = (0..next).all(|offset| {
+            ledger
+                .written
+                .iter()
+                .any(|(t, o)| *o == offset && durable.is_none_or(|d| *t < d))
+        });
+        ledger.commits.push((next, last, covered));
+        Ok(())
+    }
+}
+
+/// A sink whose output becomes durable one commit late, as a Kafka producer's does.
+struct Lagging(Arc<Mutex<Ledger>>, Option<Option<Time>>);
+
+impl Sink for Lagging {
+    fn write(&mut self, time: Time, updates: &[(Row, Diff)]) -> Result<(), SinkError> {
+        if let Ok(mut l) = self.0.lock() {
+            for (row, _) in updates {
+                let n = row.val.get("n").and_then(|n| n.as_i64()).unwrap_or(-1);
+                l.written.push((time, n as u64));
+            }
+        }
+        Ok(())
+    }
+    fn commit(&mut self, frontier: Option<Time>) -> Result<(), SinkError> {
+        if let Ok(mut l) = self.0.lock() {
+            // The end of the input makes everything durable at once.
+            l.durable = if frontier.is_none() {
+                None
+            } else {
+                self.1.flatten().or(Some(0))
+            };
+        }
+        self.1 = Some(frontier);
+        Ok(())
+    }
+    fn durable(&self) -> Option<Time> {
+        self.0.lock().map_or(Some(0), |l| l.durable)
+    }
+}
+
+struct LedgerWiring(Arc<Mutex<Ledger>>);
+
+impl Wiring for LedgerWiring {
+    fn open_source(&self, _p: &Pipeline, _i: usize) -> Result<Arc<dyn Source>, SourceError> {
+        Ok(Arc::new(Counted(self.0.clone())))
+    }
+    fn decoder(&self, _p: &Pipeline, _i: usize) -> Arc<dyn Decode> {
+        Arc::new(JsonDecoder)
+    }
+    fn open_sink(&self, target: &SinkTarget, _mode: SinkMode, _format: Format) -> Result<Box<dyn Sink>, SinkError> {
+        Ok(match target {
+            SinkTarget::Stdout => Box::new(Lagging(self.0.clone(), None)),
+            _ => Box::new(Memory(Arc::default(), None)),
+        })
+    }
+    fn build<'s>(&self, _scope: Scope<'s, Time>, sources: &BTreeMap<String, Rows<'s>>) -> Built<'s> {
+        Built {
+            outputs: sources.clone(),
+            dead_letters: Vec::new(),
+        }
+    }
+}
+
+#[test]
+fn positions_are_committed_only_behind_the_sinks_durable_frontier_and_finally_all() {
+    let text = "[pipeline]\nepoch_ms = 2\n[dead_letters]\ntype = \"file\"\npath = \"unused\"\n\
+                [sources.s]\ntype = \"file\"\npath = \"unused\"\n[sinks.o]\ntype = \"stdout\"\ninput = \"s\"\nmode = \"append\"\n";
+    let pipeline = Arc::new(parse(Path::new("test.toml"), text, &|_| None).expect("valid pipeline"));
+    let ledger: Arc<Mutex<Ledger>> = Arc::default();
+    let options = RunOptions {
+        workers: Some(1),
+        stop: Arc::new(AtomicBool::new(false)),
+    };
+    run(pipeline, Arc::new(LedgerWiring(ledger.clone())), options).expect("run");
+    let ledger = ledger.lock().expect("lock");
+    assert_eq!(ledger.written.len(), 2_000);
+    let (last, intermediate) = ledger.commits.split_last().expect("commits");
+    assert!(
+        !intermediate.is_empty(),
+        "positions are committed during the run, not only at its end"
+    );
+    assert!(
+        intermediate.iter().all(|(_, last, covered)| *covered && !*last),
+        "a commit ran ahead of the durable output: {:?}",
+        ledger.commits
+    );
+    assert_eq!(*last, (2_000, true, true), "the final commit covers everything");
+    assert!(
+        ledger.commits.windows(2).all(|w| w[0].0 < w[1].0),
+        "commits only move forward"
     );
 }

@@ -31,13 +31,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use rdkafka::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::consumer::base_consumer::PartitionQueue;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::ClientContext;
 use sluice_runtime::source::{PartitionInfo, PartitionReader, Position, RawRecord, ReadState, Source, SourceError};
 use sluice_runtime::spec::{KafkaSourceSpec, KafkaStart};
 use sluice_runtime::value::Value;
@@ -151,7 +151,9 @@ impl Source for KafkaSource {
                 .fetch_metadata(Some(topic), METADATA_TIMEOUT)
                 .map_err(|e| SourceError::Transient(format!("metadata of topic `{topic}`: {e}")))?;
             let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else {
-                return Err(SourceError::Config(format!("topic `{topic}` was not in the broker's metadata")));
+                return Err(SourceError::Config(format!(
+                    "topic `{topic}` was not in the broker's metadata"
+                )));
             };
             if let Some(e) = t.error() {
                 let e = rdkafka::types::RDKafkaErrorCode::from(e);
@@ -264,7 +266,10 @@ impl KafkaReader {
             match self.consumer.poll(Duration::ZERO) {
                 None => return Ok(()),
                 Some(Err(e)) => {
-                    if self.last_stray_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+                    if self
+                        .last_stray_warning
+                        .is_none_or(|t| t.elapsed() > Duration::from_secs(5))
+                    {
                         self.last_stray_warning = Some(Instant::now());
                         tracing::warn!(topic = %self.topic, error = %e, "kafka consumer error; retrying");
                     }
@@ -325,7 +330,10 @@ impl PartitionReader for KafkaReader {
                     if read > 0 {
                         break;
                     }
-                    return Err(SourceError::Transient(format!("{}/{}: {e}", self.topic, self.partition)));
+                    return Err(SourceError::Transient(format!(
+                        "{}/{}: {e}",
+                        self.topic, self.partition
+                    )));
                 }
             }
         }

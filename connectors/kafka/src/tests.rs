@@ -21,7 +21,11 @@ fn spec(brokers: &str, topic: &str, start: KafkaStart, bounded: bool) -> KafkaSo
 
 /// A mock cluster with `topic` of `partitions`, where partition `p` holds `per_partition`
 /// records `{"p":p,"i":i}` keyed `k{i}`.
-fn cluster(topic: &str, partitions: i32, per_partition: usize) -> MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
+fn cluster(
+    topic: &str,
+    partitions: i32,
+    per_partition: usize,
+) -> MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
     let cluster = MockCluster::new(1).expect("mock cluster");
     cluster.create_topic(topic, partitions, 1).expect("topic");
     let producer: BaseProducer = ClientConfig::new()
@@ -57,8 +61,11 @@ fn read(reader: &mut dyn PartitionReader, want: usize) -> (Vec<RawRecord>, ReadS
 #[test]
 fn discovers_partitions_in_order_with_coordinates() {
     let c = cluster("orders", 3, 0);
-    let source = KafkaSource::new(&spec(&c.bootstrap_servers(), "orders", KafkaStart::Earliest, false), "s")
-        .expect("source");
+    let source = KafkaSource::new(
+        &spec(&c.bootstrap_servers(), "orders", KafkaStart::Earliest, false),
+        "s",
+    )
+    .expect("source");
     let parts = source.discover().expect("discover");
     let ids: Vec<&str> = parts.iter().map(|p| p.id.as_str()).collect();
     assert_eq!(ids, ["orders/0", "orders/1", "orders/2"]);
@@ -71,8 +78,11 @@ fn discovers_partitions_in_order_with_coordinates() {
 #[test]
 fn a_missing_topic_is_a_configuration_error() {
     let c = cluster("present", 1, 0);
-    let source =
-        KafkaSource::new(&spec(&c.bootstrap_servers(), "absent", KafkaStart::Earliest, false), "s").expect("source");
+    let source = KafkaSource::new(
+        &spec(&c.bootstrap_servers(), "absent", KafkaStart::Earliest, false),
+        "s",
+    )
+    .expect("source");
     match source.discover() {
         Err(SourceError::Config(message)) => assert!(message.contains("absent"), "{message}"),
         other => panic!("expected a configuration error, got {other:?}"),
@@ -99,16 +109,15 @@ fn bounded_reads_each_partition_to_its_end_with_keys_and_offsets() {
 #[test]
 fn resumes_from_an_offset_and_latest_skips_what_exists() {
     let c = cluster("log", 1, 10);
-    let bounded = KafkaSource::new(&spec(&c.bootstrap_servers(), "log", KafkaStart::Earliest, true), "s")
-        .expect("source");
+    let bounded =
+        KafkaSource::new(&spec(&c.bootstrap_servers(), "log", KafkaStart::Earliest, true), "s").expect("source");
     let part = &bounded.discover().expect("discover")[0];
     let mut reader = bounded.open(part, &Position::Offset(7)).expect("open");
     let (records, state) = read(reader.as_mut(), usize::MAX);
     assert_eq!(state, ReadState::Finished);
     assert_eq!(records.iter().map(|r| r.offset).collect::<Vec<_>>(), [7, 8, 9]);
 
-    let latest =
-        KafkaSource::new(&spec(&c.bootstrap_servers(), "log", KafkaStart::Latest, true), "s").expect("source");
+    let latest = KafkaSource::new(&spec(&c.bootstrap_servers(), "log", KafkaStart::Latest, true), "s").expect("source");
     let mut reader = latest.open(part, &Position::Start).expect("open");
     let (records, state) = read(reader.as_mut(), usize::MAX);
     assert_eq!((records.len(), state), (0, ReadState::Finished));

@@ -8,8 +8,8 @@ use toml_edit::{Document, TableLike};
 use super::walk::{Walker, join};
 use super::{
     AggFunc, AggregateDecl, CdsSpec, ContactsSpec, DeliverySpec, Envelope, FanoutSpec, FileSourceSpec, Format,
-    JoinKind, KafkaSinkSpec, KafkaSourceSpec, KafkaStart, KeyFields, Loc, MessagesSpec, NodeDecl, NodeSpec, Pipeline, Problem, SinkDecl, SinkMode, SinkTarget,
-    SourceDecl, SourceSpec, Spanned,
+    JoinKind, KafkaSinkSpec, KafkaSourceSpec, KafkaStart, KeyFields, Loc, MessagesSpec, NodeDecl, NodeSpec, Pipeline,
+    Problem, SinkDecl, SinkMode, SinkTarget, SourceDecl, SourceSpec, Spanned,
 };
 
 const TOP_KEYS: &[&str] = &["pipeline", "dead_letters", "sources", "nodes", "sinks"];
@@ -765,10 +765,17 @@ fn sink_target(w: &mut Walker, t: &dyn TableLike, path: &str, loc: Option<Loc>, 
         "kafka" => KAFKA_SINK_KEYS,
         _ => &[],
     };
-    for key in std::iter::once(&"path").chain(KAFKA_SINK_KEYS).filter(|k| !own.contains(k)) {
+    for key in std::iter::once(&"path")
+        .chain(KAFKA_SINK_KEYS)
+        .filter(|k| !own.contains(k))
+    {
         if let Some(at) = w.key_loc(t, key) {
             let owner = if *key == "path" { "file" } else { "kafka" };
-            w.problem_at(at, &join(path, key), format!("`{key}` only applies to `type = \"{owner}\"`"));
+            w.problem_at(
+                at,
+                &join(path, key),
+                format!("`{key}` only applies to `type = \"{owner}\"`"),
+            );
         }
     }
     match ty.as_str() {

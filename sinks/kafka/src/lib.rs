@@ -1,1 +1,362 @@
-//! placeholder
+//! The `kafka` sink: keyed records in upsert, changelog or append mode, through the
+//! idempotent producer, durable when the brokers acknowledge them.
+//!
+//! ```text
+//!  rows of a closed time ──encode per mode──▶ producer queue ──▶ brokers ──ack──▶ durable frontier
+//! ```
+//!
+//! **Records.** Keys and values are JSON.
+//! - `upsert`: key = the row key, value = the row value; a key whose value was retracted
+//!   with no replacement gets a **tombstone** (null value), so a compacted topic holds
+//!   exactly the output's current state.
+//! - `changelog`: key = the row key (none for an unkeyed collection), value =
+//!   `{"time": T, "diff": D, "key": K, "value": V}` for every update.
+//! - `append`: value = the record (or its encoding in the sink's `format`), key = the
+//!   format's partition key or else the row key; insertions only, in source order.
+//!
+//! A key's records always go to one partition (librdkafka's default partitioner hashes the
+//! key), and a time's updates are produced before the next time's, so per key the topic
+//! has the output's order.
+//!
+//! **Delivery.** The producer is idempotent (`enable.idempotence`): librdkafka retries
+//! failed requests itself, without duplicates or reordering within a partition. By default
+//! a record is retried until the broker takes it (`delivery_timeout_ms = 0`), so a broker
+//! outage stalls the pipeline — the input is not read further than the in-flight limits —
+//! and loses nothing. A record that fails for good (too large, no such topic, not
+//! authorized, or timed out under a configured `delivery_timeout_ms`) fails the run with
+//! the reason: a sink never skips a record silently.
+//!
+//! **Durability.** The sink's durable frontier advances to a frontier `F` once every record
+//! of the times before `F` is acknowledged. Sources commit their offsets only behind the
+//! durable frontier of every sink, so what the group's offsets say was read is in the topic.
+//!
+//! **After a crash.** A restarted pipeline produces the output after its last durable
+//! point again (at-least-once). The records are keyed so that this never leaves doubled
+//! *final state*: an `upsert` topic read as a table (or compacted) ends with the same value
+//! per key, a `changelog` consumer deduplicates by (key, time), and `append` records carry
+//! their source position or a delivery id for consumers to deduplicate. Exactly-once
+//! output, with Kafka transactions committed together with the pipeline's checkpoint, is
+//! the goal for brokers that support transactions once checkpoints exist.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{DeliveryResult, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use sluice_runtime::record::{Diff, Row, Time};
+use sluice_runtime::sink::{Encode, Sink, SinkError};
+use sluice_runtime::spec::{KafkaSinkSpec, SinkMode};
+use sluice_runtime::value::{Json, Value};
+
+/// How long one wait for room in a full producer queue lasts before trying again.
+const QUEUE_FULL_WAIT: Duration = Duration::from_millis(50);
+
+/// Which records the brokers have acknowledged, and the first permanent failure.
+#[derive(Default)]
+struct Acks {
+    /// Every record numbered below this is acknowledged.
+    lowest_unacked: u64,
+    /// Acknowledged records above `lowest_unacked` (acks across partitions come out of order).
+    ahead: BTreeSet<u64>,
+    failure: Option<String>,
+}
+
+impl Acks {
+    fn ack(&mut self, seq: u64) {
+        if seq == self.lowest_unacked {
+            self.lowest_unacked += 1;
+            while self.ahead.remove(&self.lowest_unacked) {
+                self.lowest_unacked += 1;
+            }
+        } else {
+            self.ahead.insert(seq);
+        }
+    }
+}
+
+/// The producer's context: logs to `tracing`, acknowledgements to [`Acks`].
+pub struct Delivery {
+    name: String,
+    acks: Mutex<Acks>,
+}
+
+impl ClientContext for Delivery {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        if (level as i32) <= RDKafkaLogLevel::Error as i32 {
+            tracing::warn!(sink = %self.name, facility = fac, "kafka: {message}");
+        } else if (level as i32) <= RDKafkaLogLevel::Notice as i32 {
+            tracing::info!(sink = %self.name, facility = fac, "kafka: {message}");
+        } else {
+            tracing::debug!(sink = %self.name, facility = fac, "kafka: {message}");
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(sink = %self.name, error = %error, "kafka: {reason}");
+    }
+}
+
+impl ProducerContext for Delivery {
+    type DeliveryOpaque = Box<u64>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, seq: Box<u64>) {
+        let Ok(mut acks) = self.acks.lock() else {
+            return;
+        };
+        match result {
+            Ok(_) => acks.ack(*seq),
+            Err((e, m)) => {
+                let failure = format!("a record for {}/{} was not delivered: {e}", m.topic(), m.partition());
+                acks.failure.get_or_insert(failure);
+            }
+        }
+    }
+}
+
+/// A sink writing one output to one Kafka topic.
+pub struct KafkaSink {
+    producer: BaseProducer<Delivery>,
+    topic: String,
+    mode: SinkMode,
+    encoder: Option<Arc<dyn Encode>>,
+    /// Records handed to the producer so far (the next record's number).
+    sent: u64,
+    /// Commits not yet known durable: the frontier, and the records produced before it.
+    pending: VecDeque<(Option<Time>, u64)>,
+    /// The newest frontier known durable.
+    durable: Option<Time>,
+    key: Vec<u8>,
+    value: Vec<u8>,
+}
+
+impl KafkaSink {
+    /// A sink named `name` writing to `spec`'s topic in `mode`, encoding append records with
+    /// `encoder` when the sink has a format other than JSON.
+    pub fn new(
+        spec: &KafkaSinkSpec,
+        mode: SinkMode,
+        encoder: Option<Arc<dyn Encode>>,
+        name: &str,
+    ) -> Result<Self, SinkError> {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &spec.brokers)
+            .set("client.id", format!("sluice-{name}"))
+            .set("enable.idempotence", "true")
+            .set("message.timeout.ms", spec.delivery_timeout_ms.to_string())
+            .set("linger.ms", "5")
+            .set("reconnect.backoff.max.ms", "2000");
+        for (key, value) in &spec.options {
+            config.set(key, value);
+        }
+        let context = Delivery {
+            name: name.to_owned(),
+            acks: Mutex::default(),
+        };
+        let producer: BaseProducer<Delivery> = config
+            .create_with_context(context)
+            .map_err(|e| SinkError::Config(format!("cannot create a Kafka producer: {e}")))?;
+        Ok(KafkaSink {
+            producer,
+            topic: spec.topic.clone(),
+            mode,
+            encoder,
+            sent: 0,
+            pending: VecDeque::new(),
+            durable: Some(0),
+            key: Vec::with_capacity(64),
+            value: Vec::with_capacity(256),
+        })
+    }
+
+    /// Fails if a record was lost for good.
+    fn check(&self) -> Result<(), SinkError> {
+        match self.producer.context().acks.lock() {
+            Ok(acks) => match &acks.failure {
+                Some(f) => Err(SinkError::Io(f.clone())),
+                None => Ok(()),
+            },
+            Err(_) => Err(SinkError::Io("the acknowledgement state was poisoned".to_owned())),
+        }
+    }
+
+    /// Produces the record in the `key` and `value` buffers (`None` value: a tombstone),
+    /// waiting for room while the producer's queue is full.
+    fn produce(&mut self, keyed: bool, tombstone: bool) -> Result<(), SinkError> {
+        let seq = self.sent;
+        loop {
+            let mut record: BaseRecord<'_, [u8], [u8], Box<u64>> =
+                BaseRecord::with_opaque_to(&self.topic, Box::new(seq));
+            if keyed {
+                record = record.key(&self.key[..]);
+            }
+            if !tombstone {
+                record = record.payload(&self.value[..]);
+            }
+            match self.producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    // Backpressure: the brokers are slower than the pipeline, or down.
+                    self.producer.poll(QUEUE_FULL_WAIT);
+                    self.check()?;
+                }
+                Err((e, _)) => return Err(SinkError::Io(format!("cannot produce to `{}`: {e}", self.topic))),
+            }
+        }
+        self.sent += 1;
+        Ok(())
+    }
+
+    fn json_into(buf: &mut Vec<u8>, value: &Value) -> Result<(), SinkError> {
+        buf.clear();
+        serde_json::to_writer(buf, &Json(value)).map_err(|e| SinkError::Io(e.to_string()))
+    }
+
+    fn write_upsert(&mut self, updates: &[(Row, Diff)]) -> Result<(), SinkError> {
+        // Updates are sorted by row, so each key's updates are adjacent.
+        let mut i = 0;
+        while i < updates.len() {
+            let key = &updates[i].0.key;
+            let end = i + updates[i..].iter().take_while(|(r, _)| &r.key == key).count();
+            Self::json_into(&mut self.key, key)?;
+            let mut inserted = false;
+            for (row, diff) in &updates[i..end] {
+                if *diff > 0 {
+                    inserted = true;
+                    Self::json_into(&mut self.value, &row.val)?;
+                    self.produce(true, false)?;
+                }
+            }
+            if !inserted {
+                self.produce(true, true)?;
+            }
+            i = end;
+        }
+        Ok(())
+    }
+
+    fn write_changelog(&mut self, time: Time, updates: &[(Row, Diff)]) -> Result<(), SinkError> {
+        let t = Value::from(time);
+        for (row, diff) in updates {
+            let keyed = !row.key.is_null();
+            if keyed {
+                Self::json_into(&mut self.key, &row.key)?;
+            }
+            // The same fields, in the same order, as the file sink's changelog lines.
+            let d = Value::Int(*diff as i64);
+            let mut fields: Vec<(&str, &Value)> = vec![("time", &t), ("diff", &d)];
+            if keyed {
+                fields.push(("key", &row.key));
+            }
+            fields.push(("value", &row.val));
+            self.value.clear();
+            self.value.push(b'{');
+            for (i, (name, value)) in fields.iter().enumerate() {
+                if i > 0 {
+                    self.value.push(b',');
+                }
+                serde_json::to_writer(&mut self.value, name).map_err(|e| SinkError::Io(e.to_string()))?;
+                self.value.push(b':');
+                serde_json::to_writer(&mut self.value, &Json(value)).map_err(|e| SinkError::Io(e.to_string()))?;
+            }
+            self.value.push(b'}');
+            self.produce(keyed, false)?;
+        }
+        Ok(())
+    }
+
+    fn write_append(&mut self, updates: &[(Row, Diff)]) -> Result<(), SinkError> {
+        let mut inserted: Vec<&(Row, Diff)> = updates.iter().filter(|(_, d)| *d > 0).collect();
+        // Stable: rows made from one position stay in their sorted order.
+        inserted.sort_by_key(|(row, _)| row.pos);
+        for (row, diff) in inserted {
+            let partition_key = self.encoder.as_ref().and_then(|e| e.partition_key(row));
+            let keyed = match partition_key {
+                Some(k) => {
+                    self.key.clear();
+                    self.key.extend_from_slice(k.as_bytes());
+                    true
+                }
+                None if !row.key.is_null() => {
+                    Self::json_into(&mut self.key, &row.key)?;
+                    true
+                }
+                None => false,
+            };
+            self.value.clear();
+            match &self.encoder {
+                Some(encoder) => encoder.encode(row, &mut self.value).map_err(SinkError::Io)?,
+                None => {
+                    serde_json::to_writer(&mut self.value, &Json(&row.val)).map_err(|e| SinkError::Io(e.to_string()))?
+                }
+            }
+            for _ in 0..*diff {
+                self.produce(keyed, false)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves the durable frontier past every commit whose records are all acknowledged.
+    fn advance_durable(&mut self) {
+        let Ok(acks) = self.producer.context().acks.lock() else {
+            return;
+        };
+        while let Some(&(frontier, sent)) = self.pending.front() {
+            if sent > acks.lowest_unacked {
+                break;
+            }
+            self.durable = frontier;
+            self.pending.pop_front();
+        }
+    }
+}
+
+impl Sink for KafkaSink {
+    fn write(&mut self, time: Time, updates: &[(Row, Diff)]) -> Result<(), SinkError> {
+        self.check()?;
+        match self.mode {
+            SinkMode::Upsert => self.write_upsert(updates)?,
+            SinkMode::Changelog => self.write_changelog(time, updates)?,
+            SinkMode::Append => self.write_append(updates)?,
+        }
+        // Serve acknowledgements as we go, so the queue drains without a separate thread.
+        self.producer.poll(Duration::ZERO);
+        Ok(())
+    }
+
+    fn commit(&mut self, frontier: Option<Time>) -> Result<(), SinkError> {
+        self.pending.push_back((frontier, self.sent));
+        if frontier.is_none() {
+            // The end of the run: wait until every record is acknowledged (or fails).
+            while self.producer.in_flight_count() > 0 {
+                self.producer.poll(Duration::from_millis(100));
+                self.check()?;
+            }
+        } else {
+            self.producer.poll(Duration::ZERO);
+        }
+        self.check()?;
+        self.advance_durable();
+        Ok(())
+    }
+
+    fn durable(&self) -> Option<Time> {
+        // Acknowledgements arrive between commits: look at them without waiting for one.
+        let Ok(acks) = self.producer.context().acks.lock() else {
+            return self.durable;
+        };
+        self.pending
+            .iter()
+            .take_while(|(_, sent)| *sent <= acks.lowest_unacked)
+            .last()
+            .map_or(self.durable, |(frontier, _)| *frontier)
+    }
+}
+
+#[cfg(test)]
+mod tests;
