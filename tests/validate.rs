@@ -44,6 +44,11 @@ fn domain_nodes_and_formats_are_checked() {
 }
 
 #[test]
+fn kafka_sources_and_sinks_are_checked() {
+    assert_golden("validate/kafka.txt", &problems_of("kafka"));
+}
+
+#[test]
 fn missing_environment_variables_are_errors() {
     assert_golden("validate/env.txt", &problems_of("env"));
 }
@@ -70,23 +75,30 @@ fn the_cli_exits_2_and_prints_every_problem() {
 fn every_example_pipeline_is_valid() {
     let mut checked = 0;
     for entry in std::fs::read_dir(root().join("examples")).expect("examples dir") {
-        let path = entry.expect("entry").path().join("pipeline.toml");
-        if !path.exists() {
-            continue;
+        let dir = entry.expect("entry").path();
+        // Each example's pipeline, and the loaders of the Kafka examples.
+        for path in ["pipeline.toml", "load.toml"].map(|f| dir.join(f)) {
+            if !path.exists() {
+                continue;
+            }
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+                .args(["validate", &path.to_string_lossy()])
+                .env("KAFKA_BROKERS", "127.0.0.1:9092")
+                .output()
+                .expect("run sluice");
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            checked += 1;
         }
-        let out = sluice(&["validate", &path.to_string_lossy()]);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}: {}",
-            path.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        checked += 1;
     }
     assert!(
-        checked >= 2,
-        "expected the quickstart and delivery examples, found {checked}"
+        checked >= 10,
+        "expected every example and the Kafka loaders, found {checked}"
     );
 }
 

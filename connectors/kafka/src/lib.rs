@@ -27,8 +27,8 @@
 //! of them over one connection per broker, and each partition's messages go to their own
 //! queue, polled by the worker that owns the partition.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
@@ -37,6 +37,7 @@ use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use sluice_runtime::source::{PartitionInfo, PartitionReader, Position, RawRecord, ReadState, Source, SourceError};
 use sluice_runtime::spec::{KafkaSourceSpec, KafkaStart};
@@ -44,14 +45,12 @@ use sluice_runtime::value::Value;
 
 /// How long a metadata or watermark request may take before it counts as an outage.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the end of a run waits for its final offset commit to be acknowledged.
-const FINAL_COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Forwards librdkafka's logs and errors to `tracing`, naming the source, and counts
-/// finished offset commits so the final one can be waited for.
+/// Forwards librdkafka's logs and errors to `tracing`, naming the source, and keeps the
+/// high watermarks its statistics report (see [`KafkaReader::done`]).
 pub struct Logged {
     name: String,
-    commits_done: AtomicU64,
+    high_watermarks: Mutex<HashMap<(String, i32), i64>>,
 }
 
 impl Logged {
@@ -59,8 +58,13 @@ impl Logged {
     pub fn new(name: &str) -> Self {
         Logged {
             name: name.to_owned(),
-            commits_done: AtomicU64::new(0),
+            high_watermarks: Mutex::default(),
         }
+    }
+
+    fn high_watermark(&self, topic: &str, partition: i32) -> Option<i64> {
+        let marks = self.high_watermarks.lock().ok()?;
+        marks.get(&(topic.to_owned(), partition)).copied().filter(|h| *h >= 0)
     }
 }
 
@@ -82,11 +86,21 @@ impl ClientContext for Logged {
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(client = %self.name, error = %error, "kafka: {reason}");
     }
+
+    fn stats(&self, statistics: Statistics) {
+        let Ok(mut marks) = self.high_watermarks.lock() else {
+            return;
+        };
+        for (topic, t) in statistics.topics {
+            for (p, partition) in t.partitions {
+                marks.insert((topic.clone(), p), partition.hi_offset);
+            }
+        }
+    }
 }
 
 impl ConsumerContext for Logged {
     fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _offsets: &TopicPartitionList) {
-        self.commits_done.fetch_add(1, Ordering::SeqCst);
         if let Err(e) = result {
             tracing::warn!(client = %self.name, error = %e, "kafka: offset commit failed; the next one catches up");
         }
@@ -117,6 +131,11 @@ impl KafkaSource {
             .set("auto.offset.reset", "earliest")
             .set("fetch.wait.max.ms", "100")
             .set("reconnect.backoff.max.ms", "2000");
+        if spec.bounded {
+            // Where a bounded partition ends is also read from the high watermarks that fetch
+            // responses carry, which the statistics report (see `KafkaReader::done`).
+            config.set("statistics.interval.ms", "100");
+        }
         for (key, value) in &spec.options {
             config.set(key, value);
         }
@@ -187,7 +206,7 @@ impl Source for KafkaSource {
                 )));
             }
         };
-        let end = if self.spec.bounded {
+        let listed_end = if self.spec.bounded {
             let (_low, high) = self
                 .consumer
                 .fetch_watermarks(topic, p, METADATA_TIMEOUT)
@@ -217,7 +236,8 @@ impl Source for KafkaSource {
             topic: topic.to_owned(),
             partition: p,
             next,
-            end,
+            listed_end,
+            end: None,
             committed: None,
             last_stray_warning: None,
             start_is_end: matches!(start, Offset::End),
@@ -248,7 +268,9 @@ struct KafkaReader {
     partition: i32,
     /// The offset after the last record returned (`None` until one is).
     next: Option<i64>,
-    /// For bounded runs, the high watermark at open: offsets below it are read, then done.
+    /// For bounded runs, the high watermark a ListOffsets request gave at open.
+    listed_end: Option<i64>,
+    /// For bounded runs, where the partition ends, once known: offsets below it are read.
     end: Option<i64>,
     /// The last offset committed to the group.
     committed: Option<i64>,
@@ -288,11 +310,32 @@ impl KafkaReader {
     }
 
     /// Whether a bounded partition has been read up to its end.
-    fn done(&self) -> bool {
+    ///
+    /// The end is the greater of the high watermark listed at open and the first one a
+    /// fetch response reports: brokers agree on both, except some Kafka-compatible ones
+    /// (Tansu 0.6) whose ListOffsets answers the last batch's base offset + 1. Until a fetch
+    /// has reported one, the partition is not done.
+    fn done(&mut self) -> bool {
+        let Some(listed) = self.listed_end else {
+            return false;
+        };
+        if self.start_is_end {
+            return true;
+        }
+        if self.end.is_none() {
+            self.end = self
+                .consumer
+                .context()
+                .high_watermark(&self.topic, self.partition)
+                .map(|fetched| fetched.max(listed));
+            if let Some(end) = self.end {
+                tracing::debug!(topic = %self.topic, partition = self.partition, listed, end, "bounded partition ends");
+            }
+        }
         let Some(end) = self.end else {
             return false;
         };
-        if self.start_is_end || self.next.is_some_and(|n| n >= end) {
+        if self.next.is_some_and(|n| n >= end) {
             return true;
         }
         // Transaction markers take offsets but never arrive as messages: the consumer's
@@ -364,24 +407,12 @@ impl PartitionReader for KafkaReader {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&self.topic, self.partition, Offset::Offset(n))
             .map_err(|e| SourceError::Config(e.to_string()))?;
-        let before = self.consumer.context().commits_done.load(Ordering::SeqCst);
+        // The final commit waits for the broker's answer, so a run that ends leaves its last
+        // offsets recorded; the others must not hold up the worker.
+        let mode = if last { CommitMode::Sync } else { CommitMode::Async };
         self.consumer
-            .commit(&tpl, CommitMode::Async)
+            .commit(&tpl, mode)
             .map_err(|e| SourceError::Transient(format!("commit of {}/{}: {e}", self.topic, self.partition)))?;
-        if last {
-            // The result arrives on the shared queue; wait for it, bounded, so a run that ends
-            // leaves its final offsets recorded (a broker that is down gets a warning instead).
-            let deadline = Instant::now() + FINAL_COMMIT_TIMEOUT;
-            while self.consumer.context().commits_done.load(Ordering::SeqCst) == before {
-                if Instant::now() >= deadline {
-                    tracing::warn!(topic = %self.topic, partition = self.partition, "the final offset commit was not acknowledged");
-                    break;
-                }
-                if let Some(Err(e)) = self.consumer.poll(Duration::from_millis(50)) {
-                    tracing::warn!(topic = %self.topic, error = %e, "kafka consumer error");
-                }
-            }
-        }
         self.committed = Some(n);
         Ok(())
     }

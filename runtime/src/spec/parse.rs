@@ -294,7 +294,7 @@ fn source(
         }
         _ => None,
     };
-    let message_keyed = matches!(spec, Some(SourceSpec::Kafka(_)));
+    let message_keyed = ty.as_deref() == Some("kafka");
     let format = format(w, t, &path, Format::ALL.as_slice()).map(|f| f.value);
     let key = key_fields(w, t, "key", &path);
     let deleted_field = w.string(t, "deleted_field", &path);
@@ -412,15 +412,25 @@ fn kafka_source(
             }
         },
     };
+    let bounded = w.bool(t, "bounded", path).is_some_and(|b| b.value);
     // Append sources resume where the group's commit says by default; upsert sources must
-    // read their whole topic, which the envelope check enforces.
+    // read their whole topic (the envelope check enforces it), and a bounded run is a
+    // backfill of what the topic holds.
     let upsert = w.string(t, "envelope", path).is_some_and(|e| e.value == "upsert");
-    let default_start = if upsert {
+    let default_start = if upsert || bounded {
         KafkaStart::Earliest
     } else {
         KafkaStart::Committed
     };
-    let bounded = w.bool(t, "bounded", path).is_some_and(|b| b.value);
+    if bounded && start == Some(Some(KafkaStart::Committed)) {
+        let at = w.key_loc(t, "start").unwrap_or_default();
+        w.problem_at(
+            at,
+            &join(path, "start"),
+            "a bounded Kafka source reads from \"earliest\" or \"latest\"; \"committed\" is for continuous runs",
+        );
+        return None;
+    }
     let options = string_table(w, t, "options", path);
     Some(KafkaSourceSpec {
         brokers: brokers?.value,
