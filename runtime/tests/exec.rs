@@ -379,3 +379,129 @@ fn positions_are_committed_only_behind_the_sinks_durable_frontier_and_finally_al
         "commits only move forward"
     );
 }
+
+/// An unbounded source that gains a second partition a moment after it starts, whose
+/// readers fail with transient errors a few times before each of their records.
+struct Growing {
+    started: Instant,
+}
+
+struct Flaky {
+    id: String,
+    failures_left: u32,
+    sent: u64,
+}
+
+impl Source for Growing {
+    fn discover(&self) -> Result<Vec<PartitionInfo>, SourceError> {
+        let mut parts = vec!["p0"];
+        if self.started.elapsed() > Duration::from_millis(500) {
+            parts.push("p1");
+        }
+        Ok(parts
+            .into_iter()
+            .map(|id| PartitionInfo {
+                id: id.into(),
+                parents: vec![],
+            })
+            .collect())
+    }
+    fn open(&self, p: &PartitionInfo, _from: &Position) -> Result<Box<dyn PartitionReader>, SourceError> {
+        Ok(Box::new(Flaky {
+            id: p.id.clone(),
+            failures_left: 3,
+            sent: 0,
+        }))
+    }
+    fn bounded(&self) -> bool {
+        false
+    }
+    fn offset_label(&self) -> &'static str {
+        "offset"
+    }
+}
+
+impl PartitionReader for Flaky {
+    fn poll(&mut self, out: &mut Vec<RawRecord>, _max: usize) -> Result<ReadState, SourceError> {
+        if self.sent == 3 {
+            return Ok(ReadState::Idle);
+        }
+        if self.failures_left > 0 {
+            self.failures_left -= 1;
+            return Err(SourceError::Transient("broker unreachable".into()));
+        }
+        self.failures_left = 3;
+        self.sent += 1;
+        out.push(RawRecord {
+            offset: self.sent,
+            key: None,
+            payload: Some(format!(r#"{{"p":"{}","n":{}}}"#, self.id, self.sent).into_bytes()),
+        });
+        Ok(ReadState::More)
+    }
+    fn position(&self) -> Position {
+        Position::Offset(self.sent)
+    }
+}
+
+struct GrowingWiring(Written);
+
+impl Wiring for GrowingWiring {
+    fn open_source(&self, _p: &Pipeline, _i: usize) -> Result<Arc<dyn Source>, SourceError> {
+        Ok(Arc::new(Growing {
+            started: Instant::now(),
+        }))
+    }
+    fn decoder(&self, _p: &Pipeline, _i: usize) -> Arc<dyn Decode> {
+        Arc::new(JsonDecoder)
+    }
+    fn open_sink(&self, target: &SinkTarget, _mode: SinkMode, _format: Format) -> Result<Box<dyn Sink>, SinkError> {
+        Ok(match target {
+            SinkTarget::Stdout => Box::new(Memory(self.0.clone(), None)),
+            _ => Box::new(Memory(Arc::default(), None)),
+        })
+    }
+    fn build<'s>(&self, _scope: Scope<'s, Time>, sources: &BTreeMap<String, Rows<'s>>) -> Built<'s> {
+        Built {
+            outputs: sources.clone(),
+            dead_letters: Vec::new(),
+        }
+    }
+}
+
+#[test]
+fn new_partitions_are_picked_up_and_transient_read_errors_are_retried() {
+    let text = "[pipeline]\nepoch_ms = 5\n[dead_letters]\ntype = \"file\"\npath = \"unused\"\n\
+                [sources.s]\ntype = \"file\"\npath = \"unused\"\nfollow = true\n\
+                [sinks.o]\ntype = \"stdout\"\ninput = \"s\"\nmode = \"append\"\n";
+    let pipeline = Arc::new(parse(Path::new("test.toml"), text, &|_| None).expect("valid pipeline"));
+    let written: Written = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let options = RunOptions {
+        workers: Some(2),
+        stop: stop.clone(),
+    };
+    let wiring = Arc::new(GrowingWiring(written.clone()));
+    let runner = std::thread::spawn(move || run(pipeline, wiring, options));
+    // Rediscovery runs every few seconds; both partitions' three records must arrive.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while written.lock().expect("lock").len() < 6 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let report = runner.join().expect("join").expect("transient errors never fail the run");
+    assert!(report.stopped);
+    let mut got: Vec<String> = written
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|(_, r, _)| r.val.to_json_string())
+        .collect();
+    got.sort();
+    let mut expected: Vec<String> = ["p0", "p1"]
+        .iter()
+        .flat_map(|p| (1..=3).map(move |n| format!(r#"{{"n":{n},"p":"{p}"}}"#)))
+        .collect();
+    expected.sort();
+    assert_eq!(got, expected, "each partition's records once, the late partition's included");
+}
