@@ -489,7 +489,10 @@ fn new_partitions_are_picked_up_and_transient_read_errors_are_retried() {
         std::thread::sleep(Duration::from_millis(20));
     }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let report = runner.join().expect("join").expect("transient errors never fail the run");
+    let report = runner
+        .join()
+        .expect("join")
+        .expect("transient errors never fail the run");
     assert!(report.stopped);
     let mut got: Vec<String> = written
         .lock()
@@ -503,5 +506,8 @@ fn new_partitions_are_picked_up_and_transient_read_errors_are_retried() {
         .flat_map(|p| (1..=3).map(move |n| format!(r#"{{"n":{n},"p":"{p}"}}"#)))
         .collect();
     expected.sort();
-    assert_eq!(got, expected, "each partition's records once, the late partition's included");
+    assert_eq!(
+        got, expected,
+        "each partition's records once, the late partition's included"
+    );
 }

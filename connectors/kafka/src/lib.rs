@@ -130,6 +130,12 @@ impl KafkaSource {
             // `committed` falls back to the oldest record when the group has no offset yet.
             .set("auto.offset.reset", "earliest")
             .set("fetch.wait.max.ms", "100")
+            // Prefetched records wait per partition (each has its own queue): librdkafka's
+            // default of 64 MiB each would make memory grow with the partition count. A small
+            // queue needs refilling often, so the wait before refetching a full queue drops from
+            // librdkafka's 1 s to 5 ms (measured: 46 k/s → 298 k/s with 2 MiB queues).
+            .set("queued.max.messages.kbytes", "2048")
+            .set("fetch.queue.backoff.ms", "5")
             .set("reconnect.backoff.max.ms", "2000");
         if spec.bounded {
             // Where a bounded partition ends is also read from the high watermarks that fetch
