@@ -16,13 +16,14 @@
 //! all of it (a bounded Kafka source) and writes the v1 errors to a fresh output topic.
 //! Records/s is records read over the wall time of the `sluice run` process.
 
+mod common;
 #[path = "../tests/kafka_support/mod.rs"]
 mod kafka_support;
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::{between, generator, list};
 use kafka_support::Broker;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -52,27 +53,13 @@ fn parse_args() -> Args {
         match a.as_str() {
             "--n" => args.n = it.next().and_then(|v| v.parse().ok()).unwrap_or(args.n),
             "--partitions" => args.partitions = it.next().and_then(|v| v.parse().ok()).unwrap_or(args.partitions),
-            "--workers" => {
-                if let Some(v) = it.next() {
-                    args.workers = v.split(',').filter_map(|w| w.parse().ok()).collect();
-                }
-            }
-            "--queue-kb" => {
-                if let Some(v) = it.next() {
-                    args.queue_kb = v.split(',').filter_map(|w| w.parse().ok()).collect();
-                }
-            }
+            "--workers" => args.workers = list(it.next()).unwrap_or(args.workers),
+            "--queue-kb" => args.queue_kb = list(it.next()).unwrap_or(args.queue_kb),
             // cargo bench passes `--bench`; ignore it and anything unknown.
             _ => {}
         }
     }
     args
-}
-
-fn generator() -> Option<PathBuf> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let script = root.parent()?.join("shared/bench/gen.py");
-    script.exists().then_some(script)
 }
 
 /// Produces every line to `topic` (the sticky partitioner spreads batches), returning the
@@ -141,10 +128,6 @@ fn pipeline(topic: &str, out: &str, queue_kb: Option<u64>) -> String {
          [nodes.v1_errors]\ntype = \"filter\"\ninput = \"reports\"\nexpr = 'status == \"error\" && protocol == \"fcm-v1\"'\n\n\
          [sinks.errors]\ntype = \"kafka\"\nbrokers = \"${{KAFKA_BROKERS}}\"\ntopic = \"{out}\"\ninput = \"v1_errors\"\nmode = \"append\"\n"
     )
-}
-
-fn between<'a>(text: &'a str, start: &str, end: &str) -> Option<&'a str> {
-    text.split(start).nth(1)?.split(end).next()
 }
 
 fn main() {

@@ -13,9 +13,13 @@
 //! on a workload written once by `../shared/bench/gen.py` into a temporary directory.
 //! Records/s is records read over wall time including start-up and the final flush.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
+
+use common::{between, generator, list};
 
 struct Args {
     n: u64,
@@ -33,27 +37,13 @@ fn parse_args() -> Args {
     while let Some(a) = it.next() {
         match a.as_str() {
             "--n" => args.n = it.next().and_then(|v| v.parse().ok()).unwrap_or(args.n),
-            "--workers" => {
-                if let Some(v) = it.next() {
-                    args.workers = v.split(',').filter_map(|w| w.parse().ok()).collect();
-                }
-            }
-            "--workload" => {
-                if let Some(v) = it.next() {
-                    args.workloads = v.split(',').map(str::to_owned).collect();
-                }
-            }
+            "--workers" => args.workers = list(it.next()).unwrap_or(args.workers),
+            "--workload" => args.workloads = list(it.next()).unwrap_or(args.workloads),
             // cargo bench passes `--bench`; ignore it and anything unknown.
             _ => {}
         }
     }
     args
-}
-
-fn generator() -> Option<PathBuf> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let script = root.parent()?.join("shared/bench/gen.py");
-    script.exists().then_some(script)
 }
 
 /// The `gen.py` workload a benchmark workload reads.
@@ -219,8 +209,4 @@ fn main() {
             );
         }
     }
-}
-
-fn between<'a>(text: &'a str, start: &str, end: &str) -> Option<&'a str> {
-    text.split(start).nth(1)?.split(end).next()
 }

@@ -11,6 +11,11 @@
 //! its end by whichever worker owns it; a parent no longer listed counts as done. The
 //! record of finished partitions is shared by the threads of one process.
 //!
+//! Commits: every sink instance publishes its durable frontier; a partition's position is
+//! committed to its source (Kafka group offsets) only once every sink's output is durable
+//! past the epoch that position was read in. Transient read errors are retried with
+//! backoff, never fatal.
+//!
 //! Backpressure: a worker stops reading while its sinks' frontier is more than
 //! [`MAX_EPOCHS_IN_FLIGHT`] epochs behind its inputs, so a fast file cannot flood memory.
 //!

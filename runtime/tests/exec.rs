@@ -99,24 +99,36 @@ impl Sink for Memory {
     }
 }
 
+/// A wiring with one source for every declared source and the graph as the identity: the
+/// `stdout` sinks get `sink(target)`'s sink, other targets (the dead-letter file) a memory
+/// sink nothing should reach.
 struct TestWiring {
-    written: Written,
+    source: Box<dyn Fn() -> Arc<dyn Source> + Send + Sync>,
+    sink: Box<dyn Fn() -> Box<dyn Sink> + Send + Sync>,
+}
+
+impl TestWiring {
+    /// The `Shards` source, writing every sink's updates to `written`.
+    fn shards(written: Written) -> Self {
+        TestWiring {
+            source: Box::new(|| Arc::new(Shards)),
+            sink: Box::new(move || Box::new(Memory(written.clone(), None))),
+        }
+    }
 }
 
 impl Wiring for TestWiring {
     fn open_source(&self, _p: &Pipeline, _i: usize) -> Result<Arc<dyn Source>, SourceError> {
-        Ok(Arc::new(Shards))
+        Ok((self.source)())
     }
     fn decoder(&self, _p: &Pipeline, _i: usize) -> Arc<dyn Decode> {
         Arc::new(JsonDecoder)
     }
     fn open_sink(&self, target: &SinkTarget, _mode: SinkMode, _format: Format) -> Result<Box<dyn Sink>, SinkError> {
-        let sink = match target {
-            SinkTarget::Stdout | SinkTarget::Discard | SinkTarget::Kafka(_) => Memory(self.written.clone(), None),
-            // The dead-letter output: nothing should reach it.
-            SinkTarget::File { .. } => Memory(Arc::default(), None),
-        };
-        Ok(Box::new(sink))
+        Ok(match target {
+            SinkTarget::File { .. } => Box::new(Memory(Arc::default(), None)),
+            _ => (self.sink)(),
+        })
     }
     fn build<'s>(&self, _scope: Scope<'s, Time>, sources: &BTreeMap<String, Rows<'s>>) -> Built<'s> {
         Built {
@@ -132,9 +144,7 @@ fn a_child_partition_starts_after_its_parents_finish() {
                 [sources.s]\ntype = \"file\"\npath = \"unused\"\n[sinks.o]\ntype = \"stdout\"\ninput = \"s\"\nmode = \"append\"\n";
     let pipeline = Arc::new(parse(Path::new("test.toml"), text, &|_| None).expect("valid pipeline"));
     let written: Written = Arc::default();
-    let wiring = Arc::new(TestWiring {
-        written: written.clone(),
-    });
+    let wiring = Arc::new(TestWiring::shards(written.clone()));
     // Two workers: the parent is read by worker 0 and the child by worker 1.
     let options = RunOptions {
         workers: Some(2),
@@ -168,9 +178,7 @@ fn a_parallel_sink_gets_every_update_once_across_its_instances() {
                 [sources.s]\ntype = \"file\"\npath = \"unused\"\n[sinks.o]\ntype = \"discard\"\ninput = \"s\"\nmode = \"append\"\n";
     let pipeline = Arc::new(parse(Path::new("test.toml"), text, &|_| None).expect("valid pipeline"));
     let written: Written = Arc::default();
-    let wiring = Arc::new(TestWiring {
-        written: written.clone(),
-    });
+    let wiring = Arc::new(TestWiring::shards(written.clone()));
     let options = RunOptions {
         workers: Some(3),
         stop: Arc::new(AtomicBool::new(false)),
@@ -198,9 +206,7 @@ fn a_source_started_after_another_reads_only_once_it_ended_and_never_at_an_earli
                 [sinks.e]\ntype = \"stdout\"\ninput = \"events\"\nmode = \"append\"\n";
     let pipeline = Arc::new(parse(Path::new("test.toml"), text, &|_| None).expect("valid pipeline"));
     let written: Written = Arc::default();
-    let wiring = Arc::new(TestWiring {
-        written: written.clone(),
-    });
+    let wiring = Arc::new(TestWiring::shards(written.clone()));
     // Two workers: each reads one partition of each source, so the table's slow partition
     // and the events are read by different workers.
     let options = RunOptions {
@@ -327,29 +333,6 @@ impl Sink for Lagging {
     }
 }
 
-struct LedgerWiring(Arc<Mutex<Ledger>>);
-
-impl Wiring for LedgerWiring {
-    fn open_source(&self, _p: &Pipeline, _i: usize) -> Result<Arc<dyn Source>, SourceError> {
-        Ok(Arc::new(Counted(self.0.clone())))
-    }
-    fn decoder(&self, _p: &Pipeline, _i: usize) -> Arc<dyn Decode> {
-        Arc::new(JsonDecoder)
-    }
-    fn open_sink(&self, target: &SinkTarget, _mode: SinkMode, _format: Format) -> Result<Box<dyn Sink>, SinkError> {
-        Ok(match target {
-            SinkTarget::Stdout => Box::new(Lagging(self.0.clone(), None)),
-            _ => Box::new(Memory(Arc::default(), None)),
-        })
-    }
-    fn build<'s>(&self, _scope: Scope<'s, Time>, sources: &BTreeMap<String, Rows<'s>>) -> Built<'s> {
-        Built {
-            outputs: sources.clone(),
-            dead_letters: Vec::new(),
-        }
-    }
-}
-
 #[test]
 fn positions_are_committed_only_behind_the_sinks_durable_frontier_and_finally_all() {
     let text = "[pipeline]\nepoch_ms = 2\n[dead_letters]\ntype = \"file\"\npath = \"unused\"\n\
@@ -360,7 +343,12 @@ fn positions_are_committed_only_behind_the_sinks_durable_frontier_and_finally_al
         workers: Some(1),
         stop: Arc::new(AtomicBool::new(false)),
     };
-    run(pipeline, Arc::new(LedgerWiring(ledger.clone())), options).expect("run");
+    let (for_source, for_sink) = (ledger.clone(), ledger.clone());
+    let wiring = TestWiring {
+        source: Box::new(move || Arc::new(Counted(for_source.clone()))),
+        sink: Box::new(move || Box::new(Lagging(for_sink.clone(), None))),
+    };
+    run(pipeline, Arc::new(wiring), options).expect("run");
     let ledger = ledger.lock().expect("lock");
     assert_eq!(ledger.written.len(), 2_000);
     let (last, intermediate) = ledger.commits.split_last().expect("commits");
@@ -444,31 +432,6 @@ impl PartitionReader for Flaky {
     }
 }
 
-struct GrowingWiring(Written);
-
-impl Wiring for GrowingWiring {
-    fn open_source(&self, _p: &Pipeline, _i: usize) -> Result<Arc<dyn Source>, SourceError> {
-        Ok(Arc::new(Growing {
-            started: Instant::now(),
-        }))
-    }
-    fn decoder(&self, _p: &Pipeline, _i: usize) -> Arc<dyn Decode> {
-        Arc::new(JsonDecoder)
-    }
-    fn open_sink(&self, target: &SinkTarget, _mode: SinkMode, _format: Format) -> Result<Box<dyn Sink>, SinkError> {
-        Ok(match target {
-            SinkTarget::Stdout => Box::new(Memory(self.0.clone(), None)),
-            _ => Box::new(Memory(Arc::default(), None)),
-        })
-    }
-    fn build<'s>(&self, _scope: Scope<'s, Time>, sources: &BTreeMap<String, Rows<'s>>) -> Built<'s> {
-        Built {
-            outputs: sources.clone(),
-            dead_letters: Vec::new(),
-        }
-    }
-}
-
 #[test]
 fn new_partitions_are_picked_up_and_transient_read_errors_are_retried() {
     let text = "[pipeline]\nepoch_ms = 5\n[dead_letters]\ntype = \"file\"\npath = \"unused\"\n\
@@ -481,7 +444,15 @@ fn new_partitions_are_picked_up_and_transient_read_errors_are_retried() {
         workers: Some(2),
         stop: stop.clone(),
     };
-    let wiring = Arc::new(GrowingWiring(written.clone()));
+    let sink_to = written.clone();
+    let wiring = Arc::new(TestWiring {
+        source: Box::new(|| {
+            Arc::new(Growing {
+                started: Instant::now(),
+            })
+        }),
+        sink: Box::new(move || Box::new(Memory(sink_to.clone(), None))),
+    });
     let runner = std::thread::spawn(move || run(pipeline, wiring, options));
     // Rediscovery runs every few seconds; both partitions' three records must arrive.
     let deadline = Instant::now() + Duration::from_secs(30);
