@@ -42,9 +42,15 @@ struct Running(Child);
 impl Running {
     fn start(dir: &Path, toml: &str, broker: &Broker) -> Running {
         std::fs::write(dir.join("pipeline.toml"), toml).expect("write pipeline");
+        Running::file(&dir.join("pipeline.toml"), broker)
+    }
+
+    /// Runs the pipeline file `file`, in its directory.
+    fn file(file: &Path, broker: &Broker) -> Running {
         let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["run", "--quiet", "pipeline.toml"])
-            .current_dir(dir)
+            .args(["run", "--quiet"])
+            .arg(file)
+            .current_dir(file.parent().expect("the pipeline's directory"))
             .env("KAFKA_BROKERS", &broker.brokers)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -466,4 +472,51 @@ fn a_broker_outage_mid_run_loses_nothing() {
     let expected: Vec<u64> = (0..502_000).filter(|n| n % 2 == 0).collect();
     assert_eq!(unique, expected, "no record lost across the outage");
     assert_eq!(got.len(), unique.len(), "the idempotent producer wrote no duplicates");
+}
+
+#[test]
+fn the_delivery_kafka_example_loads_and_runs_like_the_file_example() {
+    let broker = Broker::start();
+    let load = Command::new(root().join("scripts/kafka-load-examples"))
+        .env("KAFKA_BROKERS", &broker.brokers)
+        .env("SLUICE", env!("CARGO_BIN_EXE_sluice"))
+        .env("SLUICE_TANSU", kafka_support::tansu())
+        .output()
+        .expect("run the loader");
+    assert!(load.status.success(), "{}", String::from_utf8_lossy(&load.stderr));
+
+    // The file example, for the expected outputs.
+    let file_dir = tempfile::tempdir().expect("tempdir");
+    for f in ["pipeline.toml", "reports.jsonl"] {
+        std::fs::copy(root().join("examples/delivery").join(f), file_dir.path().join(f)).expect("copy");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--quiet", "pipeline.toml"])
+        .current_dir(file_dir.path())
+        .output()
+        .expect("run the file example");
+    assert!(out.status.success());
+    let stdout: Vec<Json> = String::from_utf8_lossy(&out.stdout).lines().map(json).collect();
+    let expected_stats = final_upsert_state(&read_jsonl(&file_dir.path().join("out/error_stats.jsonl")));
+
+    let run = Running::file(&root().join("examples/delivery-kafka/pipeline.toml"), &broker);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while topic_state(&broker.read_all("delivery-error-stats")) != expected_stats {
+        assert!(Instant::now() < deadline, "the error statistics never matched the file example's");
+    }
+    run.stop();
+
+    // Unsubscribes and alerts go to stdout in the file example, to two topics here.
+    let mut from_kafka = topic_state(&broker.read_all("delivery-unsubscribes"));
+    from_kafka.extend(topic_state(&broker.read_all("delivery-alerts")));
+    assert_eq!(from_kafka, final_upsert_state(&stdout));
+    assert_eq!(
+        topic_state(&broker.read_all("delivery-token-replacements")),
+        final_upsert_state(&read_jsonl(&file_dir.path().join("out/token_replacements.jsonl")))
+    );
+    // The report without a push token is a dead letter of the node, in the topic; the
+    // one that is not JSON never left the loader.
+    let dead = broker.read_all("delivery-dead-letters");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(dead[0].value.as_deref().is_some_and(|v| v.contains("m-notoken")));
 }
