@@ -502,7 +502,10 @@ fn the_delivery_kafka_example_loads_and_runs_like_the_file_example() {
     let run = Running::file(&root().join("examples/delivery-kafka/pipeline.toml"), &broker);
     let deadline = Instant::now() + Duration::from_secs(60);
     while topic_state(&broker.read_all("delivery-error-stats")) != expected_stats {
-        assert!(Instant::now() < deadline, "the error statistics never matched the file example's");
+        assert!(
+            Instant::now() < deadline,
+            "the error statistics never matched the file example's"
+        );
     }
     run.stop();
 

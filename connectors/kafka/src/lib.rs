@@ -113,6 +113,8 @@ type Client = BaseConsumer<Logged>;
 pub struct KafkaSource {
     spec: KafkaSourceSpec,
     consumer: Arc<Client>,
+    /// The partitions of the first discovery; any other was created while the pipeline ran.
+    initial: Mutex<Option<Vec<String>>>,
 }
 
 impl KafkaSource {
@@ -151,7 +153,18 @@ impl KafkaSource {
         Ok(KafkaSource {
             spec: spec.clone(),
             consumer: Arc::new(consumer),
+            initial: Mutex::new(None),
         })
+    }
+}
+
+impl KafkaSource {
+    fn created_while_running(&self, id: &str) -> bool {
+        self.initial
+            .lock()
+            .ok()
+            .and_then(|initial| initial.as_ref().map(|ids| !ids.iter().any(|i| i == id)))
+            .unwrap_or(false)
     }
 }
 
@@ -194,6 +207,9 @@ impl Source for KafkaSource {
                 parents: Vec::new(),
             }));
         }
+        if let Ok(mut initial) = self.initial.lock() {
+            initial.get_or_insert_with(|| found.iter().map(|p| p.id.clone()).collect());
+        }
         Ok(found)
     }
 
@@ -201,6 +217,11 @@ impl Source for KafkaSource {
         let (topic, p) = split_id(&partition.id)?;
         let start = match from {
             Position::Offset(n) => Offset::Offset(*n as i64),
+            // A partition created while the pipeline runs is read from its first record:
+            // `latest` would skip what was written before it was discovered.
+            Position::Start if self.spec.start == KafkaStart::Latest && self.created_while_running(&partition.id) => {
+                Offset::Beginning
+            }
             Position::Start => match self.spec.start {
                 KafkaStart::Earliest => Offset::Beginning,
                 KafkaStart::Latest => Offset::End,

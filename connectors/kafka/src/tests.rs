@@ -128,3 +128,28 @@ fn partition_ids_round_trip_even_with_slashes_in_topics() {
     assert_eq!(split_id(&partition_id("a/b", 12)).ok(), Some(("a/b", 12)));
     assert!(split_id("no-partition").is_err());
 }
+
+#[test]
+fn a_partition_created_while_running_is_read_from_its_start_even_with_latest() {
+    let c = cluster("grows", 2, 3);
+    let source =
+        KafkaSource::new(&spec(&c.bootstrap_servers(), "grows", KafkaStart::Latest, true), "s").expect("source");
+    let parts = source.discover().expect("discover");
+    // As if partition 1 had been created after the first discovery (the mock cluster
+    // cannot add partitions to a topic).
+    *source.initial.lock().expect("lock") = Some(vec![partition_id("grows", 0)]);
+    let mut old = source.open(&parts[0], &Position::Start).expect("open");
+    let (records, state) = read(old.as_mut(), usize::MAX);
+    assert_eq!(
+        (records.len(), state),
+        (0, ReadState::Finished),
+        "latest skips what existed at start"
+    );
+    let mut new = source.open(&parts[1], &Position::Start).expect("open");
+    let (records, state) = read(new.as_mut(), usize::MAX);
+    assert_eq!(
+        (records.len(), state),
+        (3, ReadState::Finished),
+        "a new partition is read whole"
+    );
+}
