@@ -266,7 +266,7 @@ impl Source for KafkaSource {
             listed_end,
             end: None,
             committed: None,
-            last_stray_warning: None,
+            last_error_warning: None,
             start_is_end: matches!(start, Offset::End),
         }))
     }
@@ -301,7 +301,7 @@ struct KafkaReader {
     end: Option<i64>,
     /// The last offset committed to the group.
     committed: Option<i64>,
-    last_stray_warning: Option<Instant>,
+    last_error_warning: Option<Instant>,
     /// A bounded partition that starts at `latest` has nothing to read.
     start_is_end: bool,
 }
@@ -316,10 +316,10 @@ impl KafkaReader {
                 None => return Ok(()),
                 Some(Err(e)) => {
                     if self
-                        .last_stray_warning
+                        .last_error_warning
                         .is_none_or(|t| t.elapsed() > Duration::from_secs(5))
                     {
-                        self.last_stray_warning = Some(Instant::now());
+                        self.last_error_warning = Some(Instant::now());
                         tracing::warn!(topic = %self.topic, error = %e, "kafka consumer error; retrying");
                     }
                 }
