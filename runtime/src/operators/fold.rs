@@ -22,13 +22,19 @@
 //! `reduce`, whose state is the history, not a summary.
 //!
 //! Checkpoints: [`keyed_fold_core`](KeyedFold::keyed_fold_core) returns a [`FoldState`] handle
-//! on the worker's state. It can read (`len`, `snapshot`) today; a `restore` would seed the map
-//! and emit `render` of every restored key at the restore time, which is all a checkpoint needs.
+//! on the worker's state (`len`, `snapshot`). [`keyed_fold_checkpointed`](KeyedFold::keyed_fold_checkpointed)
+//! also takes a [`FoldCheckpoint`]: when a cut at frontier `T` is requested, the operator copies
+//! its state as of `T` — every time before `T` applied, none after — whatever the frontier
+//! does in between; and a fold started from a restored state emits `render` of every
+//! restored key it owns at the restore time, which is all downstream operators need to
+//! rebuild (docs/decisions.md, "Checkpoints").
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
 use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use differential_dataflow::{AsCollection, Data, ExchangeData, Hashable, VecCollection};
 use timely::container::CapacityContainerBuilder;
@@ -84,6 +90,21 @@ pub trait KeyedFold<'s, K, E>: Sized {
         O: Data,
         F: FnMut(&K, &mut Option<S>, E) + 'static,
         R: FnMut(&K, &S) -> Option<O> + 'static;
+
+    /// As [`keyed_fold_core`](KeyedFold::keyed_fold_core), with its state cut at requested
+    /// frontiers and started from `checkpoint`'s restored state, if any.
+    fn keyed_fold_checkpointed<S, O, F, R>(
+        self,
+        name: &str,
+        fold: F,
+        render: R,
+        checkpoint: &FoldCheckpoint<K, S>,
+    ) -> (VecCollection<'s, Time, O, Diff>, FoldState<K, S>)
+    where
+        S: Clone + 'static,
+        O: Data,
+        F: FnMut(&K, &mut Option<S>, E) + 'static,
+        R: FnMut(&K, &S) -> Option<O> + 'static;
 }
 
 impl<'s, K, E> KeyedFold<'s, K, E> for StreamVec<'s, Time, (K, E)>
@@ -108,8 +129,31 @@ where
             name,
             |(k, _): &(K, E)| k.hashed(),
             |(k, e), time| Some((k, e, time, 1)),
-            fold,
-            render,
+            (fold, render),
+            None,
+        )
+    }
+
+    fn keyed_fold_checkpointed<S, O, F, R>(
+        self,
+        name: &str,
+        fold: F,
+        render: R,
+        checkpoint: &FoldCheckpoint<K, S>,
+    ) -> (VecCollection<'s, Time, O, Diff>, FoldState<K, S>)
+    where
+        S: Clone + 'static,
+        O: Data,
+        F: FnMut(&K, &mut Option<S>, E) + 'static,
+        R: FnMut(&K, &S) -> Option<O> + 'static,
+    {
+        fold_operator(
+            self,
+            name,
+            |(k, _): &(K, E)| k.hashed(),
+            |(k, e), time| Some((k, e, time, 1)),
+            (fold, render),
+            Some(checkpoint.clone()),
         )
     }
 }
@@ -136,8 +180,31 @@ where
             name,
             |((k, _), _, _): &((K, E), Time, Diff)| k.hashed(),
             |((k, e), time, diff), _| usize::try_from(diff).ok().filter(|&n| n > 0).map(|n| (k, e, time, n)),
-            fold,
-            render,
+            (fold, render),
+            None,
+        )
+    }
+
+    fn keyed_fold_checkpointed<S, O, F, R>(
+        self,
+        name: &str,
+        fold: F,
+        render: R,
+        checkpoint: &FoldCheckpoint<K, S>,
+    ) -> (VecCollection<'s, Time, O, Diff>, FoldState<K, S>)
+    where
+        S: Clone + 'static,
+        O: Data,
+        F: FnMut(&K, &mut Option<S>, E) + 'static,
+        R: FnMut(&K, &S) -> Option<O> + 'static,
+    {
+        fold_operator(
+            self.inner,
+            name,
+            |((k, _), _, _): &((K, E), Time, Diff)| k.hashed(),
+            |((k, e), time, diff), _| usize::try_from(diff).ok().filter(|&n| n > 0).map(|n| (k, e, time, n)),
+            (fold, render),
+            Some(checkpoint.clone()),
         )
     }
 }
@@ -176,6 +243,75 @@ impl<K: Ord + Clone, S: Clone> FoldState<K, S> {
     }
 }
 
+/// Requests for cuts: the newest frontier a checkpoint was requested at (0: none yet).
+///
+/// One per process, shared by every stateful operator of every worker. It must be set
+/// before any input reaches the requested frontier, so that no operator has passed it.
+#[derive(Clone, Default)]
+pub struct CutRequests(Arc<AtomicU64>);
+
+impl CutRequests {
+    /// Requests a cut of every stateful operator's state at `frontier`.
+    pub fn request(&self, frontier: Time) {
+        self.0.fetch_max(frontier, Ordering::SeqCst);
+    }
+
+    /// The newest requested frontier, if any.
+    pub fn latest(&self) -> Option<Time> {
+        Some(self.0.load(Ordering::SeqCst)).filter(|t| *t > 0)
+    }
+}
+
+/// A fold's state as saved: every key's state, sorted by key.
+pub type SavedState<K, S> = Vec<(K, S)>;
+
+/// A saved state and the frontier it was cut at, to start a fold from.
+pub type Restore<K, S> = Option<(Time, SavedState<K, S>)>;
+
+/// One worker's checkpoint hooks of one fold: cuts taken, and the state to start from.
+pub struct FoldCheckpoint<K, S> {
+    requests: CutRequests,
+    taken: Rc<RefCell<BTreeMap<Time, SavedState<K, S>>>>,
+    restore: Rc<RefCell<Restore<K, S>>>,
+    /// Copies a worker's state, sorted by key (so only checkpointed folds need `Clone`).
+    copy: fn(&HashMap<K, S>) -> SavedState<K, S>,
+}
+
+impl<K, S> Clone for FoldCheckpoint<K, S> {
+    fn clone(&self) -> Self {
+        FoldCheckpoint {
+            requests: self.requests.clone(),
+            taken: Rc::clone(&self.taken),
+            restore: Rc::clone(&self.restore),
+            copy: self.copy,
+        }
+    }
+}
+
+impl<K: Ord + Clone, S: Clone> FoldCheckpoint<K, S> {
+    /// Hooks that cut at `requests`; `restore` is a saved state and the time it was cut at
+    /// (all workers may be given all of it: each keeps the keys it owns).
+    pub fn new(requests: CutRequests, restore: Restore<K, S>) -> Self {
+        FoldCheckpoint {
+            requests,
+            taken: Rc::default(),
+            restore: Rc::new(RefCell::new(restore)),
+            copy: |map| {
+                let mut all: SavedState<K, S> = map.iter().map(|(k, s)| (k.clone(), s.clone())).collect();
+                all.sort_by(|a, b| a.0.cmp(&b.0));
+                all
+            },
+        }
+    }
+}
+
+impl<K, S> FoldCheckpoint<K, S> {
+    /// Removes and returns the state cut at `frontier`, once the operator has taken it.
+    pub fn take(&self, frontier: Time) -> Option<SavedState<K, S>> {
+        self.taken.borrow_mut().remove(&frontier)
+    }
+}
+
 /// Events of one time waiting for the frontier: the capability to emit at that time, and the
 /// events as `(key, event, repetitions)`.
 type Pending<K, E> = BTreeMap<Time, (Capability<Time>, Vec<(K, E, usize)>)>;
@@ -187,8 +323,8 @@ fn fold_operator<'s, D, K, E, S, O, F, R>(
     name: &str,
     route: impl Fn(&D) -> u64 + 'static,
     mut split: impl FnMut(D, Time) -> Option<(K, E, Time, usize)> + 'static,
-    mut fold: F,
-    mut render: R,
+    (mut fold, mut render): (F, R),
+    checkpoint: Option<FoldCheckpoint<K, S>>,
 ) -> (VecCollection<'s, Time, O, Diff>, FoldState<K, S>)
 where
     D: ExchangeData,
@@ -203,15 +339,35 @@ where
         map: Rc::new(RefCell::new(HashMap::new())),
     };
     let handle = state.clone();
+    let (index, peers) = (stream.scope().index(), stream.scope().peers());
     let stream = stream.unary_frontier::<CapacityContainerBuilder<Vec<(O, Time, Diff)>>, _, _, _>(
         Exchange::new(move |d: &D| route(d)),
         name,
         // The default capability is dropped at once: the operator holds capabilities only for
         // times with pending events, so an idle fold never holds back its output frontier.
-        move |_default, _info| {
+        // A restored fold keeps it until its first activation, to emit the restored state.
+        move |default, _info| {
             let mut pending: Pending<K, E> = BTreeMap::new();
+            let restore = checkpoint.as_ref().and_then(|c| c.restore.borrow_mut().take());
+            let mut restore = restore.map(|(time, pairs)| (default.delayed(&time), pairs));
+            // A fold cuts each requested frontier once, from the newest it has restored or cut.
+            let mut last_cut: Time = restore.as_ref().map_or(0, |(cap, _)| *cap.time());
             move |(input, frontier), output| {
                 let port = output.output_index();
+                if let Some((cap, pairs)) = restore.take() {
+                    let mut map = state.map.borrow_mut();
+                    let mut session = output.session(&cap);
+                    for (key, s) in pairs {
+                        // Every worker is given the whole state; it keeps the keys routed to it.
+                        if (key.hashed() % peers as u64) as usize != index {
+                            continue;
+                        }
+                        if let Some(rendered) = render(&key, &s) {
+                            session.give((rendered, *cap.time(), 1));
+                        }
+                        map.insert(key, s);
+                    }
+                }
                 input.for_each_stamp(|cap, containers| {
                     // Only messages sent under no capability lack a time; they make no progress
                     // claims and nothing in the engine sends them, so they cannot be placed.
@@ -233,9 +389,24 @@ where
                 });
 
                 let mut map = state.map.borrow_mut();
+                let cut_at = checkpoint
+                    .as_ref()
+                    .and_then(|c| c.requests.latest())
+                    .filter(|t| *t > last_cut);
+                let cut = |map: &HashMap<K, S>, at: Time| {
+                    if let Some(c) = &checkpoint {
+                        c.taken.borrow_mut().insert(at, (c.copy)(map));
+                    }
+                };
                 while let Some(ready) = pending.first_entry() {
                     if frontier.less_equal(ready.key()) {
                         break;
+                    }
+                    // The state before the first time at or after a requested frontier is
+                    // the state as of that frontier.
+                    if let Some(at) = cut_at.filter(|at| *ready.key() >= *at && *at > last_cut) {
+                        cut(&map, at);
+                        last_cut = at;
                     }
                     let (time, (cap, mut events)) = ready.remove_entry();
                     events.sort_unstable_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
@@ -262,6 +433,11 @@ where
                         }
                     }
                     // `cap` drops here, releasing the time.
+                }
+                // No events at or after the frontier yet, but every time before it is applied.
+                if let Some(at) = cut_at.filter(|at| *at > last_cut && !frontier.less_equal(at)) {
+                    cut(&map, at);
+                    last_cut = at;
                 }
             }
         },
