@@ -167,10 +167,22 @@ impl Wiring for SluiceWiring {
         }
     }
 
-    fn open_sink(&self, target: &SinkTarget, mode: SinkMode, format: Format) -> Result<Box<dyn Sink>, SinkError> {
+    fn open_sink(
+        &self,
+        target: &SinkTarget,
+        mode: SinkMode,
+        format: Format,
+        resume: Option<&[u8]>,
+    ) -> Result<Box<dyn Sink>, SinkError> {
         let encoder = formats::encoder(format);
         match target {
-            SinkTarget::File { path } => Ok(Box::new(JsonLinesSink::create(path, mode)?.with_encoder(encoder))),
+            SinkTarget::File { path } => {
+                let sink = match resume {
+                    Some(position) => JsonLinesSink::resume(path, mode, position)?,
+                    None => JsonLinesSink::create(path, mode)?,
+                };
+                Ok(Box::new(sink.with_encoder(encoder)))
+            }
             SinkTarget::Stdout => Ok(Box::new(JsonLinesSink::stdout(mode).with_encoder(encoder))),
             SinkTarget::Discard => Ok(Box::new(Discard)),
             SinkTarget::Kafka(k) => Ok(Box::new(KafkaSink::new(k, mode, encoder, &k.topic)?)),

@@ -49,6 +49,11 @@ fn kafka_sources_and_sinks_are_checked() {
 }
 
 #[test]
+fn checkpoints_refuse_nodes_whose_state_they_cannot_restore() {
+    assert_golden("validate/checkpoints.txt", &problems_of("checkpoints"));
+}
+
+#[test]
 fn missing_environment_variables_are_errors() {
     assert_golden("validate/env.txt", &problems_of("env"));
 }

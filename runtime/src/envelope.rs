@@ -2,7 +2,7 @@
 
 use timely::dataflow::StreamVec;
 
-use crate::operators::fold::KeyedFold;
+use crate::operators::fold::{FoldCheckpoint, KeyedFold};
 use crate::record::{Pos, Row, Rows, Time};
 use crate::value::Value;
 
@@ -19,4 +19,20 @@ pub fn upsert<'s>(stream: StreamVec<'s, Time, (Value, (Pos, Option<Value>))>, na
         |_key, state: &mut Option<Value>, (_pos, value): (Pos, Option<Value>)| *state = value,
         |key, value: &Value| Some(Row::derived(key.clone(), value.clone())),
     )
+}
+
+/// As [`upsert`], with the table cut at checkpoint frontiers and started from a restored one.
+pub fn upsert_checkpointed<'s>(
+    stream: StreamVec<'s, Time, (Value, (Pos, Option<Value>))>,
+    name: &str,
+    hooks: &FoldCheckpoint<Value, Value>,
+) -> Rows<'s> {
+    stream
+        .keyed_fold_checkpointed(
+            &format!("Upsert: {name}"),
+            |_key, state: &mut Option<Value>, (_pos, value): (Pos, Option<Value>)| *state = value,
+            |key, value: &Value| Some(Row::derived(key.clone(), value.clone())),
+            hooks,
+        )
+        .0
 }

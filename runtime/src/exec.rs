@@ -35,8 +35,10 @@ use timely::dataflow::{ProbeHandle, Scope};
 
 use crate::envelope;
 use crate::ingest::{Decode, Ingested, Ingester};
+use crate::operators::fold::FoldCheckpoint;
 use crate::record::{DeadLetter, DeadLetters, Diff, Pos, Row, Rows, Time};
-use crate::sink::{Sink, SinkError, sink_rows};
+use crate::recovery::{Checkpointer, Positions, Tables};
+use crate::sink::{Sink, SinkError, SinkRecovery, sink_rows};
 use crate::source::{PartitionInfo, PartitionReader, Position, RawRecord, ReadState, Source, SourceError, assign};
 use crate::spec::{Envelope, Format, Pipeline, SinkMode, SinkTarget};
 use crate::value::Value;
@@ -62,8 +64,15 @@ pub trait Wiring: Send + Sync + 'static {
     /// The decoder of the source declared at `index`: its format's, or one with a filter
     /// pushed down from the nodes that read it.
     fn decoder(&self, pipeline: &Pipeline, index: usize) -> Arc<dyn Decode>;
-    /// Opens a sink (on worker 0 only).
-    fn open_sink(&self, target: &SinkTarget, mode: SinkMode, format: Format) -> Result<Box<dyn Sink>, SinkError>;
+    /// Opens a sink (on worker 0 only); `resume` is what the sink's
+    /// [`checkpoint`](Sink::checkpoint) returned in the checkpoint the run restarts from.
+    fn open_sink(
+        &self,
+        target: &SinkTarget,
+        mode: SinkMode,
+        format: Format,
+        resume: Option<&[u8]>,
+    ) -> Result<Box<dyn Sink>, SinkError>;
     /// Renders the graph nodes over the source collections, returning every referencable
     /// output (by reference name) and the dead letters the nodes produce.
     fn build<'s>(&self, scope: Scope<'s, Time>, sources: &BTreeMap<String, Rows<'s>>) -> Built<'s>;
@@ -104,6 +113,9 @@ pub enum RunError {
     /// timely could not start or a worker failed.
     #[error("{0}")]
     Workers(String),
+    /// Checkpoints could not be read or written.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
 }
 
 /// What a finished run did.
@@ -373,6 +385,18 @@ pub fn run<W: Wiring>(pipeline: Arc<Pipeline>, wiring: Arc<W>, options: RunOptio
     let workers = options.workers.unwrap_or(pipeline.workers).max(1);
     let slots = SinkSlots::new(&pipeline, workers);
     let status = Arc::new(RunStatus::new(slots.total()));
+    let checkpoints = match &pipeline.checkpoint_dir {
+        Some(dir) => Some(Arc::new(
+            Checkpointer::open(
+                dir,
+                &pipeline.name,
+                Duration::from_millis(pipeline.checkpoint_interval_ms),
+                (workers, slots.total()),
+            )
+            .map_err(|e| RunError::Checkpoint(e.to_string()))?,
+        )),
+        None => None,
+    };
     let ctx = Arc::new(Ctx {
         pipeline,
         wiring,
@@ -382,6 +406,7 @@ pub fn run<W: Wiring>(pipeline: Arc<Pipeline>, wiring: Arc<W>, options: RunOptio
         status: status.clone(),
         stop: options.stop.clone(),
         slots,
+        checkpoints,
     });
 
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
@@ -419,6 +444,7 @@ struct Ctx<W> {
     status: Arc<RunStatus>,
     stop: Arc<AtomicBool>,
     slots: SinkSlots,
+    checkpoints: Option<Arc<Checkpointer>>,
 }
 
 /// Where each sink's instances publish their durable frontier in [`RunStatus`]: a
@@ -517,6 +543,11 @@ impl SourceInput {
     }
 }
 
+/// A partition queued until its parents (or the sources it starts after) are done.
+type Waiting = (usize, u32, PartitionInfo);
+/// Per upsert source, this worker's fold hooks.
+type TableHooks = (String, FoldCheckpoint<Value, Value>);
+
 /// A partition this worker reads.
 struct Assigned {
     source: usize,
@@ -531,9 +562,28 @@ struct Assigned {
     /// may be committed once the sinks' output is durable past its epoch.
     marks: VecDeque<(Time, Position)>,
     last_commit: Instant,
+    /// As `marks`, kept until a checkpoint past them is written, with the position before
+    /// the oldest: the partition's position at any frontier a checkpoint may ask for.
+    history: VecDeque<(Time, Position)>,
+    base: Position,
 }
 
 impl Assigned {
+    /// The position after every record read in epochs before `frontier`.
+    fn position_at(&self, frontier: Time) -> Position {
+        self.history
+            .iter()
+            .rev()
+            .find(|(e, _)| *e < frontier)
+            .map_or_else(|| self.base.clone(), |(_, p)| p.clone())
+    }
+
+    /// Forgets the history a written checkpoint at `frontier` no longer needs.
+    fn prune_history(&mut self, frontier: Time) {
+        self.base = self.position_at(frontier);
+        self.history.retain(|(e, _)| *e >= frontier);
+    }
+
     /// Commits the newest position whose records all lie before the durable frontier
     /// (`None`: everything is durable), at most every [`COMMIT_EVERY`] unless `now_or_never`.
     fn commit_durable(&mut self, durable: Option<Time>, now_or_never: bool) -> Result<(), SourceError> {
@@ -571,7 +621,12 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
     let peers = worker.peers();
     let p = &ctx.pipeline;
     let probe = ProbeHandle::new();
-    let mut epoch = now_ms();
+    let checkpoints = ctx.checkpoints.clone();
+    let restored = checkpoints.as_ref().and_then(|c| c.restored().cloned());
+    // Restored state is emitted at the checkpoint's frontier; new input comes after it.
+    let mut epoch = now_ms().max(restored.as_ref().map_or(0, |r| r.frontier + 1));
+    // Per upsert source, this worker's fold hooks (checkpointed runs only).
+    let mut tables: Vec<TableHooks> = Vec::new();
     // Records read per epoch, for the epochs the outputs have not passed yet.
     let mut in_flight: VecDeque<(Time, usize)> = VecDeque::new();
     // Every instance of a sink reports its close: one per single-writer sink, one per worker
@@ -591,7 +646,20 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
                 }
                 Envelope::Upsert { .. } => {
                     let (handle, stream) = scope.new_input::<(Value, (Pos, Option<Value>))>();
-                    (SourceInput::Upsert(handle), envelope::upsert(stream, &decl.name.value))
+                    let name = &decl.name.value;
+                    let rows = match &checkpoints {
+                        Some(c) => {
+                            let restore = restored
+                                .as_ref()
+                                .map(|r| (r.frontier, r.tables.get(name).cloned().unwrap_or_default()));
+                            let hooks = FoldCheckpoint::new(c.requests().clone(), restore);
+                            let rows = envelope::upsert_checkpointed(stream, name, &hooks);
+                            tables.push((name.clone(), hooks));
+                            rows
+                        }
+                        None => envelope::upsert(stream, name),
+                    };
+                    (SourceInput::Upsert(handle), rows)
                 }
             };
             inputs.push(input);
@@ -658,12 +726,22 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
         .map(|(i, d)| Ingester::new(&d.name.value, ctx.wiring.decoder(p, i), d.envelope.clone()))
         .collect();
 
+    // The newest checkpoint frontier this worker has sent its part for.
+    let mut contributed: Time = restored.as_ref().map_or(0, |r| r.frontier);
+
     // Reading phase.
     loop {
         if ctx.status.aborted() {
             return Ok(());
         }
         if ctx.stop.load(Ordering::SeqCst) {
+            // A clean stop ends with a checkpoint of everything read: the epoch after the
+            // last one read in.
+            if index == 0
+                && let Some(c) = &checkpoints
+            {
+                c.maybe_start(epoch + 1, true);
+            }
             break;
         }
         if all_bounded && waiting.is_empty() && assigned.iter().all(|a| a.finished) {
@@ -744,9 +822,11 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
                 }
                 if read > 0 {
                     let position = a.reader.position();
-                    match a.marks.back_mut() {
-                        Some((e, pos)) if *e == epoch => *pos = position,
-                        _ => a.marks.push_back((epoch, position)),
+                    for marks in [&mut a.marks, &mut a.history] {
+                        match marks.back_mut() {
+                            Some((e, pos)) if *e == epoch => *pos = position.clone(),
+                            _ => marks.push_back((epoch, position.clone())),
+                        }
                     }
                 }
                 match state {
@@ -766,7 +846,15 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
             }
         }
         if Instant::now() >= next_tick {
-            epoch = now_ms().max(epoch + 1);
+            let next = now_ms().max(epoch + 1);
+            // Worker 0 starts checkpoints at the epoch it is about to enter: no input has
+            // reached it, so no operator has passed it.
+            if index == 0
+                && let Some(c) = &checkpoints
+            {
+                c.maybe_start(next, false);
+            }
+            epoch = next;
             for input in &mut inputs {
                 input.advance_to(epoch);
             }
@@ -780,6 +868,15 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
         let durable = ctx.status.durable_frontier();
         for a in &mut assigned {
             commit_or_fail(a, durable, false, p)?;
+        }
+        if let Some(c) = &checkpoints {
+            checkpoint_step(
+                ctx,
+                c,
+                (index, epoch, false),
+                (&mut assigned, &waiting, &tables),
+                &mut contributed,
+            )?;
         }
         if !all_bounded && last_discover.elapsed() >= DISCOVER_EVERY {
             last_discover = Instant::now();
@@ -809,15 +906,68 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
     // Draining phase: close the inputs, let every sink see the empty frontier.
     drop(inputs);
     drop(dead_input);
-    while !probe.done() || ctx.status.sinks_closed.load(Ordering::SeqCst) < n_sinks {
+    loop {
         if ctx.status.aborted() {
             return Ok(());
+        }
+        let drained = probe.done() && ctx.status.sinks_closed.load(Ordering::SeqCst) >= n_sinks;
+        let checkpointed = match &checkpoints {
+            None => true,
+            Some(c) => {
+                checkpoint_step(
+                    ctx,
+                    c,
+                    (index, epoch, true),
+                    (&mut assigned, &waiting, &tables),
+                    &mut contributed,
+                )?;
+                // Worker 0 waits for the final checkpoint; the others for their part in it.
+                match c.in_progress() {
+                    Some(t) => index != 0 && contributed >= t,
+                    None => true,
+                }
+            }
+        };
+        if drained && checkpointed {
+            break;
         }
         worker.step_or_park(Some(Duration::from_millis(10)));
     }
     // Every sink has closed, so everything read is durable: record the final positions.
     for a in &mut assigned {
         commit_or_fail(a, None, true, p)?;
+    }
+    Ok(())
+}
+
+/// One worker's turn at checkpoints: send its part of the checkpoint in progress once it
+/// can (its inputs past the frontier, or closed, and its folds cut there), write the
+/// checkpoint when it is complete (worker 0), and forget position history a written
+/// checkpoint no longer needs.
+fn checkpoint_step<W: Wiring>(
+    ctx: &Ctx<W>,
+    c: &Checkpointer,
+    (index, epoch, draining): (usize, Time, bool),
+    (assigned, waiting, tables): (&mut [Assigned], &[Waiting], &[TableHooks]),
+    contributed: &mut Time,
+) -> Result<(), RunError> {
+    if let Some(t) = c.in_progress().filter(|t| *t > *contributed)
+        && (epoch >= t || draining)
+        && tables.iter().all(|(_, hooks)| hooks.has(t))
+    {
+        let (positions, cut) = worker_part(ctx, t, assigned, waiting, tables);
+        c.worker_part(t, positions, cut);
+        *contributed = t;
+    }
+    if index == 0 {
+        c.maybe_write(ctx.status.durable_frontier())
+            .map_err(|e| RunError::Checkpoint(e.to_string()))?;
+    }
+    let written = c.written();
+    for a in assigned.iter_mut() {
+        if a.history.front().is_some_and(|(e, _)| *e < written) {
+            a.prune_history(written);
+        }
     }
     Ok(())
 }
@@ -849,16 +999,22 @@ fn attach_sink<W: Wiring>(
     name: &str,
 ) {
     let parallel = target.parallel();
+    let restored = ctx.checkpoints.as_ref().and_then(|c| c.restored());
+    let resume = restored.and_then(|r| r.sinks.get(name)).map(Vec::as_slice);
     let opened = if parallel || index == 0 {
         ctx.wiring
-            .open_sink(target, mode, format)
+            .open_sink(target, mode, format, resume)
             .map_err(|e| ctx.status.fail(format!("sink {name}: {e}")))
             .ok()
     } else {
         None
     };
     let slot = ctx.slots.slot(sink, index);
-    sink_rows(rows, name, opened, ctx.status.clone(), (parallel, slot));
+    let recovery = ctx.checkpoints.as_ref().map(|c| SinkRecovery {
+        checkpointer: c.clone(),
+        skip_through: restored.map(|r| r.frontier),
+    });
+    sink_rows(rows, name, opened, ctx.status.clone(), (parallel, slot), recovery);
 }
 
 fn idle_poll_ms(p: &Pipeline, source: usize) -> u64 {
@@ -867,6 +1023,51 @@ fn idle_poll_ms(p: &Pipeline, source: usize) -> u64 {
         // A Kafka reader only looks at what the client has already fetched: cheap to ask often.
         crate::spec::SourceSpec::Kafka(_) => 5,
     }
+}
+
+/// Where a partition resumes: its position in the checkpoint the run restarted from, if any.
+fn restored_position<W: Wiring>(ctx: &Ctx<W>, source: usize, id: &str) -> Position {
+    ctx.checkpoints
+        .as_ref()
+        .and_then(|c| c.restored())
+        .and_then(|r| {
+            r.positions
+                .get(&ctx.pipeline.sources[source].name.value)?
+                .get(id)
+                .cloned()
+        })
+        .unwrap_or(Position::Start)
+}
+
+/// This worker's part of the checkpoint at `frontier`: every partition's position at it
+/// (partitions not opened yet keep the position they were restored with) and the upsert
+/// tables its folds cut there.
+fn worker_part<W: Wiring>(
+    ctx: &Ctx<W>,
+    frontier: Time,
+    assigned: &[Assigned],
+    waiting: &[Waiting],
+    tables: &[TableHooks],
+) -> (Positions, Tables) {
+    let mut positions = Positions::new();
+    let name = |s: usize| ctx.pipeline.sources[s].name.value.clone();
+    for a in assigned {
+        positions
+            .entry(name(a.source))
+            .or_default()
+            .insert(a.id.clone(), a.position_at(frontier));
+    }
+    for (s, _, part) in waiting {
+        let from = restored_position(ctx, *s, &part.id);
+        if from != Position::Start {
+            positions.entry(name(*s)).or_default().insert(part.id.clone(), from);
+        }
+    }
+    let tables = tables
+        .iter()
+        .map(|(source, hooks)| (source.clone(), hooks.take(frontier).unwrap_or_default()))
+        .collect();
+    (positions, tables)
 }
 
 /// Queues partitions newly assigned to this worker (from a fresh discovery if `rediscover`).
@@ -925,12 +1126,11 @@ fn open_ready_partitions<W: Wiring>(
         if !gate.is_empty() {
             after = after.max(Some(done_at));
         }
-        let reader = ctx.sources[s]
-            .open(&part, &Position::Start)
-            .map_err(|error| RunError::Source {
-                source_name: ctx.pipeline.sources[s].name.value.clone(),
-                error,
-            })?;
+        let from = restored_position(ctx, s, &part.id);
+        let reader = ctx.sources[s].open(&part, &from).map_err(|error| RunError::Source {
+            source_name: ctx.pipeline.sources[s].name.value.clone(),
+            error,
+        })?;
         assigned.push(Assigned {
             source: s,
             partition: i,
@@ -941,6 +1141,8 @@ fn open_ready_partitions<W: Wiring>(
             backoff: Backoff::default(),
             marks: VecDeque::new(),
             last_commit: Instant::now(),
+            history: VecDeque::new(),
+            base: from,
         });
     }
     *waiting = still;

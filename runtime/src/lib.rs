@@ -7,6 +7,7 @@ pub mod exec;
 pub mod ingest;
 pub mod operators;
 pub mod record;
+pub mod recovery;
 pub mod sink;
 pub mod source;
 pub mod spec;

@@ -13,6 +13,17 @@ use timely::dataflow::operators::generic::Operator;
 
 use crate::exec::RunStatus;
 use crate::record::{Diff, Row, Rows, Time};
+use crate::recovery::Checkpointer;
+
+/// A sink's part in checkpoints: where it reports its position at each checkpoint's
+/// frontier, and the times a restarted run must not write again.
+pub struct SinkRecovery {
+    /// The run's checkpoints.
+    pub checkpointer: Arc<Checkpointer>,
+    /// The frontier of the checkpoint the run restarted from: the sink's durable output
+    /// already holds every time up to it, so updates at those times are skipped.
+    pub skip_through: Option<Time>,
+}
 
 /// Why a sink failed.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +52,13 @@ pub trait Sink {
     /// counts it — says no and saves the sort, which dominates wide append outputs.
     fn ordered(&self) -> bool {
         true
+    }
+
+    /// Makes everything written so far durable and returns what a restart needs to continue
+    /// right after it (a file's length), for a checkpoint. `None`: the sink cannot resume
+    /// exactly, and a restart writes again what came after the checkpoint.
+    fn checkpoint(&mut self) -> Result<Option<Vec<u8>>, SinkError> {
+        Ok(None)
     }
 }
 
@@ -71,18 +89,25 @@ pub fn sink_rows<'s>(
     mut sink: Option<Box<dyn Sink>>,
     status: Arc<RunStatus>,
     (parallel, slot): (bool, usize),
+    recovery: Option<SinkRecovery>,
 ) {
     // Routing to oneself keeps a parallel sink's rows on the worker that made them.
     let writer = if parallel { rows.inner.scope().index() as u64 } else { 0 };
     let mut stash: BTreeMap<Time, Vec<(Row, Diff)>> = BTreeMap::new();
     let mut last_frontier: Option<Option<Time>> = None;
     let label = name.to_owned();
+    let skip_through = recovery.as_ref().and_then(|r| r.skip_through);
+    // The newest checkpoint frontier this instance has reported its position for.
+    let mut last_cut = skip_through.unwrap_or(0);
     rows.inner.sink(
         Exchange::new(move |_: &(Row, Time, Diff)| writer),
         &format!("Sink: {name}"),
         move |(input, frontier)| {
             input.for_each(|_cap, data| {
                 for (row, time, diff) in data.drain(..) {
+                    if skip_through.is_some_and(|s| time <= s) {
+                        continue;
+                    }
                     stash.entry(time).or_default().push((row, diff));
                 }
             });
@@ -97,7 +122,26 @@ pub fn sink_rows<'s>(
                 .take_while(|t| current.is_none_or(|f| *t < f))
                 .collect();
             let mut result = Ok(());
+            // The position a checkpoint at `T` needs is the one after every time before `T`.
+            let cut_at = recovery
+                .as_ref()
+                .and_then(|r| r.checkpointer.in_progress())
+                .filter(|t| *t > last_cut);
+            let cut = |target: &mut Box<dyn Sink>, at: Time| -> Result<(), SinkError> {
+                if let Some(r) = &recovery {
+                    let position = target.checkpoint()?;
+                    r.checkpointer.sink_part(at, &label, position);
+                }
+                Ok(())
+            };
             for time in ready {
+                if let Some(at) = cut_at.filter(|at| time >= *at && *at > last_cut) {
+                    result = cut(target, at);
+                    last_cut = at;
+                    if result.is_err() {
+                        break;
+                    }
+                }
                 let Some(mut updates) = stash.remove(&time) else {
                     continue;
                 };
@@ -112,6 +156,14 @@ pub fn sink_rows<'s>(
                 if result.is_err() {
                     break;
                 }
+            }
+            // Nothing at or after the checkpoint's frontier yet, but every time before it written.
+            if let Some(at) = cut_at.filter(|at| *at > last_cut && current.is_none_or(|f| f > *at))
+                && result.is_ok()
+                && stash.keys().next().is_none_or(|t| *t >= at)
+            {
+                result = cut(target, at);
+                last_cut = at;
             }
             if result.is_ok() && last_frontier != Some(current) {
                 last_frontier = Some(current);

@@ -124,7 +124,13 @@ impl Wiring for TestWiring {
     fn decoder(&self, _p: &Pipeline, _i: usize) -> Arc<dyn Decode> {
         Arc::new(JsonDecoder)
     }
-    fn open_sink(&self, target: &SinkTarget, _mode: SinkMode, _format: Format) -> Result<Box<dyn Sink>, SinkError> {
+    fn open_sink(
+        &self,
+        target: &SinkTarget,
+        _mode: SinkMode,
+        _format: Format,
+        _resume: Option<&[u8]>,
+    ) -> Result<Box<dyn Sink>, SinkError> {
         Ok(match target {
             SinkTarget::File { .. } => Box::new(Memory(Arc::default(), None)),
             _ => (self.sink)(),

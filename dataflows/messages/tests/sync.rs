@@ -60,7 +60,7 @@ fn sync(seed: u64, workers: usize) {
             let (handle, ops) = scope.new_collection::<Row, Diff>();
             let feed = messages(ops, "messages").feed.probe_with(&probe);
             let sink = (index == 0).then(|| view.sink());
-            sink_rows(feed, "feed", sink, Arc::new(RunStatus::new(1)), (false, 0));
+            sink_rows(feed, "feed", sink, Arc::new(RunStatus::new(1)), (false, 0), None);
             handle
         });
         let mut clients: Vec<Client> = if index == 0 {

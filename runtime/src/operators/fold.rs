@@ -306,6 +306,11 @@ impl<K: Ord + Clone, S: Clone> FoldCheckpoint<K, S> {
 }
 
 impl<K, S> FoldCheckpoint<K, S> {
+    /// Whether the operator has cut its state at `frontier`.
+    pub fn has(&self, frontier: Time) -> bool {
+        self.taken.borrow().contains_key(&frontier)
+    }
+
     /// Removes and returns the state cut at `frontier`, once the operator has taken it.
     pub fn take(&self, frontier: Time) -> Option<SavedState<K, S>> {
         self.taken.borrow_mut().remove(&frontier)

@@ -149,6 +149,7 @@ pub fn check_partial(p: &Pipeline, broken: &BTreeSet<String>, broken_sinks: bool
         }
     };
     let shapes = infer_shapes(p, &order, &mut problems);
+    check_checkpoint_coverage(p, &shapes, &mut problems);
     for s in &p.sinks {
         let Some(shape) = shapes.get(&s.input.value) else {
             continue;
@@ -422,6 +423,41 @@ fn infer_shapes(p: &Pipeline, order: &[usize], problems: &mut Vec<Problem>) -> B
         }
     }
     shapes
+}
+
+/// With checkpoints on, every node's state must be one a checkpoint restores: state rebuilt
+/// from upsert sources, or none. Operators that remember append events (a join, a count or
+/// an aggregate over events) and the domain nodes whose folds are not yet saved would come
+/// back from a restart without their history, so they are refused up front.
+fn check_checkpoint_coverage(p: &Pipeline, shapes: &BTreeMap<String, Shape>, problems: &mut Vec<Problem>) {
+    if p.checkpoint_dir.is_none() {
+        return;
+    }
+    for n in &p.nodes {
+        let kind = n.spec.kind();
+        let message = match &n.spec {
+            NodeSpec::Delivery(_) | NodeSpec::Contacts(_) | NodeSpec::Cds(_) | NodeSpec::Messages(_) => Some(format!(
+                "checkpoints do not cover `{kind}` nodes yet (their folded state is not saved); remove \
+                 `pipeline.checkpoint_dir` to run without them"
+            )),
+            NodeSpec::Join { .. } | NodeSpec::Count { .. } | NodeSpec::Latest { .. } | NodeSpec::Aggregate { .. } => n
+                .spec
+                .inputs()
+                .into_iter()
+                .find(|r| shapes.get(&r.value).is_some_and(|s| s.append_only))
+                .map(|r| {
+                    format!(
+                        "with checkpoints, a `{kind}` node cannot read events (`{}` is append-only): its history \
+                         would not survive a restart; read a table (an upsert source) instead",
+                        r.value
+                    )
+                }),
+            _ => None,
+        };
+        if let Some(message) = message {
+            problems.push(Problem::at(&p.file, &n.name, message));
+        }
+    }
 }
 
 /// `start_after` names other bounded sources, without cycles: an unbounded source never ends,

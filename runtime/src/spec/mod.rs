@@ -94,6 +94,11 @@ pub struct Pipeline {
     pub workers: usize,
     /// The epoch clock tick in milliseconds.
     pub epoch_ms: u64,
+    /// Where checkpoints are kept (resolved against the pipeline's directory); `None`: the
+    /// pipeline keeps none and a restart starts over.
+    pub checkpoint_dir: Option<PathBuf>,
+    /// How often a checkpoint is taken, in milliseconds (one is also taken at a clean stop).
+    pub checkpoint_interval_ms: u64,
     /// Where dead letters go.
     pub dead_letters: SinkTarget,
     /// Sources in file order; a source's index here is its `Pos::source`.

@@ -13,7 +13,13 @@ use super::{
 };
 
 const TOP_KEYS: &[&str] = &["pipeline", "dead_letters", "sources", "nodes", "sinks"];
-const PIPELINE_KEYS: &[&str] = &["name", "workers", "epoch_ms"];
+const PIPELINE_KEYS: &[&str] = &[
+    "name",
+    "workers",
+    "epoch_ms",
+    "checkpoint_dir",
+    "checkpoint_interval_ms",
+];
 const SOURCE_TYPES: &[&str] = &["file", "kafka"];
 const NODE_TYPES: &[&str] = &[
     "filter",
@@ -90,6 +96,7 @@ pub fn parse_partial(file: &Path, text: &str, env: &dyn Fn(&str) -> Option<Strin
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "pipeline".to_owned());
     let (mut name, mut workers, mut epoch_ms) = (default_name, 1, 50);
+    let (mut checkpoint_dir, mut checkpoint_interval_ms) = (None, 10_000);
     if let Some(p) = w.table(root, "pipeline", "") {
         w.deny_unknown(p, "pipeline", PIPELINE_KEYS);
         if let Some(n) = w.string(p, "name", "pipeline") {
@@ -100,6 +107,12 @@ pub fn parse_partial(file: &Path, text: &str, env: &dyn Fn(&str) -> Option<Strin
         }
         if let Some(n) = w.uint(p, "epoch_ms", "pipeline", 1..=60_000) {
             epoch_ms = n.value;
+        }
+        if let Some(d) = w.string(p, "checkpoint_dir", "pipeline") {
+            checkpoint_dir = Some(resolve(&base_dir, &d.value));
+        }
+        if let Some(n) = w.uint(p, "checkpoint_interval_ms", "pipeline", 100..=86_400_000) {
+            checkpoint_interval_ms = n.value;
         }
     }
 
@@ -152,6 +165,8 @@ pub fn parse_partial(file: &Path, text: &str, env: &dyn Fn(&str) -> Option<Strin
             name,
             workers,
             epoch_ms,
+            checkpoint_dir,
+            checkpoint_interval_ms,
             dead_letters,
             sources,
             nodes,

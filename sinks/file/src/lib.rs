@@ -42,6 +42,8 @@ pub struct JsonLinesSink<W: Write> {
     durable: Option<Option<Time>>,
     line: Vec<u8>,
     encoder: Option<Arc<dyn Encode>>,
+    /// Bytes written so far (the file's length once flushed).
+    written: u64,
 }
 
 impl JsonLinesSink<File> {
@@ -58,6 +60,40 @@ impl JsonLinesSink<File> {
             .map_err(|e| SinkError::Io(format!("{}: {e}", path.display())))?;
         let mut sink = JsonLinesSink::new(file, mode);
         sink.sync = Some(sync);
+        Ok(sink)
+    }
+}
+
+impl JsonLinesSink<File> {
+    /// A sink that continues the file at `path` from a checkpoint: what the file holds past
+    /// `resume` (the length [`Sink::checkpoint`] returned) was written after the checkpoint
+    /// and is cut off, so the restarted run writes it exactly once.
+    pub fn resume(path: &Path, mode: SinkMode, resume: &[u8]) -> Result<Self, SinkError> {
+        let len: u64 = std::str::from_utf8(resume)
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(|| {
+                SinkError::Config(format!("{}: the checkpoint's position is not a length", path.display()))
+            })?;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| SinkError::Config(format!("cannot reopen {}: {e}", path.display())))?;
+        let actual = file.metadata().map_err(io)?.len();
+        if actual < len {
+            return Err(SinkError::Config(format!(
+                "{} has {actual} bytes but the checkpoint says {len} were durable; it was changed or lost",
+                path.display()
+            )));
+        }
+        file.set_len(len).map_err(io)?;
+        file.sync_data().map_err(io)?;
+        let mut file = file;
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(len)).map_err(io)?;
+        let sync = file.try_clone().map_err(io)?;
+        let mut sink = JsonLinesSink::new(file, mode);
+        sink.sync = Some(sync);
+        sink.written = len;
         Ok(sink)
     }
 }
@@ -79,6 +115,7 @@ impl<W: Write> JsonLinesSink<W> {
             durable: None,
             line: Vec::with_capacity(256),
             encoder: None,
+            written: 0,
         }
     }
 
@@ -100,6 +137,7 @@ impl<W: Write> JsonLinesSink<W> {
             serde_json::to_writer(&mut self.line, &Json(value)).map_err(io)?;
         }
         self.line.extend_from_slice(b"}\n");
+        self.written += self.line.len() as u64;
         self.out.write_all(&self.line).map_err(io)
     }
 
@@ -110,6 +148,7 @@ impl<W: Write> JsonLinesSink<W> {
             None => serde_json::to_writer(&mut self.line, &Json(&row.val)).map_err(io)?,
         }
         self.line.push(b'\n');
+        self.written += self.line.len() as u64;
         self.out.write_all(&self.line).map_err(io)
     }
 }
@@ -174,6 +213,16 @@ impl<W: Write> Sink for JsonLinesSink<W> {
     fn durable(&self) -> Option<Time> {
         // Before the first commit nothing is durable: the frontier is the start of time.
         self.durable.unwrap_or(Some(0))
+    }
+
+    fn checkpoint(&mut self) -> Result<Option<Vec<u8>>, SinkError> {
+        // Standard output cannot be cut back: it is written again after a restart.
+        let Some(file) = &self.sync else {
+            return Ok(None);
+        };
+        self.out.flush().map_err(io)?;
+        file.sync_data().map_err(io)?;
+        Ok(Some(self.written.to_string().into_bytes()))
     }
 }
 
@@ -273,5 +322,30 @@ mod tests {
             sink.commit(None).expect("commit");
         }
         assert_eq!(String::from_utf8(buf).expect("utf8"), "{\"ID\":\"A\"}\n");
+    }
+
+    #[test]
+    fn a_resumed_file_drops_what_came_after_its_checkpoint_and_continues() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("out.jsonl");
+        let mut sink = JsonLinesSink::create(&path, SinkMode::Append).expect("create");
+        sink.write(1, &[(row("a", 1), 1)]).expect("write");
+        let position = sink.checkpoint().expect("checkpoint").expect("a file has a position");
+        // Written after the checkpoint, then the process dies.
+        sink.write(2, &[(row("b", 2), 1)]).expect("write");
+        sink.commit(Some(3)).expect("commit");
+        drop(sink);
+
+        let mut resumed = JsonLinesSink::resume(&path, SinkMode::Append, &position).expect("resume");
+        resumed.write(2, &[(row("c", 3), 1)]).expect("write");
+        resumed.commit(None).expect("commit");
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("read"),
+            "{\"v\":1}\n{\"v\":3}\n",
+            "the line written after the checkpoint is gone, the new one follows"
+        );
+        // A file shorter than its checkpoint says was durable is refused.
+        std::fs::write(&path, "").expect("truncate");
+        assert!(JsonLinesSink::resume(&path, SinkMode::Append, &position).is_err());
     }
 }
