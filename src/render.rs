@@ -12,6 +12,7 @@ use sluice_delivery::DeliveryConfig;
 use sluice_expr::Expr;
 use sluice_runtime::exec::{Built, Wiring};
 use sluice_runtime::ingest::{Decode, JsonDecoder};
+use sluice_runtime::recovery::StateRegistry;
 use sluice_runtime::sink::{Sink, SinkError};
 use sluice_runtime::source::{Source, SourceError};
 use sluice_runtime::spec::{
@@ -189,7 +190,12 @@ impl Wiring for SluiceWiring {
         }
     }
 
-    fn build<'s>(&self, scope: Scope<'s, Time>, sources: &BTreeMap<String, Rows<'s>>) -> Built<'s> {
+    fn build<'s>(
+        &self,
+        scope: Scope<'s, Time>,
+        sources: &BTreeMap<String, Rows<'s>>,
+        state: &mut StateRegistry,
+    ) -> Built<'s> {
         let mut outputs: BTreeMap<String, Rows<'s>> = sources.clone();
         let mut dead_letters = Vec::new();
         for &i in &self.graph.order {
@@ -225,7 +231,10 @@ impl Wiring for SluiceWiring {
                             Some(f) => sluice_ops::LatestOrder::Field(split_path(&f.value)),
                             None => sluice_ops::LatestOrder::Arrival,
                         };
-                        outputs.insert(name.to_owned(), sluice_ops::latest(rows, order, append_only, name));
+                        outputs.insert(
+                            name.to_owned(),
+                            sluice_ops::latest(rows, order, append_only, name, state),
+                        );
                     }
                 }
                 (NodeSpec::Join { left, right, kind }, _) => {
@@ -249,7 +258,7 @@ impl Wiring for SluiceWiring {
                                 field: a.field.clone(),
                             })
                             .collect();
-                        let (rows, dead) = sluice_ops::aggregate(rows, &specs, append_only, name);
+                        let (rows, dead) = sluice_ops::aggregate(rows, &specs, append_only, name, state);
                         outputs.insert(name.to_owned(), rows);
                         dead_letters.push(dead);
                     }
@@ -262,7 +271,7 @@ impl Wiring for SluiceWiring {
                 }
                 (NodeSpec::Delivery(d), Compiled::Delivery(config)) => {
                     if let Some(rows) = input(&d.input) {
-                        let out = sluice_delivery::delivery(rows, &config, name);
+                        let out = sluice_delivery::delivery(rows, &config, name, state);
                         outputs.insert(format!("{name}.unsubscribes"), out.unsubscribes);
                         outputs.insert(format!("{name}.token_replacements"), out.token_replacements);
                         outputs.insert(format!("{name}.error_stats"), out.error_stats);
@@ -272,7 +281,8 @@ impl Wiring for SluiceWiring {
                 }
                 (NodeSpec::Contacts(c), _) => {
                     if let (Some(changes), Some(contact_data)) = (input(&c.changes), input(&c.contact_data)) {
-                        let (rows, errors, _state) = sluice_contacts::contacts(changes, contact_data, name).split();
+                        let (rows, errors, _state) =
+                            sluice_contacts::contacts(changes, contact_data, name, state).split();
                         insert_outputs(&mut outputs, name, sluice_contacts::OUTPUTS, rows);
                         dead_letters.push(errors);
                     }
@@ -290,7 +300,7 @@ impl Wiring for SluiceWiring {
                             accounts_by_uuid: used("accounts_by_uuid"),
                             directory: used("directory"),
                         };
-                        let out = sluice_cds::cds(changes, snapshot, &wanted, name);
+                        let out = sluice_cds::cds(changes, snapshot, &wanted, name, state);
                         outputs.insert(format!("{name}.cds_updates"), out.cds_updates);
                         outputs.insert(format!("{name}.accounts_by_uuid"), out.accounts_by_uuid);
                         outputs.insert(format!("{name}.directory"), out.directory);

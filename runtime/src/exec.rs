@@ -35,9 +35,8 @@ use timely::dataflow::{ProbeHandle, Scope};
 
 use crate::envelope;
 use crate::ingest::{Decode, Ingested, Ingester};
-use crate::operators::fold::FoldCheckpoint;
 use crate::record::{DeadLetter, DeadLetters, Diff, Pos, Row, Rows, Time};
-use crate::recovery::{Checkpointer, Positions, Tables};
+use crate::recovery::{Checkpointer, Positions, StateRegistry};
 use crate::sink::{Sink, SinkError, SinkRecovery, sink_rows};
 use crate::source::{PartitionInfo, PartitionReader, Position, RawRecord, ReadState, Source, SourceError, assign};
 use crate::spec::{Envelope, Format, Pipeline, SinkMode, SinkTarget};
@@ -75,7 +74,14 @@ pub trait Wiring: Send + Sync + 'static {
     ) -> Result<Box<dyn Sink>, SinkError>;
     /// Renders the graph nodes over the source collections, returning every referencable
     /// output (by reference name) and the dead letters the nodes produce.
-    fn build<'s>(&self, scope: Scope<'s, Time>, sources: &BTreeMap<String, Rows<'s>>) -> Built<'s>;
+    /// Stateful operators take their checkpoint hooks from `state`, by a name unique in the
+    /// pipeline.
+    fn build<'s>(
+        &self,
+        scope: Scope<'s, Time>,
+        sources: &BTreeMap<String, Rows<'s>>,
+        state: &mut StateRegistry,
+    ) -> Built<'s>;
 }
 
 /// The rendered graph of one worker.
@@ -545,8 +551,6 @@ impl SourceInput {
 
 /// A partition queued until its parents (or the sources it starts after) are done.
 type Waiting = (usize, u32, PartitionInfo);
-/// Per upsert source, this worker's fold hooks.
-type TableHooks = (String, FoldCheckpoint<Value, Value>);
 
 /// A partition this worker reads.
 struct Assigned {
@@ -625,8 +629,11 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
     let restored = checkpoints.as_ref().and_then(|c| c.restored().cloned());
     // Restored state is emitted at the checkpoint's frontier; new input comes after it.
     let mut epoch = now_ms().max(restored.as_ref().map_or(0, |r| r.frontier + 1));
-    // Per upsert source, this worker's fold hooks (checkpointed runs only).
-    let mut tables: Vec<TableHooks> = Vec::new();
+    // This worker's stateful operators, for checkpoints.
+    let mut state = match &checkpoints {
+        Some(c) => StateRegistry::new(c),
+        None => StateRegistry::disabled(),
+    };
     // Records read per epoch, for the epochs the outputs have not passed yet.
     let mut in_flight: VecDeque<(Time, usize)> = VecDeque::new();
     // Every instance of a sink reports its close: one per single-writer sink, one per worker
@@ -647,26 +654,21 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
                 Envelope::Upsert { .. } => {
                     let (handle, stream) = scope.new_input::<(Value, (Pos, Option<Value>))>();
                     let name = &decl.name.value;
-                    let rows = match &checkpoints {
-                        Some(c) => {
-                            let restore = restored
-                                .as_ref()
-                                .map(|r| (r.frontier, r.tables.get(name).cloned().unwrap_or_default()));
-                            let hooks = FoldCheckpoint::new(c.requests().clone(), restore);
-                            let rows = envelope::upsert_checkpointed(stream, name, &hooks);
-                            tables.push((name.clone(), hooks));
-                            rows
-                        }
-                        None => envelope::upsert(stream, name),
-                    };
-                    (SourceInput::Upsert(handle), rows)
+                    let hooks = state.fold(&format!("source.{name}"));
+                    (
+                        SourceInput::Upsert(handle),
+                        envelope::upsert_checkpointed(stream, name, &hooks),
+                    )
                 }
             };
             inputs.push(input);
             collections.insert(decl.name.value.clone(), rows);
         }
         let (dead_session, dead_rows) = scope.new_collection::<DeadLetter, Diff>();
-        let built = ctx.wiring.build(scope, &collections);
+        let built = ctx.wiring.build(scope, &collections, &mut state);
+        for problem in state.problems() {
+            ctx.status.fail(format!("checkpoint: {problem}"));
+        }
         let mut outputs = built.outputs;
         outputs.extend(collections);
 
@@ -874,7 +876,7 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
                 ctx,
                 c,
                 (index, epoch, false),
-                (&mut assigned, &waiting, &tables),
+                (&mut assigned, &waiting, &state),
                 &mut contributed,
             )?;
         }
@@ -918,7 +920,7 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
                     ctx,
                     c,
                     (index, epoch, true),
-                    (&mut assigned, &waiting, &tables),
+                    (&mut assigned, &waiting, &state),
                     &mut contributed,
                 )?;
                 // Worker 0 waits for the final checkpoint; the others for their part in it.
@@ -948,15 +950,16 @@ fn checkpoint_step<W: Wiring>(
     ctx: &Ctx<W>,
     c: &Checkpointer,
     (index, epoch, draining): (usize, Time, bool),
-    (assigned, waiting, tables): (&mut [Assigned], &[Waiting], &[TableHooks]),
+    (assigned, waiting, state): (&mut [Assigned], &[Waiting], &StateRegistry),
     contributed: &mut Time,
 ) -> Result<(), RunError> {
     if let Some(t) = c.in_progress().filter(|t| *t > *contributed)
         && (epoch >= t || draining)
-        && tables.iter().all(|(_, hooks)| hooks.has(t))
+        && state.cut(t)
     {
-        let (positions, cut) = worker_part(ctx, t, assigned, waiting, tables);
-        c.worker_part(t, positions, cut);
+        let positions = worker_positions(ctx, t, assigned, waiting);
+        let states = state.take(t).map_err(RunError::Checkpoint)?;
+        c.worker_part(t, positions, states);
         *contributed = t;
     }
     if index == 0 {
@@ -1039,16 +1042,9 @@ fn restored_position<W: Wiring>(ctx: &Ctx<W>, source: usize, id: &str) -> Positi
         .unwrap_or(Position::Start)
 }
 
-/// This worker's part of the checkpoint at `frontier`: every partition's position at it
-/// (partitions not opened yet keep the position they were restored with) and the upsert
-/// tables its folds cut there.
-fn worker_part<W: Wiring>(
-    ctx: &Ctx<W>,
-    frontier: Time,
-    assigned: &[Assigned],
-    waiting: &[Waiting],
-    tables: &[TableHooks],
-) -> (Positions, Tables) {
+/// Every partition's position at `frontier` on this worker (partitions not opened yet
+/// keep the position they were restored with).
+fn worker_positions<W: Wiring>(ctx: &Ctx<W>, frontier: Time, assigned: &[Assigned], waiting: &[Waiting]) -> Positions {
     let mut positions = Positions::new();
     let name = |s: usize| ctx.pipeline.sources[s].name.value.clone();
     for a in assigned {
@@ -1063,11 +1059,7 @@ fn worker_part<W: Wiring>(
             positions.entry(name(*s)).or_default().insert(part.id.clone(), from);
         }
     }
-    let tables = tables
-        .iter()
-        .map(|(source, hooks)| (source.clone(), hooks.take(frontier).unwrap_or_default()))
-        .collect();
-    (positions, tables)
+    positions
 }
 
 /// Queues partitions newly assigned to this worker (from a fresh discovery if `rediscover`).

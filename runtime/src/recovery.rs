@@ -18,16 +18,18 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
 use crate::checkpoint::{CheckpointError, Checkpoints, Loaded, LocalDir};
-use crate::operators::fold::CutRequests;
+use crate::operators::fold::{CutRequests, FoldCheckpoint};
 use crate::record::Time;
 use crate::source::Position;
-use crate::value::Value;
 
 /// Source name → partition id → position.
 pub type Positions = BTreeMap<String, BTreeMap<String, Position>>;
-/// Source name → the upsert table (key, value).
-pub type Tables = BTreeMap<String, Vec<(Value, Value)>>;
+/// Stateful operator name → its state as each worker saved it (serialized).
+pub type States = BTreeMap<String, Vec<Vec<u8>>>;
 
 /// What a run restarts from.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -36,15 +38,17 @@ pub struct Restored {
     pub frontier: Time,
     /// Where each partition resumes.
     pub positions: Positions,
-    /// Each upsert source's table at the frontier.
-    pub tables: Tables,
+    /// Each stateful operator's state at the frontier (upsert tables, folds), one piece per
+    /// worker that saved it.
+    pub states: States,
     /// Each sink's position, by sink name.
     pub sinks: BTreeMap<String, Vec<u8>>,
 }
 
 const POSITIONS: &str = "positions.json";
-const TABLES: &str = "tables.json";
 const SINKS: &str = "sinks.json";
+/// State parts are named `state.<operator>.<piece>`.
+const STATE_PREFIX: &str = "state.";
 
 impl Restored {
     fn decode(loaded: Loaded) -> Result<Restored, CheckpointError> {
@@ -58,21 +62,32 @@ impl Restored {
                 reason: e.to_string(),
             })
         }
+        let mut states = States::new();
+        for (name, bytes) in &loaded.parts {
+            if let Some((operator, _piece)) = name.strip_prefix(STATE_PREFIX).and_then(|n| n.rsplit_once('.')) {
+                states.entry(operator.to_owned()).or_default().push(bytes.clone());
+            }
+        }
         Ok(Restored {
             frontier: loaded.frontier,
             positions: part(&loaded, POSITIONS)?,
-            tables: part(&loaded, TABLES)?,
+            states,
             sinks: part(&loaded, SINKS)?,
         })
     }
 
     fn encode(&self) -> Result<Vec<(String, Vec<u8>)>, CheckpointError> {
         let err = |e: serde_json::Error| CheckpointError::Store(e.to_string());
-        Ok(vec![
+        let mut parts = vec![
             (POSITIONS.to_owned(), serde_json::to_vec(&self.positions).map_err(err)?),
-            (TABLES.to_owned(), serde_json::to_vec(&self.tables).map_err(err)?),
             (SINKS.to_owned(), serde_json::to_vec(&self.sinks).map_err(err)?),
-        ])
+        ];
+        for (operator, pieces) in &self.states {
+            for (i, piece) in pieces.iter().enumerate() {
+                parts.push((format!("{STATE_PREFIX}{operator}.{i}"), piece.clone()));
+            }
+        }
+        Ok(parts)
     }
 }
 
@@ -167,8 +182,8 @@ impl Checkpointer {
         true
     }
 
-    /// A worker's part of the checkpoint at `frontier`: its positions and tables.
-    pub fn worker_part(&self, frontier: Time, positions: Positions, tables: Tables) {
+    /// A worker's part of the checkpoint at `frontier`: its positions and operator states.
+    pub fn worker_part(&self, frontier: Time, positions: Positions, states: BTreeMap<String, Vec<u8>>) {
         let Ok(mut assembly) = self.assembly.lock() else {
             return;
         };
@@ -178,8 +193,8 @@ impl Checkpointer {
         for (source, parts) in positions {
             a.parts.positions.entry(source).or_default().extend(parts);
         }
-        for (source, table) in tables {
-            a.parts.tables.entry(source).or_default().extend(table);
+        for (operator, piece) in states {
+            a.parts.states.entry(operator).or_default().push(piece);
         }
         a.workers_done += 1;
     }
@@ -233,9 +248,113 @@ impl Checkpointer {
     }
 }
 
+/// What one stateful operator of one worker offers a checkpoint.
+trait StateHook {
+    /// Whether it has cut its state at `frontier`.
+    fn has(&self, frontier: Time) -> bool;
+    /// Its state cut at `frontier`, serialized.
+    fn take(&self, frontier: Time) -> Result<Vec<u8>, String>;
+}
+
+impl<K, S> StateHook for FoldCheckpoint<K, S>
+where
+    K: Serialize,
+    S: Serialize,
+{
+    fn has(&self, frontier: Time) -> bool {
+        FoldCheckpoint::has(self, frontier)
+    }
+
+    fn take(&self, frontier: Time) -> Result<Vec<u8>, String> {
+        let state = FoldCheckpoint::take(self, frontier).unwrap_or_default();
+        serde_json::to_vec(&state).map_err(|e| e.to_string())
+    }
+}
+
+/// One worker's stateful operators, for checkpoints: operators ask it for their hooks by a
+/// name unique in the pipeline, and get their saved state back under that name on restart.
+///
+/// Without checkpoints it hands out hooks that are never asked to cut and restore nothing.
+pub struct StateRegistry {
+    enabled: bool,
+    requests: CutRequests,
+    restored: Option<(Time, States)>,
+    hooks: Vec<(String, Box<dyn StateHook>)>,
+    /// Names whose saved state did not decode, reported by [`StateRegistry::problems`].
+    problems: Vec<String>,
+}
+
+impl StateRegistry {
+    /// A registry for a run without checkpoints.
+    pub fn disabled() -> Self {
+        StateRegistry {
+            enabled: false,
+            requests: CutRequests::default(),
+            restored: None,
+            hooks: Vec::new(),
+            problems: Vec::new(),
+        }
+    }
+
+    /// A registry for a run with `checkpointer`, restoring what it restarted from.
+    pub fn new(checkpointer: &Checkpointer) -> Self {
+        StateRegistry {
+            enabled: true,
+            requests: checkpointer.requests().clone(),
+            restored: checkpointer.restored().map(|r| (r.frontier, r.states.clone())),
+            hooks: Vec::new(),
+            problems: Vec::new(),
+        }
+    }
+
+    /// The hooks of the keyed fold called `name`, with the state saved under that name.
+    pub fn fold<K, S>(&mut self, name: &str) -> FoldCheckpoint<K, S>
+    where
+        K: Serialize + DeserializeOwned + Ord + Clone + 'static,
+        S: Serialize + DeserializeOwned + Clone + 'static,
+    {
+        let restore = self.restored.as_ref().map(|(frontier, states)| {
+            let mut all: Vec<(K, S)> = Vec::new();
+            for piece in states.get(name).into_iter().flatten() {
+                match serde_json::from_slice::<Vec<(K, S)>>(piece) {
+                    Ok(part) => all.extend(part),
+                    Err(e) => self
+                        .problems
+                        .push(format!("the saved state of `{name}` does not decode: {e}")),
+                }
+            }
+            (*frontier, all)
+        });
+        let hooks = FoldCheckpoint::new(self.requests.clone(), restore);
+        if self.enabled {
+            self.hooks.push((name.to_owned(), Box::new(hooks.clone())));
+        }
+        hooks
+    }
+
+    /// Saved states that could not be decoded (the run must not go on without them).
+    pub fn problems(&self) -> &[String] {
+        &self.problems
+    }
+
+    /// Whether every registered operator has cut its state at `frontier`.
+    pub fn cut(&self, frontier: Time) -> bool {
+        self.hooks.iter().all(|(_, h)| h.has(frontier))
+    }
+
+    /// Every registered operator's state cut at `frontier`, serialized, by name.
+    pub fn take(&self, frontier: Time) -> Result<BTreeMap<String, Vec<u8>>, String> {
+        self.hooks
+            .iter()
+            .map(|(name, h)| h.take(frontier).map(|bytes| (name.clone(), bytes)))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::value::Value;
 
     #[test]
     fn a_checkpoint_is_written_only_when_every_part_is_in_and_durable() {
@@ -248,20 +367,21 @@ mod tests {
         let positions = |p: &str, n: u64| {
             Positions::from([("s".to_owned(), BTreeMap::from([(p.to_owned(), Position::Offset(n))]))])
         };
+        let table = serde_json::to_vec(&vec![(Value::Int(1), Value::from("x"))]).expect("json");
         c.worker_part(
             100,
             positions("a", 7),
-            Tables::from([("t".to_owned(), vec![(Value::Int(1), Value::from("x"))])]),
+            BTreeMap::from([("t".to_owned(), table.clone())]),
         );
         c.sink_part(100, "out", Some(b"42".to_vec()));
         assert_eq!(c.maybe_write(None).expect("write"), None, "worker 1 is missing");
-        c.worker_part(99, positions("b", 1), Tables::new());
+        c.worker_part(99, positions("b", 1), BTreeMap::new());
         assert_eq!(
             c.maybe_write(None).expect("write"),
             None,
             "a part for another frontier does not count"
         );
-        c.worker_part(100, positions("b", 3), Tables::new());
+        c.worker_part(100, positions("b", 3), BTreeMap::new());
         assert_eq!(
             c.maybe_write(Some(99)).expect("write"),
             None,
@@ -274,7 +394,7 @@ mod tests {
         assert_eq!(r.frontier, 100);
         assert_eq!(r.positions["s"]["a"], Position::Offset(7));
         assert_eq!(r.positions["s"]["b"], Position::Offset(3));
-        assert_eq!(r.tables["t"], vec![(Value::Int(1), Value::from("x"))]);
+        assert_eq!(r.states["t"], vec![table]);
         assert_eq!(r.sinks["out"], b"42".to_vec());
         assert_eq!(again.written(), 100);
     }

@@ -136,7 +136,12 @@ impl Wiring for TestWiring {
             _ => (self.sink)(),
         })
     }
-    fn build<'s>(&self, _scope: Scope<'s, Time>, sources: &BTreeMap<String, Rows<'s>>) -> Built<'s> {
+    fn build<'s>(
+        &self,
+        _scope: Scope<'s, Time>,
+        sources: &BTreeMap<String, Rows<'s>>,
+        _state: &mut sluice_runtime::recovery::StateRegistry,
+    ) -> Built<'s> {
         Built {
             outputs: sources.clone(),
             dead_letters: Vec::new(),

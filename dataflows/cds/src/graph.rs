@@ -17,6 +17,7 @@ use differential_dataflow::AsCollection;
 use serde::{Deserialize, Serialize};
 use sluice_runtime::operators::fold::KeyedFold;
 use sluice_runtime::operators::named::{Coll, concat_named, flat_map_named, map_named, split_where_named};
+use sluice_runtime::recovery::StateRegistry;
 use sluice_runtime::{DeadLetter, Diff, Pos, Row, Rows, Value};
 use timely::dataflow::operators::generic::operator::empty;
 
@@ -54,7 +55,13 @@ struct Claim {
     uak: Option<Arc<[u8]>>,
 }
 
-pub(crate) fn build<'s>(changes: Rows<'s>, snapshot: Option<Rows<'s>>, wanted: &Wanted, name: &str) -> CdsOutputs<'s> {
+pub(crate) fn build<'s>(
+    changes: Rows<'s>,
+    snapshot: Option<Rows<'s>>,
+    wanted: &Wanted,
+    name: &str,
+    state: &mut StateRegistry,
+) -> CdsOutputs<'s> {
     let scope = changes.inner.scope();
     let stage: Arc<str> = Arc::from(format!("node {name}"));
 
@@ -109,25 +116,28 @@ pub(crate) fn build<'s>(changes: Rows<'s>, snapshot: Option<Rows<'s>>, wanted: &
 
     let (accounts_by_uuid, directory) = if wanted.accounts_by_uuid || wanted.directory {
         let facts = concat_named(scope, facts, &format!("{name}: facts"));
-        let accounts: Coll<'s, ([u8; 16], Account)> = facts.keyed_fold_named(
-            &format!("{name}: latest version per uuid"),
-            |_uuid, latest: &mut Option<Fact>, fact: Fact| {
-                if latest.as_ref().is_none_or(|l| fact > *l) {
-                    *latest = Some(fact);
-                }
-            },
-            |uuid, latest| {
-                let view = latest.view.clone().filter(|_| !latest.removed)?;
-                Some((
-                    *uuid,
-                    Account {
-                        version: latest.version,
-                        stamp: latest.stamp,
-                        view,
-                    },
-                ))
-            },
-        );
+        let accounts: Coll<'s, ([u8; 16], Account)> = facts
+            .keyed_fold_checkpointed(
+                &format!("{name}: latest version per uuid"),
+                |_uuid, latest: &mut Option<Fact>, fact: Fact| {
+                    if latest.as_ref().is_none_or(|l| fact > *l) {
+                        *latest = Some(fact);
+                    }
+                },
+                |uuid, latest| {
+                    let view = latest.view.clone().filter(|_| !latest.removed)?;
+                    Some((
+                        *uuid,
+                        Account {
+                            version: latest.version,
+                            stamp: latest.stamp,
+                            view,
+                        },
+                    ))
+                },
+                &state.fold(&format!("{name}.accounts")),
+            )
+            .0;
         let by_uuid = if wanted.accounts_by_uuid {
             map_named(
                 accounts.clone(),

@@ -89,6 +89,13 @@ pub struct CdsOutputs<'s> {
 /// Builds the cds dataflow over `changes` and an optional `snapshot` (a table scan).
 ///
 /// `name` names the operators (`"<name>: …"`) and the dead letters' stage (`"node <name>"`).
-pub fn cds<'s>(changes: Rows<'s>, snapshot: Option<Rows<'s>>, wanted: &Wanted, name: &str) -> CdsOutputs<'s> {
-    graph::build(changes, snapshot, wanted, name)
+/// Its fold saves its state in checkpoints through `state`, under a name starting with `name`.
+pub fn cds<'s>(
+    changes: Rows<'s>,
+    snapshot: Option<Rows<'s>>,
+    wanted: &Wanted,
+    name: &str,
+    state: &mut sluice_runtime::recovery::StateRegistry,
+) -> CdsOutputs<'s> {
+    graph::build(changes, snapshot, wanted, name, state)
 }

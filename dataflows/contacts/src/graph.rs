@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
 use sluice_runtime::operators::fold::KeyedFold;
+use sluice_runtime::recovery::StateRegistry;
 use sluice_runtime::{DeadLetter, Diff, Row, Rows, Time};
 
 use crate::anon::anonymous_contact_id;
@@ -62,7 +63,12 @@ impl Client {
 }
 
 /// Builds the dataflow; see [`crate::contacts`].
-pub(crate) fn build<'s>(changes: Rows<'s>, contact_data: Rows<'s>, name: &str) -> ContactsOutputs<'s> {
+pub(crate) fn build<'s>(
+    changes: Rows<'s>,
+    contact_data: Rows<'s>,
+    name: &str,
+    state: &mut StateRegistry,
+) -> ContactsOutputs<'s> {
     let scope = changes.scope();
     let stage: Str = Arc::from(format!("node {name}"));
 
@@ -78,10 +84,11 @@ pub(crate) fn build<'s>(changes: Rows<'s>, contact_data: Rows<'s>, name: &str) -
             Err(e) => Err(DeadLetter::for_row(&row, &change_stage, e)),
         },
     );
-    let (views, clients_state) = changes.keyed_fold_core(
+    let (views, clients_state) = changes.keyed_fold_checkpointed(
         &format!("{name}: state per client"),
         |_client, state, change| ClientState::apply(state, change),
         |client, state| Some(state.view(client)),
+        &state.fold(&format!("{name}.clients")),
     );
 
     // Contact data is a table: its retractions remove mappings (and the dead letters of bad

@@ -155,6 +155,12 @@ impl ContactsState {
 /// `contact_field_id` (integer), `contact_field_value` and `contact_id` (strings); the row
 /// key is ignored (the mapping is keyed by its value). `name` names the operators
 /// (`"<name>: …"`) and the dead letters' stage (`"node <name>"`).
-pub fn contacts<'s>(changes: Rows<'s>, contact_data: Rows<'s>, name: &str) -> ContactsOutputs<'s> {
-    graph::build(changes, contact_data, name)
+/// Its fold saves its state in checkpoints through `state`, under a name starting with `name`.
+pub fn contacts<'s>(
+    changes: Rows<'s>,
+    contact_data: Rows<'s>,
+    name: &str,
+    state: &mut sluice_runtime::recovery::StateRegistry,
+) -> ContactsOutputs<'s> {
+    graph::build(changes, contact_data, name, state)
 }

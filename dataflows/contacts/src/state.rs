@@ -18,7 +18,7 @@ use crate::event::{Body, Change, ContactField, Str};
 pub(crate) type MappingKey = (Str, i64, Str);
 
 /// A client's folded state: bounded by its number of properties, never by its changes.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct ClientState {
     /// The latest change of any type: gives the current app code and the client's `ts`.
     latest: Change,
@@ -32,7 +32,7 @@ pub(crate) struct ClientState {
 
 /// Properties merged per property: each is the value of the latest `client` change that set
 /// it.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Properties {
     merged: Arc<ValueMap>,
     /// For each property, the change that set it, as `(ts, app_code, properties)`: the

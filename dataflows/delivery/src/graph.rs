@@ -20,6 +20,7 @@ use std::sync::Arc;
 use differential_dataflow::AsCollection;
 use serde::{Deserialize, Serialize};
 use sluice_runtime::operators::fold::KeyedFold;
+use sluice_runtime::recovery::StateRegistry;
 use sluice_runtime::{DeadLetter, Diff, Row, Rows, Value};
 use timely::dataflow::operators::vec::Filter;
 
@@ -109,7 +110,7 @@ impl Latest {
 }
 
 /// An app's latest success and latest sender-configuration error, each by `ts`.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub(crate) struct AppHealth {
     delivered: Option<u64>,
     problem: Option<SenderProblem>,
@@ -124,7 +125,12 @@ fn is_mismatch(r: &Report) -> bool {
 }
 
 /// Builds the dataflow; see [`crate::delivery`].
-pub(crate) fn build<'s>(reports: Rows<'s>, config: &DeliveryConfig, name: &str) -> DeliveryOutputs<'s> {
+pub(crate) fn build<'s>(
+    reports: Rows<'s>,
+    config: &DeliveryConfig,
+    name: &str,
+    state: &mut StateRegistry,
+) -> DeliveryOutputs<'s> {
     let guard = config.guard;
     let stage: Str = Arc::from(format!("node {name}"));
     let table = Arc::clone(&config.classification);
@@ -157,7 +163,7 @@ pub(crate) fn build<'s>(reports: Rows<'s>, config: &DeliveryConfig, name: &str) 
                 Latest::of(&c),
             )
         })
-        .keyed_fold_core(
+        .keyed_fold_checkpointed(
             &format!("{name}: latest report per token"),
             |_token, latest: &mut Option<Latest>, report: Latest| {
                 if latest.as_ref().is_none_or(|l| report > *l) {
@@ -165,6 +171,7 @@ pub(crate) fn build<'s>(reports: Rows<'s>, config: &DeliveryConfig, name: &str) 
                 }
             },
             |token, latest| (latest.verdict != Verdict::Alive).then(|| (token.clone(), latest.clone())),
+            &state.fold(&format!("{name}.tokens")),
         );
 
     // Rule 3: each app's windows, and the ones that trip the guard.
@@ -176,7 +183,7 @@ pub(crate) fn build<'s>(reports: Rows<'s>, config: &DeliveryConfig, name: &str) 
                 is_mismatch(&c.report),
             )
         })
-        .keyed_fold_core(
+        .keyed_fold_checkpointed(
             &format!("{name}: guard windows"),
             |_window, tally: &mut Option<(u64, u64)>, mismatch: bool| {
                 let (reports, mismatches) = tally.get_or_insert((0, 0));
@@ -188,6 +195,7 @@ pub(crate) fn build<'s>(reports: Rows<'s>, config: &DeliveryConfig, name: &str) 
                     .trips(reports, mismatches)
                     .then(|| (window.clone(), (reports, mismatches)))
             },
+            &state.fold(&format!("{name}.windows")),
         );
 
     let mismatched = verdicts
@@ -239,7 +247,7 @@ pub(crate) fn build<'s>(reports: Rows<'s>, config: &DeliveryConfig, name: &str) 
         .clone()
         .filter(|c| c.category.is_none() || c.category == Some(Category::SenderConfig))
         .map(|c| (Arc::clone(&c.report.app), c))
-        .keyed_fold_core(
+        .keyed_fold_checkpointed(
             &format!("{name}: sender configuration per app"),
             |_app, health: &mut Option<AppHealth>, c: Classified| {
                 let h = health.get_or_insert_with(AppHealth::default);
@@ -259,6 +267,7 @@ pub(crate) fn build<'s>(reports: Rows<'s>, config: &DeliveryConfig, name: &str) 
                 // At equal `ts` the success wins, as for tokens.
                 h.delivered.is_none_or(|d| p.0 > d).then(|| sender_alert(app, p))
             },
+            &state.fold(&format!("{name}.apps")),
         );
     let alerts = mismatch_alerts.concat(sender_alerts);
 
@@ -271,10 +280,11 @@ pub(crate) fn build<'s>(reports: Rows<'s>, config: &DeliveryConfig, name: &str) 
                 .zip(code)
                 .map(|(category, code)| ((r.app, r.protocol, category, code, r.spam), ()))
         })
-        .keyed_fold_core(
+        .keyed_fold_checkpointed(
             &format!("{name}: error counts"),
             |_key, count: &mut Option<u64>, ()| *count = Some(count.unwrap_or(0) + 1),
             |key, count| Some(stats_row(key, *count)),
+            &state.fold(&format!("{name}.error_counts")),
         );
 
     DeliveryOutputs {

@@ -47,6 +47,7 @@ mod graph;
 mod report;
 
 use sluice_runtime::operators::fold::FoldState;
+use sluice_runtime::recovery::StateRegistry;
 use sluice_runtime::{DeadLetters, Rows};
 
 pub use classify::{BUILTIN_TABLE, Category, Classification, Condition, Rule, TableError, TableProblem};
@@ -109,6 +110,12 @@ impl DeliveryState {
 ///
 /// `name` names the operators and arrangements (`"<name>: latest report per token"`, …) and
 /// the dead letters' stage (`"node <name>"`).
-pub fn delivery<'s>(reports: Rows<'s>, config: &DeliveryConfig, name: &str) -> DeliveryOutputs<'s> {
-    graph::build(reports, config, name)
+/// Its folds save their state in checkpoints through `state`, under names starting with `name`.
+pub fn delivery<'s>(
+    reports: Rows<'s>,
+    config: &DeliveryConfig,
+    name: &str,
+    state: &mut StateRegistry,
+) -> DeliveryOutputs<'s> {
+    graph::build(reports, config, name, state)
 }

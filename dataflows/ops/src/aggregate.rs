@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use sluice_runtime::operators::fold::KeyedFold;
+use sluice_runtime::recovery::StateRegistry;
 pub use sluice_runtime::spec::AggFunc;
 use sluice_runtime::{DeadLetters, Row, Rows, Value};
 
@@ -33,7 +34,15 @@ pub struct AggSpec {
 /// On event collections (`append_only`) a keyed fold keeps one accumulator per key, so memory
 /// follows the number of keys. Otherwise a `reduce` recomputes a key's aggregates from its
 /// present rows whenever they change, exact under retractions.
-pub fn aggregate<'s>(rows: Rows<'s>, specs: &[AggSpec], append_only: bool, name: &str) -> (Rows<'s>, DeadLetters<'s>) {
+///
+/// On events, its fold saves its state in checkpoints through `state`, under `name`.
+pub fn aggregate<'s>(
+    rows: Rows<'s>,
+    specs: &[AggSpec],
+    append_only: bool,
+    name: &str,
+    state: &mut StateRegistry,
+) -> (Rows<'s>, DeadLetters<'s>) {
     let specs: Arc<[AggSpec]> = specs.into();
     let (ok, dead) = {
         let specs = specs.clone();
@@ -50,7 +59,7 @@ pub fn aggregate<'s>(rows: Rows<'s>, specs: &[AggSpec], append_only: bool, name:
     let op_name = format!("Aggregate: {name}");
     let out = if append_only {
         let render_specs = specs.clone();
-        ok.keyed_fold_named(
+        ok.keyed_fold_checkpointed(
             &op_name,
             move |_k, acc: &mut Option<Vec<Acc>>, inputs: Value| {
                 let accs = acc.get_or_insert_with(|| specs.iter().map(|s| Acc::new(s.func)).collect());
@@ -59,7 +68,9 @@ pub fn aggregate<'s>(rows: Rows<'s>, specs: &[AggSpec], append_only: bool, name:
                 }
             },
             move |k, accs| Some(Row::derived(k.clone(), render(&render_specs, accs))),
+            &state.fold(name),
         )
+        .0
     } else {
         let aggregates = ok.reduce_named(
             &op_name,
@@ -107,7 +118,7 @@ fn inputs_of(specs: &[AggSpec], record: &Value) -> Result<Vec<Value>, String> {
 }
 
 /// One aggregate's running value.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 enum Acc {
     Count(i64),
     Sum { int: Option<i64>, float: f64 },

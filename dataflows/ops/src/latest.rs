@@ -1,6 +1,7 @@
 //! `latest`: the latest row per key, by a field or by arrival.
 
 use sluice_runtime::operators::fold::KeyedFold;
+use sluice_runtime::recovery::StateRegistry;
 use sluice_runtime::{Pos, Row, Rows, Value};
 
 use crate::order::compare;
@@ -25,7 +26,15 @@ pub enum LatestOrder {
 /// On event collections (`append_only`) a keyed fold keeps one row per key, so memory follows
 /// the number of keys. On collections that retract, a `reduce` picks the newest of the rows
 /// currently present, so retracting the newest row brings back the one before it.
-pub fn latest<'s>(rows: Rows<'s>, order: LatestOrder, append_only: bool, name: &str) -> Rows<'s> {
+///
+/// Its fold saves its state in checkpoints through `state`, under `name`.
+pub fn latest<'s>(
+    rows: Rows<'s>,
+    order: LatestOrder,
+    append_only: bool,
+    name: &str,
+    state: &mut StateRegistry,
+) -> Rows<'s> {
     let op_name = format!("Latest: {name}");
     match (order, append_only) {
         (LatestOrder::Arrival, _) => {
@@ -34,21 +43,29 @@ pub fn latest<'s>(rows: Rows<'s>, order: LatestOrder, append_only: bool, name: &
             });
             // The fold applies one time's events in `(key, (pos, record))` order: the last applied
             // is the latest position.
-            events.keyed_fold_named(
-                &op_name,
-                |_k, state: &mut Option<Value>, (_pos, val): (Pos, Value)| *state = Some(val),
-                |k, v| Some(Row::derived(k.clone(), v.clone())),
-            )
+            events
+                .keyed_fold_checkpointed(
+                    &op_name,
+                    |_k, state: &mut Option<Value>, (_pos, val): (Pos, Value)| *state = Some(val),
+                    |k, v| Some(Row::derived(k.clone(), v.clone())),
+                    &state.fold(name),
+                )
+                .0
         }
-        (LatestOrder::Field(path), true) => ordered_by(rows, path, name).keyed_fold_named(
-            &op_name,
-            |_k, state: &mut Option<(Value, Value)>, event: (Value, Value)| {
-                if state.as_ref().is_none_or(|s| newer(&event, s)) {
-                    *state = Some(event);
-                }
-            },
-            |k, (_, v)| Some(Row::derived(k.clone(), v.clone())),
-        ),
+        (LatestOrder::Field(path), true) => {
+            ordered_by(rows, path, name)
+                .keyed_fold_checkpointed(
+                    &op_name,
+                    |_k, state: &mut Option<(Value, Value)>, event: (Value, Value)| {
+                        if state.as_ref().is_none_or(|s| newer(&event, s)) {
+                            *state = Some(event);
+                        }
+                    },
+                    |k, (_, v)| Some(Row::derived(k.clone(), v.clone())),
+                    &state.fold(name),
+                )
+                .0
+        }
         (LatestOrder::Field(path), false) => {
             let latest = ordered_by(rows, path, name).reduce_named(
                 &op_name,

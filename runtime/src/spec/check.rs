@@ -425,10 +425,11 @@ fn infer_shapes(p: &Pipeline, order: &[usize], problems: &mut Vec<Problem>) -> B
     shapes
 }
 
-/// With checkpoints on, every node's state must be one a checkpoint restores: state rebuilt
-/// from upsert sources, or none. Operators that remember append events (a join, a count or
-/// an aggregate over events) and the domain nodes whose folds are not yet saved would come
-/// back from a restart without their history, so they are refused up front.
+/// With checkpoints on, every node's state must be one a checkpoint restores: folds (saved),
+/// state rebuilt from what folds and upsert sources output, or none. Operators that keep
+/// append events themselves (a join or a count over events) and the nodes whose state is not
+/// saved yet would come back from a restart without their history, so they are refused up
+/// front.
 fn check_checkpoint_coverage(p: &Pipeline, shapes: &BTreeMap<String, Shape>, problems: &mut Vec<Problem>) {
     if p.checkpoint_dir.is_none() {
         return;
@@ -436,11 +437,11 @@ fn check_checkpoint_coverage(p: &Pipeline, shapes: &BTreeMap<String, Shape>, pro
     for n in &p.nodes {
         let kind = n.spec.kind();
         let message = match &n.spec {
-            NodeSpec::Delivery(_) | NodeSpec::Contacts(_) | NodeSpec::Cds(_) | NodeSpec::Messages(_) => Some(format!(
-                "checkpoints do not cover `{kind}` nodes yet (their folded state is not saved); remove \
+            NodeSpec::Messages(_) => Some(format!(
+                "checkpoints do not cover `{kind}` nodes yet (their timeline is not saved); remove \
                  `pipeline.checkpoint_dir` to run without them"
             )),
-            NodeSpec::Join { .. } | NodeSpec::Count { .. } | NodeSpec::Latest { .. } | NodeSpec::Aggregate { .. } => n
+            NodeSpec::Join { .. } | NodeSpec::Count { .. } => n
                 .spec
                 .inputs()
                 .into_iter()

@@ -276,7 +276,13 @@ pub fn run_wanted(rounds: &[Round], workers: usize, wanted: Wanted) -> Captured 
         let (mut changes, mut scan, captured) = worker.dataflow::<Time, _, _>(|scope| {
             let (changes_in, changes) = scope.new_collection::<Row, Diff>();
             let (scan_in, scan) = scope.new_collection::<Row, Diff>();
-            let out = cds(changes, Some(scan), &wanted, "cds");
+            let out = cds(
+                changes,
+                Some(scan),
+                &wanted,
+                "cds",
+                &mut sluice_runtime::recovery::StateRegistry::disabled(),
+            );
             let outputs = [out.cds_updates, out.accounts_by_uuid, out.directory];
             (changes_in, scan_in, testing::capture(outputs, out.errors, &probe))
         });

@@ -162,7 +162,13 @@ pub fn run(rounds: &[Round], workers: usize) -> Captured {
         let (mut changes, mut contact_data, captured, state) = worker.dataflow::<Time, _, _>(|scope| {
             let (changes_in, changes) = scope.new_collection::<Row, Diff>();
             let (data_in, contact_data) = scope.new_collection::<Row, Diff>();
-            let (outputs, errors, state) = contacts(changes, contact_data, "contacts").split();
+            let (outputs, errors, state) = contacts(
+                changes,
+                contact_data,
+                "contacts",
+                &mut sluice_runtime::recovery::StateRegistry::disabled(),
+            )
+            .split();
             (changes_in, data_in, testing::capture(outputs, errors, &probe), state)
         });
         for (i, round) in rounds.iter().enumerate() {

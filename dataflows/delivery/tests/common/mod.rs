@@ -64,7 +64,12 @@ pub fn run(config: &DeliveryConfig, batches: &[Vec<String>], workers: usize) -> 
         let probe = ProbeHandle::new();
         let (mut input, captured, state) = worker.dataflow::<Time, _, _>(|scope| {
             let (input, reports) = scope.new_collection::<Row, Diff>();
-            let out = delivery(reports, &config, "delivery");
+            let out = delivery(
+                reports,
+                &config,
+                "delivery",
+                &mut sluice_runtime::recovery::StateRegistry::disabled(),
+            );
             let outputs = [out.unsubscribes, out.token_replacements, out.error_stats, out.alerts];
             (input, testing::capture(outputs, out.errors, &probe), out.state)
         });

@@ -4,6 +4,7 @@
 //! `{"k": 0..5}`. Builders take the left input (and the right, for `join` and `union`);
 //! oracles take the accumulated inputs and give the expected rows and dead letters.
 
+use sluice_runtime::recovery::StateRegistry;
 use std::cmp::Ordering;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -161,7 +162,7 @@ fn agg_specs() -> Vec<AggSpec> {
 /// `aggregate(count, sum(n), min(n), max(n))`, by fold on events or by reduce.
 pub fn aggregate(append_only: bool) -> impl Build {
     move |l, _| {
-        let (rows, dead) = sluice_ops::aggregate(l, &agg_specs(), append_only, "a");
+        let (rows, dead) = sluice_ops::aggregate(l, &agg_specs(), append_only, "a", &mut StateRegistry::disabled());
         Out { rows, dead: Some(dead) }
     }
 }
@@ -213,7 +214,13 @@ pub fn aggregate_oracle(l: &Bag, _: &Bag) -> (Bag, Bag) {
 /// `latest` by the field `n`, by fold on events or by reduce.
 pub fn latest_by_field(append_only: bool) -> impl Build {
     move |l, _| Out {
-        rows: sluice_ops::latest(l, LatestOrder::Field(vec!["n".into()]), append_only, "l"),
+        rows: sluice_ops::latest(
+            l,
+            LatestOrder::Field(vec!["n".into()]),
+            append_only,
+            "l",
+            &mut StateRegistry::disabled(),
+        ),
         dead: None,
     }
 }
@@ -238,7 +245,7 @@ pub fn latest_by_field_oracle(l: &Bag, _: &Bag) -> (Bag, Bag) {
 /// `latest` by arrival (events only).
 pub fn latest_by_arrival() -> impl Build {
     move |l, _| Out {
-        rows: sluice_ops::latest(l, LatestOrder::Arrival, true, "l"),
+        rows: sluice_ops::latest(l, LatestOrder::Arrival, true, "l", &mut StateRegistry::disabled()),
         dead: None,
     }
 }
