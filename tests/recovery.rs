@@ -39,8 +39,14 @@ fn pipeline(follow: bool, checkpoints: bool) -> String {
 }
 
 fn spawn(dir: &Path) -> Child {
+    spawn_with(dir, &[])
+}
+
+/// As [`spawn`], with more arguments to `sluice run`.
+fn spawn_with(dir: &Path, args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["run", "--quiet", "pipeline.toml"])
+        .args(args)
         .current_dir(dir)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -163,7 +169,8 @@ fn a_clean_stop_and_restart_continue_exactly() {
             "{\"id\":4,\"v\":\"a4\"}".to_owned(),
         ],
     );
-    let run = spawn(d);
+    // On three workers instead of two: each reads every saved piece and keeps its keys.
+    let run = spawn_with(d, &["--workers", "3"]);
     wait_evens(d, 1000);
     // The table's last change is in by the time a later event is.
     append(&d.join("events.jsonl"), &events(2001..2003));
@@ -534,4 +541,71 @@ fn the_delivery_pipeline_survives_sigkill_at_random_points() {
 #[test]
 fn the_contacts_pipeline_survives_sigkill_at_random_points() {
     kill_and_compare(&CONTACTS, 20);
+}
+
+#[test]
+fn a_damaged_newest_checkpoint_is_skipped_for_the_one_before() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    std::fs::write(d.join("pipeline.toml"), pipeline(true, true)).expect("write");
+    append(&d.join("events.jsonl"), &events(0..1000));
+    append(&d.join("table.jsonl"), &["{\"id\":1,\"v\":\"a\"}".to_owned()]);
+    // Two clean stops leave two checkpoints, the newest at the second stop.
+    let run = spawn(d);
+    wait_evens(d, 500);
+    stop(run);
+    append(&d.join("events.jsonl"), &events(1000..2000));
+    append(&d.join("table.jsonl"), &["{\"id\":1,\"v\":\"b\"}".to_owned()]);
+    let run = spawn(d);
+    wait_evens(d, 1000);
+    stop(run);
+
+    let mut manifests: Vec<_> = std::fs::read_dir(d.join("state"))
+        .expect("state dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("MANIFEST-"))
+        })
+        .collect();
+    manifests.sort();
+    assert_eq!(manifests.len(), 2, "two checkpoints kept: {manifests:?}");
+    // Flip one byte of a part of the newest checkpoint.
+    let newest = manifests[1].file_name().expect("name").to_string_lossy().into_owned();
+    let frontier = newest.trim_start_matches("MANIFEST-").trim_end_matches(".json");
+    let part = d.join("state").join(format!("ckpt-{frontier}/positions.json"));
+    let mut bytes = std::fs::read(&part).expect("part");
+    bytes[3] ^= 0x20;
+    std::fs::write(&part, bytes).expect("damage");
+
+    // The restart goes back to the first checkpoint: everything after it is read and
+    // written again, exactly once.
+    append(&d.join("events.jsonl"), &events(2000..2002));
+    let log = std::fs::File::create(d.join("restart.log")).expect("log");
+    let run = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--quiet", "pipeline.toml"])
+        .current_dir(d)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn sluice");
+    wait_evens(d, 1001);
+    stop(run);
+    let log = std::fs::read_to_string(d.join("restart.log")).expect("log");
+    assert!(log.contains("skipping a checkpoint that does not verify"), "{log}");
+    let first = manifests[0].file_name().expect("name").to_string_lossy().into_owned();
+    let first = first
+        .trim_start_matches("MANIFEST-")
+        .trim_end_matches(".json")
+        .trim_start_matches('0');
+    let restart = log
+        .lines()
+        .find(|l| l.contains("restarting from a checkpoint"))
+        .unwrap_or_default();
+    assert!(
+        restart.contains(first),
+        "restarted from the older checkpoint {first}: {log}"
+    );
+    assert_eq!(outputs(d), uninterrupted(d));
 }

@@ -413,6 +413,9 @@ pub fn run<W: Wiring>(pipeline: Arc<Pipeline>, wiring: Arc<W>, options: RunOptio
         stop: options.stop.clone(),
         slots,
         checkpoints,
+        done_reading: AtomicUsize::new(0),
+        final_requested: AtomicBool::new(false),
+        workers,
     });
 
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
@@ -451,6 +454,12 @@ struct Ctx<W> {
     stop: Arc<AtomicBool>,
     slots: SinkSlots,
     checkpoints: Option<Arc<Checkpointer>>,
+    /// Workers that have read their bounded partitions to the end.
+    done_reading: AtomicUsize,
+    /// Whether worker 0 has requested the final checkpoint of a bounded run.
+    final_requested: AtomicBool,
+    /// The number of workers.
+    workers: usize,
 }
 
 /// Where each sink's instances publish their durable frontier in [`RunStatus`]: a
@@ -631,7 +640,7 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
     let mut epoch = now_ms().max(restored.as_ref().map_or(0, |r| r.frontier + 1));
     // This worker's stateful operators, for checkpoints.
     let mut state = match &checkpoints {
-        Some(c) => StateRegistry::new(c),
+        Some(c) => StateRegistry::new(c, (index, peers)),
         None => StateRegistry::disabled(),
     };
     // Records read per epoch, for the epochs the outputs have not passed yet.
@@ -730,6 +739,7 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
 
     // The newest checkpoint frontier this worker has sent its part for.
     let mut contributed: Time = restored.as_ref().map_or(0, |r| r.frontier);
+    let mut done_reading = false;
 
     // Reading phase.
     loop {
@@ -747,7 +757,25 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
             break;
         }
         if all_bounded && waiting.is_empty() && assigned.iter().all(|a| a.finished) {
-            break;
+            let Some(c) = &checkpoints else {
+                break;
+            };
+            // A bounded run ends with a checkpoint of everything, taken once every worker has
+            // read all it will; until then the inputs stay open, so the cut can still be made.
+            if !done_reading {
+                done_reading = true;
+                ctx.done_reading.fetch_add(1, Ordering::SeqCst);
+            }
+            if index == 0
+                && ctx.done_reading.load(Ordering::SeqCst) == peers
+                && !ctx.final_requested.load(Ordering::SeqCst)
+            {
+                c.maybe_start(epoch + 1, true);
+                ctx.final_requested.store(true, Ordering::SeqCst);
+            }
+            if ctx.final_requested.load(Ordering::SeqCst) {
+                break;
+            }
         }
         while in_flight.front().is_some_and(|(e, _)| !probe.less_equal(e)) {
             in_flight.pop_front();
@@ -959,7 +987,7 @@ fn checkpoint_step<W: Wiring>(
     {
         let positions = worker_positions(ctx, t, assigned, waiting);
         let states = state.take(t).map_err(RunError::Checkpoint)?;
-        c.worker_part(t, positions, states);
+        c.worker_part(t, (index, ctx.workers), positions, states);
         *contributed = t;
     }
     if index == 0 {

@@ -14,10 +14,11 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bincode::Options;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -28,8 +29,9 @@ use crate::source::Position;
 
 /// Source name → partition id → position.
 pub type Positions = BTreeMap<String, BTreeMap<String, Position>>;
-/// Stateful operator name → its state as each worker saved it (serialized).
-pub type States = BTreeMap<String, Vec<Vec<u8>>>;
+/// Stateful operator name → its state as each worker saved it: the piece of worker `i` of
+/// `n` under `(i, n)`, serialized with bincode.
+pub type States = BTreeMap<String, BTreeMap<(usize, usize), Vec<u8>>>;
 
 /// What a run restarts from.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -47,7 +49,7 @@ pub struct Restored {
 
 const POSITIONS: &str = "positions.json";
 const SINKS: &str = "sinks.json";
-/// State parts are named `state.<operator>.<piece>`.
+/// State parts are named `state.<operator>.<worker>-of-<workers>`.
 const STATE_PREFIX: &str = "state.";
 
 impl Restored {
@@ -64,9 +66,20 @@ impl Restored {
         }
         let mut states = States::new();
         for (name, bytes) in &loaded.parts {
-            if let Some((operator, _piece)) = name.strip_prefix(STATE_PREFIX).and_then(|n| n.rsplit_once('.')) {
-                states.entry(operator.to_owned()).or_default().push(bytes.clone());
-            }
+            let Some((operator, piece)) = name.strip_prefix(STATE_PREFIX).and_then(|n| n.rsplit_once('.')) else {
+                continue;
+            };
+            let worker = piece
+                .split_once("-of-")
+                .and_then(|(i, n)| Some((i.parse().ok()?, n.parse().ok()?)))
+                .ok_or_else(|| CheckpointError::Invalid {
+                    name: name.clone(),
+                    reason: "not a state piece name".to_owned(),
+                })?;
+            states
+                .entry(operator.to_owned())
+                .or_default()
+                .insert(worker, bytes.clone());
         }
         Ok(Restored {
             frontier: loaded.frontier,
@@ -83,8 +96,8 @@ impl Restored {
             (SINKS.to_owned(), serde_json::to_vec(&self.sinks).map_err(err)?),
         ];
         for (operator, pieces) in &self.states {
-            for (i, piece) in pieces.iter().enumerate() {
-                parts.push((format!("{STATE_PREFIX}{operator}.{i}"), piece.clone()));
+            for ((i, n), piece) in pieces {
+                parts.push((format!("{STATE_PREFIX}{operator}.{i}-of-{n}"), piece.clone()));
             }
         }
         Ok(parts)
@@ -104,7 +117,7 @@ pub struct Checkpointer {
     store: Checkpoints<LocalDir>,
     interval: Duration,
     requests: CutRequests,
-    restored: Option<Restored>,
+    restored: Option<Arc<Restored>>,
     assembly: Mutex<Option<Assembly>>,
     /// The newest frontier written (0: none).
     written: AtomicU64,
@@ -122,7 +135,7 @@ impl Checkpointer {
         (workers, sink_instances): (usize, usize),
     ) -> Result<Checkpointer, CheckpointError> {
         let store = Checkpoints::new(LocalDir::new(dir), pipeline);
-        let restored = store.load_latest()?.map(Restored::decode).transpose()?;
+        let restored = store.load_latest()?.map(Restored::decode).transpose()?.map(Arc::new);
         if let Some(r) = &restored {
             tracing::info!(frontier = r.frontier, dir = %dir.display(), "restarting from a checkpoint");
         }
@@ -141,7 +154,7 @@ impl Checkpointer {
 
     /// What the run restarts from, if anything.
     pub fn restored(&self) -> Option<&Restored> {
-        self.restored.as_ref()
+        self.restored.as_deref()
     }
 
     /// The cut requests every stateful operator watches.
@@ -182,8 +195,15 @@ impl Checkpointer {
         true
     }
 
-    /// A worker's part of the checkpoint at `frontier`: its positions and operator states.
-    pub fn worker_part(&self, frontier: Time, positions: Positions, states: BTreeMap<String, Vec<u8>>) {
+    /// Worker `worker` of `workers`'s part of the checkpoint at `frontier`: its positions and
+    /// its operators' states.
+    pub fn worker_part(
+        &self,
+        frontier: Time,
+        (worker, workers): (usize, usize),
+        positions: Positions,
+        states: BTreeMap<String, Vec<u8>>,
+    ) {
         let Ok(mut assembly) = self.assembly.lock() else {
             return;
         };
@@ -194,7 +214,11 @@ impl Checkpointer {
             a.parts.positions.entry(source).or_default().extend(parts);
         }
         for (operator, piece) in states {
-            a.parts.states.entry(operator).or_default().push(piece);
+            a.parts
+                .states
+                .entry(operator)
+                .or_default()
+                .insert((worker, workers), piece);
         }
         a.workers_done += 1;
     }
@@ -267,7 +291,7 @@ where
 
     fn take(&self, frontier: Time) -> Result<Vec<u8>, String> {
         let state = FoldCheckpoint::take(self, frontier).unwrap_or_default();
-        serde_json::to_vec(&state).map_err(|e| e.to_string())
+        bincode::options().serialize(&state).map_err(|e| e.to_string())
     }
 }
 
@@ -278,7 +302,9 @@ where
 pub struct StateRegistry {
     enabled: bool,
     requests: CutRequests,
-    restored: Option<(Time, States)>,
+    restored: Option<Arc<Restored>>,
+    /// This worker's index and the number of workers.
+    worker: (usize, usize),
     hooks: Vec<(String, Box<dyn StateHook>)>,
     /// Names whose saved state did not decode, reported by [`StateRegistry::problems`].
     problems: Vec<String>,
@@ -291,17 +317,20 @@ impl StateRegistry {
             enabled: false,
             requests: CutRequests::default(),
             restored: None,
+            worker: (0, 1),
             hooks: Vec::new(),
             problems: Vec::new(),
         }
     }
 
-    /// A registry for a run with `checkpointer`, restoring what it restarted from.
-    pub fn new(checkpointer: &Checkpointer) -> Self {
+    /// The registry of worker `worker` of `workers` in a run with `checkpointer`, restoring
+    /// what it restarted from.
+    pub fn new(checkpointer: &Checkpointer, worker: (usize, usize)) -> Self {
         StateRegistry {
             enabled: true,
             requests: checkpointer.requests().clone(),
-            restored: checkpointer.restored().map(|r| (r.frontier, r.states.clone())),
+            restored: checkpointer.restored.clone(),
+            worker,
             hooks: Vec::new(),
             problems: Vec::new(),
         }
@@ -313,17 +342,25 @@ impl StateRegistry {
         K: Serialize + DeserializeOwned + Ord + Clone + 'static,
         S: Serialize + DeserializeOwned + Clone + 'static,
     {
-        let restore = self.restored.as_ref().map(|(frontier, states)| {
+        let restore = self.restored.clone().map(|restored| {
+            let pieces = restored.states.get(name);
+            // With as many workers as when it was saved, this worker's keys are its own piece;
+            // otherwise it reads every piece and the fold keeps the keys routed to it.
+            let mine = pieces.and_then(|p| p.get(&self.worker));
+            let read: Vec<&Vec<u8>> = match mine {
+                Some(piece) => vec![piece],
+                None => pieces.into_iter().flat_map(|p| p.values()).collect(),
+            };
             let mut all: Vec<(K, S)> = Vec::new();
-            for piece in states.get(name).into_iter().flatten() {
-                match serde_json::from_slice::<Vec<(K, S)>>(piece) {
+            for piece in read {
+                match bincode::options().deserialize::<Vec<(K, S)>>(piece) {
                     Ok(part) => all.extend(part),
                     Err(e) => self
                         .problems
                         .push(format!("the saved state of `{name}` does not decode: {e}")),
                 }
             }
-            (*frontier, all)
+            (restored.frontier, all)
         });
         let hooks = FoldCheckpoint::new(self.requests.clone(), restore);
         if self.enabled {
@@ -367,21 +404,20 @@ mod tests {
         let positions = |p: &str, n: u64| {
             Positions::from([("s".to_owned(), BTreeMap::from([(p.to_owned(), Position::Offset(n))]))])
         };
-        let table = serde_json::to_vec(&vec![(Value::Int(1), Value::from("x"))]).expect("json");
-        c.worker_part(
-            100,
-            positions("a", 7),
-            BTreeMap::from([("t".to_owned(), table.clone())]),
-        );
+        let table = bincode::options()
+            .serialize(&vec![(Value::Int(1), Value::from("x"))])
+            .expect("bincode");
+        let states = BTreeMap::from([("t".to_owned(), table.clone())]);
+        c.worker_part(100, (0, 2), positions("a", 7), states);
         c.sink_part(100, "out", Some(b"42".to_vec()));
         assert_eq!(c.maybe_write(None).expect("write"), None, "worker 1 is missing");
-        c.worker_part(99, positions("b", 1), BTreeMap::new());
+        c.worker_part(99, (1, 2), positions("b", 1), BTreeMap::new());
         assert_eq!(
             c.maybe_write(None).expect("write"),
             None,
             "a part for another frontier does not count"
         );
-        c.worker_part(100, positions("b", 3), BTreeMap::new());
+        c.worker_part(100, (1, 2), positions("b", 3), BTreeMap::new());
         assert_eq!(
             c.maybe_write(Some(99)).expect("write"),
             None,
@@ -394,7 +430,7 @@ mod tests {
         assert_eq!(r.frontier, 100);
         assert_eq!(r.positions["s"]["a"], Position::Offset(7));
         assert_eq!(r.positions["s"]["b"], Position::Offset(3));
-        assert_eq!(r.states["t"], vec![table]);
+        assert_eq!(r.states["t"], BTreeMap::from([((0, 2), table)]));
         assert_eq!(r.sinks["out"], b"42".to_vec());
         assert_eq!(again.written(), 100);
     }

@@ -298,7 +298,7 @@ impl<K: Ord + Clone, S: Clone> FoldCheckpoint<K, S> {
             restore: Rc::new(RefCell::new(restore)),
             copy: |map| {
                 let mut all: SavedState<K, S> = map.iter().map(|(k, s)| (k.clone(), s.clone())).collect();
-                all.sort_by(|a, b| a.0.cmp(&b.0));
+                all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
                 all
             },
         }
