@@ -46,6 +46,10 @@ enum Command {
         /// Print no summary at the end.
         #[arg(long, short = 'q')]
         quiet: bool,
+        /// After Ctrl-C/SIGTERM, how long draining, flushing and the final checkpoint may take
+        /// before sluice exits with status 1 anyway (the previous checkpoint stays in force).
+        #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+        stop_timeout: u64,
     },
     /// Check a pipeline file offline (keys, references, cycles, expressions, shapes) and
     /// report every problem with file, line, column and key path.
@@ -92,6 +96,7 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             pipeline,
             workers,
             quiet,
+            stop_timeout,
         } => {
             let plan = match sluice::load(&pipeline) {
                 Ok(plan) => plan,
@@ -104,6 +109,7 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                     .context("installing the signal handler")?;
                 signal_hook::flag::register(signal, stop.clone()).context("installing the signal handler")?;
             }
+            stop_watchdog(stop.clone(), std::time::Duration::from_secs(stop_timeout));
             let started = std::time::Instant::now();
             let options = RunOptions {
                 workers: workers.map(usize::from),
@@ -116,6 +122,23 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Once a stop is requested, gives the run `limit` to drain and take its final checkpoint,
+/// then exits with status 1: a stop must end even when a sink cannot flush (a broker down).
+fn stop_watchdog(stop: Arc<AtomicBool>, limit: std::time::Duration) {
+    std::thread::spawn(move || {
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        std::thread::sleep(limit);
+        eprintln!(
+            "error: the run did not drain within {} s of the stop request; exiting without a final \
+             checkpoint (a restart resumes from the previous one)",
+            limit.as_secs()
+        );
+        std::process::exit(1);
+    });
 }
 
 fn invalid(e: LoadError) -> ExitCode {

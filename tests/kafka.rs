@@ -523,3 +523,45 @@ fn the_delivery_kafka_example_loads_and_runs_like_the_file_example() {
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert!(dead[0].value.as_deref().is_some_and(|v| v.contains("m-notoken")));
 }
+
+#[test]
+fn a_stop_that_cannot_flush_ends_within_the_stop_timeout() {
+    let broker = Broker::start_behind_proxy();
+    setup_evens(&broker);
+    // Enough input that output is still in flight when the broker goes away.
+    broker.produce("events", &numbered(0..300_000, 3));
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("pipeline.toml"), evens_pipeline("stuck")).expect("write");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--quiet", "--stop-timeout", "2", "pipeline.toml"])
+        .current_dir(dir.path())
+        .env("KAFKA_BROKERS", &broker.brokers)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sluice");
+    broker.wait_first("evens", Duration::from_secs(60));
+    // With the broker gone, more output can never be acknowledged.
+    broker.proxy().cut();
+    let stopped = Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let exit = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(30),
+            "the stop timeout did not end the run"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr).expect("read");
+    assert_eq!(exit.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("did not drain within 2 s"), "{stderr}");
+}
