@@ -317,7 +317,7 @@ impl Wiring for SluiceWiring {
                 }
                 (NodeSpec::Messages(m), _) => {
                     if let Some(ops) = input(&m.ops) {
-                        let (rows, errors) = sluice_messages::messages(ops, name).split();
+                        let (rows, errors) = sluice_messages::messages(ops, name, state).split();
                         insert_outputs(&mut outputs, name, sluice_messages::OUTPUTS, rows);
                         dead_letters.push(errors);
                     }

@@ -98,7 +98,13 @@ impl<'s> MessagesOutputs<'s> {
 /// Builds the messages dataflow over `ops`.
 ///
 /// `name` names the operators (`"<name>: …"`) and the dead letters' stage (`"node <name>"`).
-pub fn messages<'s>(ops: Rows<'s>, name: &str) -> MessagesOutputs<'s> {
+///
+/// The timeline saves its messages in checkpoints through `state`, under `<name>.timeline`.
+pub fn messages<'s>(
+    ops: Rows<'s>,
+    name: &str,
+    state: &mut sluice_runtime::recovery::StateRegistry,
+) -> MessagesOutputs<'s> {
     let scope = ops.inner.scope();
     let stage: Arc<str> = Arc::from(format!("node {name}"));
     let (ranked, overflow) = sequence::sequence(ops, name, &stage);
@@ -117,7 +123,8 @@ pub fn messages<'s>(ops: Rows<'s>, name: &str) -> MessagesOutputs<'s> {
                 Err(e) => Err(DeadLetter::for_row(&row, &read_stage, e)),
             },
         );
-    let applied = timeline::apply(sequenced, &format!("{name}: apply ops"));
+    let hooks = state.fold(&format!("{name}.timeline"));
+    let applied = timeline::apply(sequenced, &format!("{name}: apply ops"), hooks);
 
     let messages: Coll<'s, Message> = flat_map_named(applied.clone(), &format!("{name}: versions"), |a| match a {
         Applied::Message(m) => Some(m),

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use differential_dataflow::{AsCollection, Hashable};
 use serde::{Deserialize, Serialize};
+use sluice_runtime::operators::fold::FoldCheckpoint;
 use sluice_runtime::operators::named::Coll;
 use sluice_runtime::{Diff, Pos, Time};
 use timely::container::CapacityContainerBuilder;
@@ -61,16 +62,36 @@ pub enum Applied {
 }
 
 /// Applies `ops` (insertions only) to the messages they target.
-pub fn apply<'s>(ops: Coll<'s, Sequenced>, name: &str) -> Coll<'s, Applied> {
+///
+/// The messages are the timeline's state: cut at checkpoint frontiers through `hooks`, and
+/// restored from them (each worker keeps the messages routed to it, emitted at the
+/// checkpoint's frontier so everything downstream rebuilds).
+pub fn apply<'s>(ops: Coll<'s, Sequenced>, name: &str, hooks: FoldCheckpoint<Arc<str>, Message>) -> Coll<'s, Applied> {
+    let (index, peers) = (ops.inner.scope().index(), ops.inner.scope().peers());
     ops.inner
         .unary_frontier::<CapacityContainerBuilder<Vec<(Applied, Time, Diff)>>, _, _, _>(
             Exchange::new(|(s, _, _): &(Sequenced, Time, Diff)| s.target.hashed()),
             name,
-            |_default, _info| {
+            move |default, _info| {
                 let mut pending: BTreeMap<Time, (Capability<Time>, Vec<Sequenced>)> = BTreeMap::new();
                 let mut messages: HashMap<Arc<str>, Message> = HashMap::new();
                 let mut users: HashSet<Arc<str>> = HashSet::new();
+                let mut restore = hooks
+                    .take_restore()
+                    .map(|(time, saved)| (default.delayed(&time), saved));
+                let mut last_cut: Time = restore.as_ref().map_or(0, |(cap, _)| *cap.time());
                 move |(input, frontier), output| {
+                    if let Some((cap, saved)) = restore.take() {
+                        let mut session = output.session(&cap);
+                        for (id, message) in saved {
+                            if (id.hashed() % peers as u64) as usize != index {
+                                continue;
+                            }
+                            session.give((Applied::Message(message.clone()), *cap.time(), 1));
+                            messages.insert(id, message);
+                        }
+                    }
+                    let cut_at = hooks.requested().filter(|t| *t > last_cut);
                     input.for_each(|cap, data| {
                         for (op, time, diff) in data.drain(..) {
                             // Ops are events: a retraction cannot un-send a message.
@@ -86,6 +107,12 @@ pub fn apply<'s>(ops: Coll<'s, Sequenced>, name: &str) -> Coll<'s, Applied> {
                     while let Some(entry) = pending.first_entry() {
                         if frontier.less_equal(entry.key()) {
                             break;
+                        }
+                        // The timeline before the first epoch at or after a requested frontier
+                        // is the timeline as of that frontier.
+                        if let Some(at) = cut_at.filter(|at| *entry.key() >= *at && *at > last_cut) {
+                            hooks.save(at, &messages);
+                            last_cut = at;
                         }
                         let (time, (cap, mut ops)) = entry.remove_entry();
                         ops.sort_unstable_by(|a, b| (a.timestamp, &a.op).cmp(&(b.timestamp, &b.op)));
@@ -129,6 +156,10 @@ pub fn apply<'s>(ops: Coll<'s, Sequenced>, name: &str) -> Coll<'s, Applied> {
                                 session.give((Applied::Message(new.clone()), time, 1));
                             }
                         }
+                    }
+                    if let Some(at) = cut_at.filter(|at| *at > last_cut && !frontier.less_equal(at)) {
+                        hooks.save(at, &messages);
+                        last_cut = at;
                     }
                 }
             },

@@ -58,7 +58,13 @@ fn sync(seed: u64, workers: usize) {
         let view = worker_view.clone();
         let mut ops = worker.dataflow::<Time, _, _>(|scope| {
             let (handle, ops) = scope.new_collection::<Row, Diff>();
-            let feed = messages(ops, "messages").feed.probe_with(&probe);
+            let feed = messages(
+                ops,
+                "messages",
+                &mut sluice_runtime::recovery::StateRegistry::disabled(),
+            )
+            .feed
+            .probe_with(&probe);
             let sink = (index == 0).then(|| view.sink());
             sink_rows(feed, "feed", sink, Arc::new(RunStatus::new(1)), (false, 0), None);
             handle

@@ -306,6 +306,22 @@ impl<K: Ord + Clone, S: Clone> FoldCheckpoint<K, S> {
 }
 
 impl<K, S> FoldCheckpoint<K, S> {
+    /// For operators that keep their own per-key state: the saved state to start from, once.
+    pub fn take_restore(&self) -> Option<(Time, SavedState<K, S>)> {
+        self.restore.borrow_mut().take()
+    }
+
+    /// For operators that keep their own per-key state: the newest requested cut frontier.
+    pub fn requested(&self) -> Option<Time> {
+        self.requests.latest()
+    }
+
+    /// For operators that keep their own per-key state: records `map` as their state at
+    /// `frontier` (every time before it applied, none after).
+    pub fn save(&self, frontier: Time, map: &HashMap<K, S>) {
+        self.taken.borrow_mut().insert(frontier, (self.copy)(map));
+    }
+
     /// Whether the operator has cut its state at `frontier`.
     pub fn has(&self, frontier: Time) -> bool {
         self.taken.borrow().contains_key(&frontier)

@@ -425,11 +425,10 @@ fn infer_shapes(p: &Pipeline, order: &[usize], problems: &mut Vec<Problem>) -> B
     shapes
 }
 
-/// With checkpoints on, every node's state must be one a checkpoint restores: folds (saved),
-/// state rebuilt from what folds and upsert sources output, or none. Operators that keep
-/// append events themselves (a join or a count over events) and the nodes whose state is not
-/// saved yet would come back from a restart without their history, so they are refused up
-/// front.
+/// With checkpoints on, every node's state must be one a checkpoint restores: folds and the
+/// messages timeline (saved), state rebuilt from what they and upsert sources output, or
+/// none. Operators that keep append events themselves (a join or a count over events) would
+/// come back from a restart without their history, so they are refused up front.
 fn check_checkpoint_coverage(p: &Pipeline, shapes: &BTreeMap<String, Shape>, problems: &mut Vec<Problem>) {
     if p.checkpoint_dir.is_none() {
         return;
@@ -437,10 +436,6 @@ fn check_checkpoint_coverage(p: &Pipeline, shapes: &BTreeMap<String, Shape>, pro
     for n in &p.nodes {
         let kind = n.spec.kind();
         let message = match &n.spec {
-            NodeSpec::Messages(_) => Some(format!(
-                "checkpoints do not cover `{kind}` nodes yet (their timeline is not saved); remove \
-                 `pipeline.checkpoint_dir` to run without them"
-            )),
             NodeSpec::Join { .. } | NodeSpec::Count { .. } => n
                 .spec
                 .inputs()

@@ -160,7 +160,12 @@ pub fn run(rounds: &[Vec<String>], workers: usize) -> Captured {
         let probe = ProbeHandle::new();
         let (mut input, captured) = worker.dataflow::<Time, _, _>(|scope| {
             let (input, ops) = scope.new_collection::<Row, Diff>();
-            let (outputs, errors) = messages(ops, "messages").split();
+            let (outputs, errors) = messages(
+                ops,
+                "messages",
+                &mut sluice_runtime::recovery::StateRegistry::disabled(),
+            )
+            .split();
             (input, testing::capture(outputs, errors, &probe))
         });
         for (i, round) in rounds.iter().enumerate() {
