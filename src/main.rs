@@ -1,5 +1,6 @@
 //! The `sluice` command line: run, validate and draw declarative stream pipelines.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -117,7 +118,7 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let report = sluice::run(plan, options).with_context(|| format!("running {}", pipeline.display()))?;
             if !quiet {
-                eprintln!("{}", report.summary(started.elapsed()));
+                let _ = writeln!(std::io::stderr(), "{}", report.summary(started.elapsed()));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -132,7 +133,10 @@ fn stop_watchdog(stop: Arc<AtomicBool>, limit: std::time::Duration) {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         std::thread::sleep(limit);
-        eprintln!(
+        // Not `eprintln!`: with stderr closed (a log pipe gone) it would panic and the exit
+        // would never happen.
+        let _ = writeln!(
+            std::io::stderr(),
             "error: the run did not drain within {} s of the stop request; exiting without a final \
              checkpoint (a restart resumes from the previous one)",
             limit.as_secs()

@@ -227,10 +227,19 @@ impl<S: CheckpointStore> Checkpoints<S> {
     /// The newest checkpoint whose manifest and parts all verify, or `None` if there is
     /// none. Each newer one that does not verify is reported with a warning and skipped.
     pub fn load_latest(&self) -> Result<Option<Loaded>, CheckpointError> {
+        self.load_latest_as(Ok)
+    }
+
+    /// As [`Checkpoints::load_latest`], decoding each candidate with `decode`: one whose parts
+    /// verify but do not decode (another format) is skipped the same way.
+    pub fn load_latest_as<T>(
+        &self,
+        decode: impl Fn(Loaded) -> Result<T, CheckpointError>,
+    ) -> Result<Option<T>, CheckpointError> {
         let mut manifests = self.store.list(MANIFEST_PREFIX)?;
         manifests.reverse();
         for name in manifests {
-            match self.load(&name) {
+            match self.load(&name).and_then(&decode) {
                 Ok(loaded) => return Ok(Some(loaded)),
                 Err(CheckpointError::Invalid { name, reason }) => {
                     tracing::warn!(checkpoint = %name, %reason, "skipping a checkpoint that does not verify");

@@ -419,7 +419,20 @@ pub fn run<W: Wiring>(pipeline: Arc<Pipeline>, wiring: Arc<W>, options: RunOptio
     });
 
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
-        worker_main(worker, &ctx)
+        // The other workers wait for this one's progress and checkpoint parts: on an error or
+        // a panic, tell them to stop instead of waiting forever.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker_main(worker, &ctx)));
+        match result {
+            Ok(Err(e)) => {
+                ctx.status.fail(e.to_string());
+                Err(e)
+            }
+            Ok(ok) => ok,
+            Err(panic) => {
+                ctx.status.fail("a worker panicked".to_owned());
+                std::panic::resume_unwind(panic)
+            }
+        }
     })
     .map_err(RunError::Workers)?;
     let mut first_error = None;
@@ -430,11 +443,12 @@ pub fn run<W: Wiring>(pipeline: Arc<Pipeline>, wiring: Arc<W>, options: RunOptio
             Err(panic) => first_error = first_error.or(Some(RunError::Workers(format!("a worker failed: {panic}")))),
         }
     }
-    if let Some(message) = status.error.lock().ok().and_then(|e| e.clone()) {
-        return Err(RunError::Sink(message));
-    }
+    // A worker's own error first: the status then holds the same message, for the others.
     if let Some(e) = first_error {
         return Err(e);
+    }
+    if let Some(message) = status.error.lock().ok().and_then(|e| e.clone()) {
+        return Err(RunError::Sink(message));
     }
     let mut report = status.counters.lock().map(|c| c.clone()).unwrap_or_default();
     report.stopped = options.stop.load(Ordering::SeqCst);

@@ -135,7 +135,7 @@ impl Checkpointer {
         (workers, sink_instances): (usize, usize),
     ) -> Result<Checkpointer, CheckpointError> {
         let store = Checkpoints::new(LocalDir::new(dir), pipeline);
-        let restored = store.load_latest()?.map(Restored::decode).transpose()?.map(Arc::new);
+        let restored = store.load_latest_as(Restored::decode)?.map(Arc::new);
         if let Some(r) = &restored {
             tracing::info!(frontier = r.frontier, dir = %dir.display(), "restarting from a checkpoint");
         }
