@@ -89,7 +89,10 @@ pub trait KeyedFold<'s, K, E>: Sized {
         S: 'static,
         O: Data,
         F: FnMut(&K, &mut Option<S>, E) + 'static,
-        R: FnMut(&K, &S) -> Option<O> + 'static;
+        R: FnMut(&K, &S) -> Option<O> + 'static,
+    {
+        self.keyed_fold_with(name, (fold, render), None)
+    }
 
     /// As [`keyed_fold_core`](KeyedFold::keyed_fold_core), with its state cut at requested
     /// frontiers and started from `checkpoint`'s restored state, if any.
@@ -104,6 +107,22 @@ pub trait KeyedFold<'s, K, E>: Sized {
         S: Clone + 'static,
         O: Data,
         F: FnMut(&K, &mut Option<S>, E) + 'static,
+        R: FnMut(&K, &S) -> Option<O> + 'static,
+    {
+        self.keyed_fold_with(name, (fold, render), Some(checkpoint.clone()))
+    }
+
+    /// The fold behind the others, over this kind of input: with checkpoint hooks or without.
+    fn keyed_fold_with<S, O, F, R>(
+        self,
+        name: &str,
+        fold_render: (F, R),
+        checkpoint: Option<FoldCheckpoint<K, S>>,
+    ) -> (VecCollection<'s, Time, O, Diff>, FoldState<K, S>)
+    where
+        S: 'static,
+        O: Data,
+        F: FnMut(&K, &mut Option<S>, E) + 'static,
         R: FnMut(&K, &S) -> Option<O> + 'static;
 }
 
@@ -112,11 +131,11 @@ where
     K: ExchangeData + Hash,
     E: ExchangeData,
 {
-    fn keyed_fold_core<S, O, F, R>(
+    fn keyed_fold_with<S, O, F, R>(
         self,
         name: &str,
-        fold: F,
-        render: R,
+        fold_render: (F, R),
+        checkpoint: Option<FoldCheckpoint<K, S>>,
     ) -> (VecCollection<'s, Time, O, Diff>, FoldState<K, S>)
     where
         S: 'static,
@@ -129,31 +148,8 @@ where
             name,
             |(k, _): &(K, E)| k.hashed(),
             |(k, e), time| Some((k, e, time, 1)),
-            (fold, render),
-            None,
-        )
-    }
-
-    fn keyed_fold_checkpointed<S, O, F, R>(
-        self,
-        name: &str,
-        fold: F,
-        render: R,
-        checkpoint: &FoldCheckpoint<K, S>,
-    ) -> (VecCollection<'s, Time, O, Diff>, FoldState<K, S>)
-    where
-        S: Clone + 'static,
-        O: Data,
-        F: FnMut(&K, &mut Option<S>, E) + 'static,
-        R: FnMut(&K, &S) -> Option<O> + 'static,
-    {
-        fold_operator(
-            self,
-            name,
-            |(k, _): &(K, E)| k.hashed(),
-            |(k, e), time| Some((k, e, time, 1)),
-            (fold, render),
-            Some(checkpoint.clone()),
+            fold_render,
+            checkpoint,
         )
     }
 }
@@ -163,11 +159,11 @@ where
     K: ExchangeData + Hash,
     E: ExchangeData,
 {
-    fn keyed_fold_core<S, O, F, R>(
+    fn keyed_fold_with<S, O, F, R>(
         self,
         name: &str,
-        fold: F,
-        render: R,
+        fold_render: (F, R),
+        checkpoint: Option<FoldCheckpoint<K, S>>,
     ) -> (VecCollection<'s, Time, O, Diff>, FoldState<K, S>)
     where
         S: 'static,
@@ -180,31 +176,8 @@ where
             name,
             |((k, _), _, _): &((K, E), Time, Diff)| k.hashed(),
             |((k, e), time, diff), _| usize::try_from(diff).ok().filter(|&n| n > 0).map(|n| (k, e, time, n)),
-            (fold, render),
-            None,
-        )
-    }
-
-    fn keyed_fold_checkpointed<S, O, F, R>(
-        self,
-        name: &str,
-        fold: F,
-        render: R,
-        checkpoint: &FoldCheckpoint<K, S>,
-    ) -> (VecCollection<'s, Time, O, Diff>, FoldState<K, S>)
-    where
-        S: Clone + 'static,
-        O: Data,
-        F: FnMut(&K, &mut Option<S>, E) + 'static,
-        R: FnMut(&K, &S) -> Option<O> + 'static,
-    {
-        fold_operator(
-            self.inner,
-            name,
-            |((k, _), _, _): &((K, E), Time, Diff)| k.hashed(),
-            |((k, e), time, diff), _| usize::try_from(diff).ok().filter(|&n| n > 0).map(|n| (k, e, time, n)),
-            (fold, render),
-            Some(checkpoint.clone()),
+            fold_render,
+            checkpoint,
         )
     }
 }
@@ -237,10 +210,15 @@ impl<K: Ord + Clone, S: Clone> FoldState<K, S> {
 
     /// A copy of this worker's state, sorted by key (so it can be written deterministically).
     pub fn snapshot(&self) -> Vec<(K, S)> {
-        let mut all: Vec<(K, S)> = self.map.borrow().iter().map(|(k, s)| (k.clone(), s.clone())).collect();
-        all.sort_by(|a, b| a.0.cmp(&b.0));
-        all
+        sorted_copy(&self.map.borrow())
     }
+}
+
+/// A copy of a fold's state, sorted by key (keys are unique, so any sort gives one order).
+fn sorted_copy<K: Ord + Clone, S: Clone>(map: &HashMap<K, S>) -> SavedState<K, S> {
+    let mut all: SavedState<K, S> = map.iter().map(|(k, s)| (k.clone(), s.clone())).collect();
+    all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    all
 }
 
 /// Requests for cuts: the newest frontier a checkpoint was requested at (0: none yet).
@@ -296,11 +274,7 @@ impl<K: Ord + Clone, S: Clone> FoldCheckpoint<K, S> {
             requests,
             taken: Rc::default(),
             restore: Rc::new(RefCell::new(restore)),
-            copy: |map| {
-                let mut all: SavedState<K, S> = map.iter().map(|(k, s)| (k.clone(), s.clone())).collect();
-                all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-                all
-            },
+            copy: sorted_copy,
         }
     }
 }

@@ -303,16 +303,22 @@ impl KafkaSink {
 
     /// Moves the durable frontier past every commit whose records are all acknowledged.
     fn advance_durable(&mut self) {
-        let Ok(acks) = self.producer.context().acks.lock() else {
-            return;
-        };
-        while let Some(&(frontier, sent)) = self.pending.front() {
-            if sent > acks.lowest_unacked {
-                break;
-            }
+        let done = self.acknowledged_commits();
+        if let Some(&(frontier, _)) = done.checked_sub(1).and_then(|i| self.pending.get(i)) {
             self.durable = frontier;
-            self.pending.pop_front();
+            self.pending.drain(..done);
         }
+    }
+
+    /// How many of the oldest pending commits have every record before them acknowledged.
+    fn acknowledged_commits(&self) -> usize {
+        let Ok(acks) = self.producer.context().acks.lock() else {
+            return 0;
+        };
+        self.pending
+            .iter()
+            .take_while(|(_, sent)| *sent <= acks.lowest_unacked)
+            .count()
     }
 }
 
@@ -347,13 +353,9 @@ impl Sink for KafkaSink {
 
     fn durable(&self) -> Option<Time> {
         // Acknowledgements arrive between commits: look at them without waiting for one.
-        let Ok(acks) = self.producer.context().acks.lock() else {
-            return self.durable;
-        };
-        self.pending
-            .iter()
-            .take_while(|(_, sent)| *sent <= acks.lowest_unacked)
-            .last()
+        let done = self.acknowledged_commits();
+        done.checked_sub(1)
+            .and_then(|i| self.pending.get(i))
             .map_or(self.durable, |(frontier, _)| *frontier)
     }
 }
