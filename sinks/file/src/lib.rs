@@ -19,10 +19,12 @@
 //!
 //! **Delivery guarantee.** Lines are written in time order and flushed at every frontier
 //! advance; a file is also `fsync`ed then, so everything before the committed frontier
-//! survives a crash. A file sink truncates its file at start: a run writes the whole
-//! output of that run. Restart semantics with checkpoints are those of the checkpoint
-//! design (output after the checkpoint is written again; `upsert` lines are idempotent
-//! by key).
+//! survives a crash. Without checkpoints a file sink truncates its file at start: a run
+//! writes the whole output of that run. With checkpoints, [`Sink::checkpoint`] records the
+//! file's length after the times before the checkpoint, and a restart
+//! ([`JsonLinesSink::resume`]) cuts the file back to it before writing on, so every line is
+//! written exactly once across crashes. Standard output cannot be cut back: it is
+//! at-least-once.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
