@@ -7,14 +7,15 @@
 //!                                                   └─ by (app, field id, value) ─┬─ ⋈ ─ mapped ──┼─ clients ─┬─ client_state, devices,
 //! contact_data ─ decode ─┬─ errors                                                │   │           │           │  resolved_contacts, update streams
 //!                        └─ one contact id per (app, field id, value) ────────────┼───┘           │           ├─ reduce per contact: contact_references
-//!                                                                                 └─ − mapped ─────┘           └─ distinct: anonymous_contacts_created
+//!                                                                                 └─ − mapped ─────┘           └─ distinct, fold ever: anonymous_contacts_created
 //!                                                            (anonymous: generated id, identified: unresolved)
 //! ```
 //!
 //! State: the fold holds one [`ClientState`] per client; the arrangements hold one view per
 //! client with a contact field, one contact id per mapping (plus the mapping rows), one entry
-//! per resolved client and per contact for the references, one per anonymous contact in use.
-//! None of it grows with the number of changes.
+//! per resolved client and per contact for the references, one per anonymous contact in use,
+//! and a fold entry per anonymous contact ever created. None of it grows with the number of
+//! changes.
 
 use std::sync::Arc;
 
@@ -227,21 +228,38 @@ pub(crate) fn build<'s>(
     );
     let contact_references = map_named(references, &format!("{name}: contact_references"), rows::references_row);
 
+    // An id is created the first time an anonymous client without a mapping uses it, and
+    // stays created: a fold of "ever in use" (checkpointed, so a restart creates nothing
+    // again) emits each id once, however often it leaves the set in use and comes back.
     let in_use = flat_map_named(clients, &format!("{name}: anonymous contacts"), |c: Client| {
         let Contact::Generated(id) = c.contact else {
             return None;
         };
         let field = c.view.field?;
-        Some((c.view.app_code, id, field.id, field.value))
+        Some(((c.view.app_code, id), (field.id, field.value)))
     })
+    // The set in use, consolidated at each time: the raw updates carry transient insertions
+    // (a generated id and its retraction when the mapping is joined at the same time), which
+    // the fold would take for creations.
     .threshold_named(&format!("{name}: anonymous contacts in use"), |_, n: &Diff| {
         Diff::from(*n > 0)
     });
-    let anonymous_contacts_created = map_named(
-        in_use,
-        &format!("{name}: anonymous_contacts_created"),
-        rows::created_row,
+    let (created, _) = in_use.keyed_fold_checkpointed(
+        &format!("{name}: anonymous contacts created"),
+        |_, created: &mut Option<(i64, Str)>, field: (i64, Str)| {
+            created.get_or_insert(field);
+        },
+        |(app, id): &(Str, Str), (field_id, value): &(i64, Str)| {
+            Some(rows::created_row((
+                Arc::clone(app),
+                Arc::clone(id),
+                *field_id,
+                Arc::clone(value),
+            )))
+        },
+        &state.fold(&format!("{name}.anonymous_created")),
     );
+    let anonymous_contacts_created = created;
 
     ContactsOutputs {
         client_state,

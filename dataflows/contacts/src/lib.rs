@@ -58,11 +58,13 @@
 //!   if it arrives with another id the client moves to that one. Outputs are a function of
 //!   the input, so replays and reorders agree. If two `contact_data` rows map the same field
 //!   (possible only when the source is keyed otherwise), the smallest `contact_id` is used.
-//! * **Anonymous contacts created** is the set of generated ids in use by some anonymous
-//!   client whose field has no mapping: one row however many clients share the id and
-//!   however often the input is replayed. An id leaves the set when its mapping arrives (or
-//!   no client uses it any more); an append sink writes insertions only, so it reports an id
-//!   again only if it left the set and came back (e.g. its mapping was deleted).
+//! * **Anonymous contacts created** holds every generated id that some anonymous client
+//!   without a mapping has used: one row however many clients share the id, however often
+//!   the input is replayed and however often the id falls out of use (its mapping arrives,
+//!   its clients move) and comes back. Rows are only ever inserted, so an append sink writes
+//!   each id once; the set is checkpointed, so a restart creates nothing again. Which ids
+//!   get created depends on arrival: a field read before its mapping creates one, a field
+//!   read with it does not.
 //! * **Bad input** goes to `errors` as a dead letter (`stage = "node <name>"`, the row's
 //!   position, the reason naming the field, the row's JSON) and changes nothing else; see
 //!   [`DecodeError`]. Retractions of client changes are ignored (changes are events);

@@ -478,12 +478,25 @@ fn got_at(out: &common::Captured, t: u64) -> Expected {
     }
 }
 
+/// What every output should hold after the first `through` rounds, each read at its own
+/// time. An anonymous contact, once created, stays created (it is emitted once), so that
+/// output is every generated id in use after any of those rounds, not only the last.
+fn expected_through(rounds: &[Round], through: usize) -> Expected {
+    let mut created = Upserts::default();
+    for time in 1..through {
+        created.append(&mut oracle(&Input::through(&rounds[..time])).outputs[CREATED]);
+    }
+    let mut expected = oracle(&Input::through(&rounds[..through]));
+    expected.outputs[CREATED].append(&mut created);
+    expected
+}
+
 fn check(seed: u64) {
     let mut rng = SmallRng::seed_from_u64(seed);
     let rounds = random_rounds(&mut rng, CHANGES, ROUNDS);
     let out = run(&rounds, 1);
     for time in 1..=rounds.len() {
-        let expected = oracle(&Input::through(&rounds[..time]));
+        let expected = expected_through(&rounds, time);
         let got = got_at(&out, time as u64);
         for (index, name) in sluice_contacts::OUTPUTS.iter().enumerate() {
             assert_eq!(
@@ -508,7 +521,7 @@ fn one_two_and_four_workers_give_identical_updates() {
         let mut rng = SmallRng::seed_from_u64(seed);
         let rounds = random_rounds(&mut rng, CHANGES, ROUNDS);
         let one = run(&rounds, 1);
-        let expected = oracle(&Input::through(&rounds));
+        let expected = expected_through(&rounds, rounds.len());
         assert_eq!(got_at(&one, u64::MAX), expected, "seed {seed}: final outputs");
         let reference = one.consolidated();
         for workers in [2, 4] {
@@ -553,7 +566,11 @@ fn the_same_input_in_another_order_and_split_gives_the_same_outputs() {
         let first = run(&deal(&mut rng, 3), 1);
         let second = run(&deal(&mut rng, 11), 2);
         for (index, name) in sluice_contacts::OUTPUTS.iter().enumerate() {
-            assert_eq!(first.upserts(index), second.upserts(index), "seed {seed}: {name}");
+            // Which anonymous contacts get created depends on whether a client's field came
+            // before its mapping, so on the split; the rest is a function of the input.
+            if index != CREATED {
+                assert_eq!(first.upserts(index), second.upserts(index), "seed {seed}: {name}");
+            }
         }
         // Positions differ with the order; reasons and records do not.
         let letters = |out: &common::Captured| {
@@ -577,8 +594,14 @@ fn the_generator_exercises_every_rule() {
         let mut rng = SmallRng::seed_from_u64(seed);
         let rounds = random_rounds(&mut rng, CHANGES, ROUNDS);
         let mut apps_of_c0 = std::collections::BTreeSet::new();
+        let mut in_use_before = Upserts::default();
         for time in 1..=rounds.len() {
             let e = oracle(&Input::through(&rounds[..time]));
+            *seen.entry("anonymous contact no longer in use").or_default() += in_use_before
+                .keys()
+                .filter(|k| !e.outputs[CREATED].contains_key(*k))
+                .count();
+            in_use_before = e.outputs[CREATED].clone();
             let resolved = &e.outputs[RESOLVED];
             *seen.entry("unresolved").or_default() += resolved.values().filter(|v| v.contains("unresolved")).count();
             *seen.entry("mapped").or_default() += resolved.values().filter(|v| v.contains("\"K")).count();
