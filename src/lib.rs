@@ -113,11 +113,31 @@ pub fn load_str(path: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) -
     }
 }
 
-/// Runs a validated pipeline.
-pub fn run(plan: Plan, options: RunOptions) -> Result<RunReport, RunError> {
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// The dataflow failed.
+    #[error(transparent)]
+    Run(#[from] RunError),
+    /// The server for served views did not start.
+    #[error(transparent)]
+    Serve(#[from] sluice_server::ServerError),
+}
+
+/// Runs a validated pipeline, serving its served views while it runs.
+pub fn run(plan: Plan, options: RunOptions) -> Result<RunReport, Failure> {
     let pipeline = plan.pipeline.clone();
     let wiring = Arc::new(render::SluiceWiring::new(plan.pipeline, plan.graph, plan.compiled));
-    let report = sluice_runtime::exec::run(pipeline, wiring.clone(), options)?;
+    // Listening before the dataflow starts: clients may connect at once, and wait for data.
+    let server = match &pipeline.server {
+        Some(spec) => Some(sluice_server::start(server_config(spec, &wiring.views))?),
+        None => None,
+    };
+    let report = sluice_runtime::exec::run(pipeline, wiring.clone(), options);
+    if let Some(server) = server {
+        server.stop();
+    }
+    let report = report?;
     for (node, errors) in &wiring.filter_errors {
         let n = errors.load(std::sync::atomic::Ordering::Relaxed);
         if n > 0 {
@@ -133,4 +153,34 @@ pub fn run(plan: Plan, options: RunOptions) -> Result<RunReport, RunError> {
         }
     }
     Ok(report)
+}
+
+/// The server's configuration from the pipeline's `[server]` (validated: addresses parse,
+/// services name served sinks).
+fn server_config(
+    spec: &spec::ServerSpec,
+    views: &BTreeMap<String, sluice_served::ServedView>,
+) -> sluice_server::ServerConfig {
+    let address = |a: &Option<spec::Spanned<String>>| a.as_ref().and_then(|a| a.value.parse().ok());
+    sluice_server::ServerConfig {
+        grpc: address(&spec.grpc),
+        http: address(&spec.http),
+        token_key: spec.token_key.value.clone().into_bytes(),
+        views: views.clone(),
+        subscribe_token: spec.subscribe_auth_token.clone(),
+        account_stream: spec.account_stream.as_ref().and_then(|a| {
+            Some(sluice_server::AccountStreamConfig {
+                view: views.get(&a.view.value)?.clone(),
+                auth_token: a.auth_token.clone(),
+            })
+        }),
+        messages: spec.messages.as_ref().and_then(|m| {
+            Some(sluice_server::MessagesConfig {
+                view: views.get(&m.view.value)?.clone(),
+                jwt_secret: m.jwt_secret.value.clone().into_bytes(),
+            })
+        }),
+        client_buffer: spec.client_buffer,
+        stall_timeout: std::time::Duration::from_millis(spec.stall_timeout_ms),
+    }
 }

@@ -19,6 +19,7 @@ use sluice_runtime::spec::{
     Envelope, Format, Graph, NodeDecl, NodeSpec, Pipeline, Problem, SinkMode, SinkTarget, SourceSpec, Spanned,
 };
 use sluice_runtime::{Rows, Time};
+use sluice_served::{ServedView, ViewConfig};
 use sluice_sink_file::JsonLinesSink;
 use sluice_sink_kafka::KafkaSink;
 
@@ -101,6 +102,8 @@ pub struct SluiceWiring {
     pub filter_errors: BTreeMap<String, Arc<AtomicU64>>,
     /// Per fanout node, events, deliveries and filter failures (summed over workers).
     pub fanout_counters: BTreeMap<String, Arc<sluice_fanout::Counters>>,
+    /// Per served sink, the view its sink feeds and the server reads.
+    pub views: BTreeMap<String, ServedView>,
 }
 
 impl SluiceWiring {
@@ -123,6 +126,22 @@ impl SluiceWiring {
             .chain(pipeline.sinks.iter().map(|s| &s.input))
             .map(|r| r.value.clone())
             .collect();
+        let views = pipeline
+            .sinks
+            .iter()
+            .filter_map(|s| match &s.target {
+                SinkTarget::Served(spec) => Some((
+                    spec.name.clone(),
+                    ServedView::new(ViewConfig {
+                        name: spec.name.clone(),
+                        partition_by: spec.partition_by.as_ref().map(|f| f.value.clone()),
+                        version_field: spec.version_field.as_ref().map(|f| f.value.clone()),
+                        retention_ms: spec.retention_ms,
+                    }),
+                )),
+                _ => None,
+            })
+            .collect();
         SluiceWiring {
             pipeline,
             graph,
@@ -130,6 +149,7 @@ impl SluiceWiring {
             used,
             filter_errors,
             fanout_counters,
+            views,
         }
     }
 }
@@ -187,6 +207,15 @@ impl Wiring for SluiceWiring {
             SinkTarget::Stdout => Ok(Box::new(JsonLinesSink::stdout(mode).with_encoder(encoder))),
             SinkTarget::Discard => Ok(Box::new(Discard)),
             SinkTarget::Kafka(k) => Ok(Box::new(KafkaSink::new(k, mode, encoder, &k.topic)?)),
+            SinkTarget::Served(s) => {
+                let view = self
+                    .views
+                    .get(&s.name)
+                    .ok_or_else(|| SinkError::Config(format!("no served view named {}", s.name)))?;
+                Ok(Box::new(
+                    view.sink(resume).map_err(|e| SinkError::Config(e.to_string()))?,
+                ))
+            }
         }
     }
 

@@ -54,6 +54,11 @@ fn checkpoints_refuse_nodes_whose_state_they_cannot_restore() {
 }
 
 #[test]
+fn served_sinks_and_the_server_section_are_checked() {
+    assert_golden("validate/server.txt", &problems_of("server"));
+}
+
+#[test]
 fn missing_environment_variables_are_errors() {
     assert_golden("validate/env.txt", &problems_of("env"));
 }
@@ -82,7 +87,7 @@ fn every_example_pipeline_is_valid() {
     for entry in std::fs::read_dir(root().join("examples")).expect("examples dir") {
         let dir = entry.expect("entry").path();
         // Each example's pipeline, and the loaders of the Kafka examples.
-        for path in ["pipeline.toml", "load.toml"].map(|f| dir.join(f)) {
+        for path in ["pipeline.toml", "load.toml", "serve.toml"].map(|f| dir.join(f)) {
             if !path.exists() {
                 continue;
             }

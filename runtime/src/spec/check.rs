@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::walk::nearest;
-use super::{Envelope, Format, NodeSpec, Pipeline, Problem, Ref, SinkMode};
+use super::{Envelope, Format, NodeSpec, Pipeline, Problem, Ref, SinkMode, SinkTarget, Spanned};
 
 /// What the planner knows about a collection without running it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -188,10 +188,89 @@ pub fn check_partial(p: &Pipeline, broken: &BTreeSet<String>, broken_sinks: bool
             }
         }
     }
+    check_server(p, &mut problems);
     if problems.is_empty() && refs_ok {
         Ok(Graph { order, shapes })
     } else {
         Err(sorted(problems))
+    }
+}
+
+/// The `[server]`'s services name served sinks of the right kind; served sinks have a server.
+fn check_server(p: &Pipeline, problems: &mut Vec<Problem>) {
+    let file = &p.file;
+    let served = |name: &str| {
+        p.sinks.iter().find_map(|s| match &s.target {
+            SinkTarget::Served(spec) if s.name.value == name => Some(spec),
+            _ => None,
+        })
+    };
+    let Some(server) = &p.server else {
+        if let Some(s) = p.sinks.iter().find(|s| matches!(s.target, SinkTarget::Served(_))) {
+            problems.push(Problem::at(
+                file,
+                &s.name,
+                "a served sink needs a `[server]` section (a `grpc` or `http` listen address and a `token_key`)",
+            ));
+        }
+        return;
+    };
+    let field = |f: &Option<Spanned<String>>| f.as_ref().map(|f| f.value.clone());
+    let names: Vec<&str> = p
+        .sinks
+        .iter()
+        .filter(|s| matches!(s.target, SinkTarget::Served(_)))
+        .map(|s| s.name.value.as_str())
+        .collect();
+    let missing = |view: &Spanned<String>| {
+        Problem::at(
+            file,
+            view,
+            format!(
+                "`{}` is not a served sink (served sinks: {})",
+                view.value,
+                if names.is_empty() {
+                    "none".to_owned()
+                } else {
+                    names.join(", ")
+                }
+            ),
+        )
+    };
+    if let Some(a) = &server.account_stream {
+        match served(&a.view.value) {
+            None => problems.push(missing(&a.view)),
+            Some(spec) if spec.partition_by.is_some() || spec.version_field.is_some() => problems.push(Problem::at(
+                file,
+                &a.view,
+                format!(
+                    "the account stream serves a whole directory by change time: `{}` must have neither \
+                     `partition_by` nor `version_field`",
+                    a.view.value
+                ),
+            )),
+            Some(_) => {}
+        }
+    }
+    if let Some(m) = &server.messages {
+        match served(&m.view.value) {
+            None => problems.push(missing(&m.view)),
+            Some(spec)
+                if field(&spec.partition_by).as_deref() != Some("user")
+                    || field(&spec.version_field).as_deref() != Some("timestamp") =>
+            {
+                problems.push(Problem::at(
+                    file,
+                    &m.view,
+                    format!(
+                        "the messages service reads each user's feed by timestamp: `{}` needs \
+                         `partition_by = \"user\"` and `version_field = \"timestamp\"`",
+                        m.view.value
+                    ),
+                ))
+            }
+            Some(_) => {}
+        }
     }
 }
 

@@ -107,6 +107,8 @@ pub struct Pipeline {
     pub nodes: Vec<NodeDecl>,
     /// Sinks in file order.
     pub sinks: Vec<SinkDecl>,
+    /// The server answering clients of served views, if any.
+    pub server: Option<ServerSpec>,
 }
 
 /// A named source.
@@ -215,6 +217,61 @@ pub struct KafkaSinkSpec {
     pub delivery_timeout_ms: u64,
     /// Extra librdkafka properties, applied last.
     pub options: Vec<(String, String)>,
+}
+
+/// Configuration of a `served` sink: how its view is partitioned, versioned and pruned.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServedSinkSpec {
+    /// The view's name, which clients ask for: the sink's name.
+    pub name: String,
+    /// A field of the key (or else the value) whose value picks the partition a client reads.
+    pub partition_by: Option<Spanned<String>>,
+    /// A value field holding each entry's version (the messages feed's `timestamp`); by
+    /// default the version is the time of the change.
+    pub version_field: Option<Spanned<String>>,
+    /// How long a deletion is kept as a tombstone, in milliseconds; `None`: forever.
+    pub retention_ms: Option<u64>,
+}
+
+/// The pipeline's `[server]`: where served views are answered, and with which keys.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServerSpec {
+    /// Where the gRPC services listen (`host:port`).
+    pub grpc: Option<Spanned<String>>,
+    /// Where the HTTP endpoints listen (`host:port`).
+    pub http: Option<Spanned<String>>,
+    /// The key continuation tokens are signed with (at least 16 bytes).
+    pub token_key: Spanned<String>,
+    /// The secret `Subscribe` callers send as `x-sluice-auth-token`; `None`: no auth.
+    pub subscribe_auth_token: Option<String>,
+    /// Messages buffered per client stream.
+    pub client_buffer: usize,
+    /// How long a client stream's buffer may stay full before it is cut off, in milliseconds.
+    pub stall_timeout_ms: u64,
+    /// The contact-discovery `AccountStreamService`, if served.
+    pub account_stream: Option<AccountStreamSpec>,
+    /// The messages sync service (gRPC and HTTP), if served.
+    pub messages: Option<MessagesServiceSpec>,
+    /// Where the section starts, for problems about it as a whole.
+    pub loc: Loc,
+}
+
+/// `[server.account_stream]`: the view it serves and its auth secret.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AccountStreamSpec {
+    /// The served sink holding the cds directory.
+    pub view: Spanned<String>,
+    /// The secret clients send as `x-signal-auth-token`; `None`: no auth (warned at start).
+    pub auth_token: Option<String>,
+}
+
+/// `[server.messages]`: the view it serves and the bearer-token secret.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MessagesServiceSpec {
+    /// The served sink holding the messages feed.
+    pub view: Spanned<String>,
+    /// The HS256 secret that callers' bearer tokens are signed with.
+    pub jwt_secret: Spanned<String>,
 }
 
 /// How a source's bytes are decoded into values, or a sink's values encoded into bytes.
@@ -597,6 +654,8 @@ pub enum SinkTarget {
     Discard,
     /// Records of a Kafka topic.
     Kafka(KafkaSinkSpec),
+    /// A served view, read by clients of the pipeline's `[server]`.
+    Served(ServedSinkSpec),
 }
 
 impl SinkTarget {
@@ -607,6 +666,7 @@ impl SinkTarget {
             SinkTarget::Stdout => "stdout",
             SinkTarget::Discard => "discard",
             SinkTarget::Kafka(_) => "kafka",
+            SinkTarget::Served(_) => "served",
         }
     }
 

@@ -7,12 +7,13 @@ use toml_edit::{Document, TableLike};
 
 use super::walk::{Walker, join};
 use super::{
-    AggFunc, AggregateDecl, CdsSpec, ContactsSpec, DeliverySpec, Envelope, FanoutSpec, FileSourceSpec, Format,
-    JoinKind, KafkaSinkSpec, KafkaSourceSpec, KafkaStart, KeyFields, Loc, MessagesSpec, NodeDecl, NodeSpec, Pipeline,
-    Problem, SinkDecl, SinkMode, SinkTarget, SourceDecl, SourceSpec, Spanned,
+    AccountStreamSpec, AggFunc, AggregateDecl, CdsSpec, ContactsSpec, DeliverySpec, Envelope, FanoutSpec,
+    FileSourceSpec, Format, JoinKind, KafkaSinkSpec, KafkaSourceSpec, KafkaStart, KeyFields, Loc, MessagesServiceSpec,
+    MessagesSpec, NodeDecl, NodeSpec, Pipeline, Problem, ServedSinkSpec, ServerSpec, SinkDecl, SinkMode, SinkTarget,
+    SourceDecl, SourceSpec, Spanned,
 };
 
-const TOP_KEYS: &[&str] = &["pipeline", "dead_letters", "sources", "nodes", "sinks"];
+const TOP_KEYS: &[&str] = &["pipeline", "dead_letters", "sources", "nodes", "sinks", "server"];
 const PIPELINE_KEYS: &[&str] = &[
     "name",
     "workers",
@@ -36,7 +37,20 @@ const NODE_TYPES: &[&str] = &[
     "fanout",
     "messages",
 ];
-const SINK_TYPES: &[&str] = &["file", "stdout", "discard", "kafka"];
+const SINK_TYPES: &[&str] = &["file", "stdout", "discard", "kafka", "served"];
+/// Keys of a `served` sink target.
+const SERVED_SINK_KEYS: &[&str] = &["partition_by", "version_field", "retention_ms"];
+/// Keys of the `[server]` section.
+const SERVER_KEYS: &[&str] = &[
+    "grpc",
+    "http",
+    "token_key",
+    "subscribe_auth_token",
+    "client_buffer",
+    "stall_timeout_ms",
+    "account_stream",
+    "messages",
+];
 /// Keys of a `kafka` source besides the common ones.
 const KAFKA_SOURCE_KEYS: &[&str] = &["brokers", "topic", "topics", "group_id", "start", "bounded", "options"];
 /// Keys of a `kafka` sink target.
@@ -120,7 +134,19 @@ pub fn parse_partial(file: &Path, text: &str, env: &dyn Fn(&str) -> Option<Strin
         Some(t) => {
             let loc = w.key_loc(root, "dead_letters");
             w.deny_unknown(t, "dead_letters", &[&["type", "path"][..], KAFKA_SINK_KEYS].concat());
-            sink_target(&mut w, t, "dead_letters", loc, &base_dir).unwrap_or(SinkTarget::Stdout)
+            match sink_target(&mut w, t, "dead_letters", loc, &base_dir) {
+                Some(SinkTarget::Served(_)) => {
+                    let at = w.key_loc(t, "type").unwrap_or_default();
+                    w.problem_at(
+                        at,
+                        "dead_letters.type",
+                        "dead letters cannot be a served view: use a file, stdout or kafka",
+                    );
+                    SinkTarget::Stdout
+                }
+                Some(target) => target,
+                None => SinkTarget::Stdout,
+            }
         }
         None => SinkTarget::File {
             path: PathBuf::from("dead-letters.jsonl"),
@@ -155,6 +181,11 @@ pub fn parse_partial(file: &Path, text: &str, env: &dyn Fn(&str) -> Option<Strin
         }
     }
 
+    let server = w.table(root, "server", "").and_then(|t| {
+        let loc = w.key_loc(root, "server").unwrap_or_default();
+        server(&mut w, t, loc)
+    });
+
     let mut problems = w.problems;
     problems.sort();
     problems.dedup();
@@ -171,6 +202,7 @@ pub fn parse_partial(file: &Path, text: &str, env: &dyn Fn(&str) -> Option<Strin
             sources,
             nodes,
             sinks,
+            server,
         }),
         problems,
         broken,
@@ -746,7 +778,12 @@ fn sink(w: &mut Walker, name: Spanned<String>, t: &dyn TableLike, loc: Option<Lo
     w.deny_unknown(
         t,
         &path,
-        &[&["type", "input", "mode", "path", "format"][..], KAFKA_SINK_KEYS].concat(),
+        &[
+            &["type", "input", "mode", "path", "format"][..],
+            KAFKA_SINK_KEYS,
+            SERVED_SINK_KEYS,
+        ]
+        .concat(),
     );
     let input = required(w, t, "input", &path, loc);
     let encodable: Vec<Format> = Format::ALL.into_iter().filter(Format::encodes).collect();
@@ -773,6 +810,19 @@ fn sink(w: &mut Walker, name: Spanned<String>, t: &dyn TableLike, loc: Option<Lo
         }),
         None => None,
     };
+    let mut target = target;
+    if let Some(SinkTarget::Served(spec)) = &mut target {
+        spec.name = name.value.clone();
+    }
+    if let (Some(SinkTarget::Served(_)), Some(m)) = (&target, &mode)
+        && m.value != SinkMode::Upsert
+    {
+        w.problem_at(
+            m.loc,
+            &m.path,
+            "a served view keeps each key's latest value: its mode must be `upsert`",
+        );
+    }
     Some(SinkDecl {
         name,
         input: input?,
@@ -785,22 +835,20 @@ fn sink(w: &mut Walker, name: Spanned<String>, t: &dyn TableLike, loc: Option<Lo
 fn sink_target(w: &mut Walker, t: &dyn TableLike, path: &str, loc: Option<Loc>, base: &Path) -> Option<SinkTarget> {
     let ty = kind(w, t, path, loc, SINK_TYPES)?;
     // Keys of the other kinds are refused by name, so a `path` on a Kafka sink is not ignored.
-    let own: &[&str] = match ty.as_str() {
-        "file" => &["path"],
-        "kafka" => KAFKA_SINK_KEYS,
-        _ => &[],
-    };
-    for key in std::iter::once(&"path")
-        .chain(KAFKA_SINK_KEYS)
-        .filter(|k| !own.contains(k))
-    {
-        if let Some(at) = w.key_loc(t, key) {
-            let owner = if *key == "path" { "file" } else { "kafka" };
-            w.problem_at(
-                at,
-                &join(path, key),
-                format!("`{key}` only applies to `type = \"{owner}\"`"),
-            );
+    let owned: [(&str, &[&str]); 3] = [
+        ("file", &["path"]),
+        ("kafka", KAFKA_SINK_KEYS),
+        ("served", SERVED_SINK_KEYS),
+    ];
+    for (owner, keys) in owned.into_iter().filter(|(owner, _)| *owner != ty) {
+        for key in keys {
+            if let Some(at) = w.key_loc(t, key) {
+                w.problem_at(
+                    at,
+                    &join(path, key),
+                    format!("`{key}` only applies to `type = \"{owner}\"`"),
+                );
+            }
         }
     }
     match ty.as_str() {
@@ -822,8 +870,107 @@ fn sink_target(w: &mut Walker, t: &dyn TableLike, path: &str, loc: Option<Loc>, 
             }))
         }
         "discard" => Some(SinkTarget::Discard),
+        "served" => Some(SinkTarget::Served(ServedSinkSpec {
+            // Set by `sink`, which knows the name.
+            name: String::new(),
+            partition_by: w.string(t, "partition_by", path),
+            version_field: w.string(t, "version_field", path),
+            retention_ms: w.uint(t, "retention_ms", path, 1..=u64::MAX).map(|r| r.value),
+        })),
         _ => Some(SinkTarget::Stdout),
     }
+}
+
+/// The `[server]` section; references to views are checked with the graph.
+fn server(w: &mut Walker, t: &dyn TableLike, loc: Loc) -> Option<ServerSpec> {
+    w.deny_unknown(t, "server", SERVER_KEYS);
+    let address = |w: &mut Walker, key: &str| {
+        let a = w.string(t, key, "server")?;
+        if a.value.parse::<std::net::SocketAddr>().is_err() {
+            w.problem_at(
+                a.loc,
+                &a.path,
+                format!(
+                    "`{}` is not a listen address: write `host:port`, e.g. `127.0.0.1:50051`",
+                    a.value
+                ),
+            );
+        }
+        Some(a)
+    };
+    let grpc = address(w, "grpc");
+    let http = address(w, "http");
+    if grpc.is_none() && http.is_none() {
+        w.problem_at(
+            loc,
+            "server",
+            "a server needs `grpc` or `http` (a listen address), or both",
+        );
+    }
+    let token_key = required(w, t, "token_key", "server", Some(loc));
+    if let Some(k) = &token_key
+        && k.value.len() < 16
+    {
+        w.problem_at(
+            k.loc,
+            &k.path,
+            "the token key must be at least 16 bytes: continuation tokens are signed with it",
+        );
+    }
+    let subscribe_auth_token = w.string(t, "subscribe_auth_token", "server").map(|s| s.value);
+    let client_buffer = w
+        .uint(t, "client_buffer", "server", 1..=65_536)
+        .map_or(64, |n| n.value as usize);
+    let stall_timeout_ms = w
+        .uint(t, "stall_timeout_ms", "server", 1..=3_600_000)
+        .map_or(10_000, |n| n.value);
+    let account_stream = match w.table(t, "account_stream", "server") {
+        Some(a) => {
+            let at = w.key_loc(t, "account_stream");
+            w.deny_unknown(a, "server.account_stream", &["view", "auth_token"]);
+            let view = required(w, a, "view", "server.account_stream", at);
+            view.map(|view| AccountStreamSpec {
+                view,
+                auth_token: w.string(a, "auth_token", "server.account_stream").map(|s| s.value),
+            })
+        }
+        None => None,
+    };
+    let messages = match w.table(t, "messages", "server") {
+        Some(m) => {
+            let at = w.key_loc(t, "messages");
+            w.deny_unknown(m, "server.messages", &["view", "jwt_secret"]);
+            let view = required(w, m, "view", "server.messages", at);
+            let jwt_secret = required(w, m, "jwt_secret", "server.messages", at);
+            if let Some(s) = &jwt_secret
+                && s.value.len() < 16
+            {
+                w.problem_at(s.loc, &s.path, "the JWT secret must be at least 16 bytes");
+            }
+            match (view, jwt_secret) {
+                (Some(view), Some(jwt_secret)) => Some(MessagesServiceSpec { view, jwt_secret }),
+                _ => None,
+            }
+        }
+        None => None,
+    };
+    // Kept when broken (its problems are reported already), so that the views it names are
+    // still checked and its sinks are not also said to lack a server.
+    Some(ServerSpec {
+        grpc,
+        http,
+        token_key: token_key.unwrap_or_else(|| Spanned {
+            value: String::new(),
+            loc,
+            path: "server.token_key".to_owned(),
+        }),
+        subscribe_auth_token,
+        client_buffer,
+        stall_timeout_ms,
+        account_stream,
+        messages,
+        loc,
+    })
 }
 
 /// Resolves a path from the file against the pipeline's directory.
