@@ -702,68 +702,12 @@ const MESSAGES: Scenario = Scenario {
     },
 };
 
-/// Base64 of an account's 16-byte uuid: account `n` is `000000nn-0000-4000-8000-0000000000nn`.
-fn account(n: u32) -> String {
-    use base64::Engine as _;
-    let mut b = [0u8; 16];
-    b[..4].copy_from_slice(&n.to_be_bytes());
-    b[6] = 0x40;
-    b[8] = 0x80;
-    b[12..].copy_from_slice(&n.to_be_bytes());
-    base64::engine::general_purpose::STANDARD.encode(b)
-}
-
-/// A DynamoDB-typed Accounts item: uuid, version, number, discoverability and keys, each
-/// optional the way real items are.
+/// A DynamoDB-typed Accounts item with random discoverability and keys, the way real items
+/// vary.
 fn account_item(rng: &mut SmallRng, n: u32, version: u64, number: &str) -> serde_json::Value {
-    use base64::Engine as _;
-    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
-    let mut item = serde_json::json!({
-        "U": {"B": account(n)},
-        "V": {"N": version.to_string()},
-        "P": {"S": number},
-        "D": {"B": b64(format!("{{\"v\":{version}}}").as_bytes())},
-    });
-    if rng.random_bool(0.9) {
-        item["C"] = serde_json::json!({"BOOL": rng.random_bool(0.7)});
-    }
-    if rng.random_bool(0.8) {
-        let key = rng.random_range(0..4u8);
-        item["PNI"] = serde_json::json!({"B": b64(&[0x50, key].repeat(8))});
-        item["UAK"] = serde_json::json!({"B": b64(&[0xA0, key].repeat(8))});
-    }
-    item
-}
-
-/// A change record of the Accounts table as Kinesis Data Streams for DynamoDB delivers it.
-fn account_change(
-    event: &str,
-    n: u32,
-    time_ms: u64,
-    sequence: u64,
-    old: Option<serde_json::Value>,
-    new: Option<serde_json::Value>,
-) -> serde_json::Value {
-    let mut ddb = serde_json::json!({
-        "ApproximateCreationDateTime": time_ms,
-        "Keys": {"U": {"B": account(n)}},
-        "SequenceNumber": (49_650_000_000_000_000_000u128 + u128::from(sequence)).to_string(),
-        "SizeBytes": 300,
-    });
-    if let Some(old) = old {
-        ddb["OldImage"] = old;
-    }
-    if let Some(new) = new {
-        ddb["NewImage"] = new;
-    }
-    serde_json::json!({
-        "eventID": format!("{sequence:032x}"),
-        "eventName": event,
-        "dynamodb": ddb,
-        "tableName": "Accounts",
-        "recordFormat": "application/json",
-        "eventSource": "aws:dynamodb",
-    })
+    let discoverable = rng.random_bool(0.9).then(|| rng.random_bool(0.7));
+    let keys = rng.random_bool(0.8).then(|| rng.random_range(0..4u8));
+    common::accounts::item(n, version, number, discoverable, keys)
 }
 
 /// The cds dataflow over a scan of the Accounts table and its change stream, arriving
@@ -813,22 +757,22 @@ const CDS: Scenario = Scenario {
                 let old_number = number(rng);
                 let old = account_item(rng, n, version, &old_number);
                 let record = match rng.random_range(0..10) {
-                    0 => account_change("REMOVE", n, time_ms, sequence, Some(old), None),
+                    0 => common::accounts::change("REMOVE", n, time_ms, sequence, Some(old), None),
                     1 => {
                         let new_number = number(rng);
                         let new = account_item(rng, n, version, &new_number);
-                        account_change("INSERT", n, time_ms, sequence, None, Some(new))
+                        common::accounts::change("INSERT", n, time_ms, sequence, None, Some(new))
                     }
                     // A change of V and D only: cds sees nothing.
                     2 => {
                         let mut new = old.clone();
                         new["V"] = serde_json::json!({"N": (version + 1).to_string()});
-                        account_change("MODIFY", n, time_ms, sequence, Some(old), Some(new))
+                        common::accounts::change("MODIFY", n, time_ms, sequence, Some(old), Some(new))
                     }
                     _ => {
                         let new_number = if rng.random_bool(0.5) { number(rng) } else { old_number };
                         let new = account_item(rng, n, version + 1, &new_number);
-                        account_change("MODIFY", n, time_ms, sequence, Some(old), Some(new))
+                        common::accounts::change("MODIFY", n, time_ms, sequence, Some(old), Some(new))
                     }
                 };
                 record.to_string()
@@ -840,7 +784,7 @@ const CDS: Scenario = Scenario {
     last: || {
         let mut rng = SmallRng::seed_from_u64(0);
         let new = account_item(&mut rng, 999, 1, "+15559999999");
-        let mut record = account_change("INSERT", 999, 1_800_000_000_000, 999_999, None, Some(new));
+        let mut record = common::accounts::change("INSERT", 999, 1_800_000_000_000, 999_999, None, Some(new));
         record["marker"] = "+15559999999".into();
         record.to_string()
     },
