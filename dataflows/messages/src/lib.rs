@@ -13,7 +13,9 @@
 //! | `file_usage` | `file_id` | `file_id`, `count` | one row per file some live message uses |
 //! | `file_usage_events` | `file_id` | `fileId`, `inUse` | append; one per 0 ↔ ≥1 change |
 //!
-//! and [`FeedView`], which answers `changes(user, after, limit)` from the feed's final times.
+//! The feed is served by a `served` sink (`partition_by = "user"`, `version_field =
+//! "timestamp"`, see sinks/served), which keeps its final times per user by timestamp; the
+//! server's Messages service and `GET /messages` answer `changes(user, after, limit)` from it.
 //!
 //! Decisions where the spec is silent:
 //!
@@ -38,7 +40,6 @@
 //! epoch are in, and applied by the worker owning the target message; outputs are the same
 //! for any number of workers.
 
-mod feed;
 mod op;
 mod sequence;
 mod timeline;
@@ -52,7 +53,6 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 
-pub use feed::{DEFAULT_LIMIT, Entry, FeedView, MAX_LIMIT, Page, QueryError};
 pub use op::{Code, Command, FILE_ID_LEN, Message, Op, OpError, Rejection, decide, message_id};
 pub use sequence::{MAX_OPS_PER_EPOCH, RANK_BITS, timestamp, timestamp_epoch};
 pub use timeline::{Applied, Sequenced};

@@ -2,10 +2,13 @@
 
 mod common;
 
+use std::collections::BTreeSet;
+
 use common::*;
 use serde_json::json;
-use sluice_messages::{FeedView, QueryError};
-use sluice_runtime::Time;
+use sluice_runtime::sink::Sink;
+use sluice_runtime::{Time, Value, testing};
+use sluice_served::{Cursor, Entry, ServedView, ViewConfig};
 
 fn send(r: &str, user: &str, to: &str, text: &str, files: &[&str]) -> String {
     json!({"op": "send", "request_id": r, "user": user, "to": to, "text": text, "files": files}).to_string()
@@ -335,25 +338,62 @@ fn changes_pages_through_a_users_feed_from_final_times_only() {
         ]],
         1,
     );
-    let view = FeedView::new();
-    let feed: Vec<_> = c.outputs[FEED].iter().map(|(r, _, d)| (r.clone(), *d)).collect();
-    view.apply(&feed).expect("feed rows");
-    let page = view.changes("ann", 0, Some(1)).expect("page");
-    assert_eq!(page.entries.len(), 1);
-    assert_eq!(page.entries[0].timestamp, ts(0, 0));
-    let page = view.changes("ann", ts(0, 0), Some(10)).expect("page");
-    assert_eq!(
-        page.entries.iter().map(|e| e.timestamp).collect::<Vec<_>>(),
-        vec![ts(0, 1)]
-    );
-    assert!(view.changes("ann", ts(0, 1), None).expect("page").entries.is_empty());
-    assert_eq!(view.changes("cat", 0, None).expect("page").entries.len(), 1);
-    assert!(view.changes("nobody", 0, None).expect("page").entries.is_empty());
-    assert_eq!(view.changes("ann", 0, Some(0)), Err(QueryError::Limit(0)));
-    assert_eq!(view.changes("ann", 0, Some(101)), Err(QueryError::Limit(101)));
-    assert!(view.message("cat", &id(0, 2)).is_some());
+    let view = ServedView::new(ViewConfig {
+        name: "feed".to_owned(),
+        partition_by: Some("user".to_owned()),
+        version_field: Some("timestamp".to_owned()),
+        retention_ms: None,
+    });
+    let mut sink = view.sink(None).expect("a fresh view");
+    // As the engine's sink path feeds it: each time once final, consolidated and sorted.
+    let times: BTreeSet<Time> = c.outputs[FEED].iter().map(|u| u.1).collect();
+    for time in times {
+        let at_time: Vec<_> = c.outputs[FEED].iter().filter(|u| u.1 == time).cloned().collect();
+        let updates: Vec<_> = testing::accumulate(&at_time, time).into_iter().collect();
+        sink.write(time, &updates).expect("feed rows");
+        sink.commit(Some(time + 1)).expect("commit");
+    }
+    sink.commit(None).expect("commit");
+
+    let changes = |user: &str, after: u64, limit: usize| {
+        let after = Cursor::After {
+            version: after,
+            key: None,
+        };
+        let page = view.changes(&Value::str(user), &after, limit);
+        assert!(page.entries.len() <= limit, "{user}: a page of at most {limit}");
+        page.entries
+    };
+    let versions = |entries: &[Entry]| entries.iter().map(|e| e.version).collect::<Vec<_>>();
+    let page = changes("ann", 0, 1);
+    assert_eq!(versions(&page), vec![ts(0, 0)]);
+    assert_eq!(page[0].key.get("id").and_then(Value::as_str), Some(id(0, 0).as_str()));
+    assert_eq!(versions(&changes("ann", ts(0, 0), 10)), vec![ts(0, 1)]);
+    assert!(changes("ann", ts(0, 1), 50).is_empty());
+    assert_eq!(versions(&changes("cat", 0, 50)), vec![ts(0, 2)]);
     assert!(
-        view.message("ann", &id(0, 2)).is_none(),
+        changes("nobody", 0, 50).is_empty(),
+        "a user with no messages gets an empty page"
+    );
+
+    let key = |user: &str, id: &str| Value::map([("user", Value::str(user)), ("id", Value::str(id))]);
+    let cats = view
+        .get(&Value::str("cat"), &key("cat", &id(0, 2)))
+        .expect("cat's message");
+    assert!(
+        cats.value
+            .is_some_and(|v| v.get("text").and_then(Value::as_str) == Some("3"))
+    );
+    assert!(
+        view.get(&Value::str("ann"), &key("cat", &id(0, 2))).is_none()
+            && view.get(&Value::str("ann"), &key("ann", &id(0, 2))).is_none(),
         "a user never sees another user's messages"
+    );
+    let anns = changes("ann", 0, 50);
+    assert!(
+        anns.iter()
+            .all(|e| e.key.get("user").and_then(Value::as_str) == Some("ann")
+                && e.key.get("id").and_then(Value::as_str) != Some(id(0, 2).as_str())),
+        "a user never sees another user's messages: {anns:?}"
     );
 }

@@ -1,6 +1,9 @@
 //! Simulated clients sync with `changes(user, after, limit)` and small limits while ops stream
 //! in; each must end with exactly its user's messages, never seeing a timestamp go backwards.
-//! The view is fed through the engine's sink path, which hands it final times only.
+//! The feed is served as the engine serves it: a [`ServedView`] partitioned by `user` and
+//! versioned by `timestamp`, fed through the engine's sink path, which hands it final times
+//! only. A view fed unfinished times would let a client's cursor pass a timestamp of the
+//! epoch still being computed, and the client would never get that epoch's lower ones.
 
 mod common;
 
@@ -10,16 +13,17 @@ use std::sync::Arc;
 use common::model::generate;
 use common::*;
 use differential_dataflow::input::Input;
-use sluice_messages::{FeedView, messages};
+use sluice_messages::messages;
 use sluice_runtime::exec::RunStatus;
-use sluice_runtime::sink::sink_rows;
+use sluice_runtime::sink::{Sink, sink_rows};
 use sluice_runtime::{Diff, Row, Time, Value};
+use sluice_served::{Cursor, ServedView, ViewConfig};
 use timely::dataflow::ProbeHandle;
 
 /// One client of a user: the last timestamp it processed and the messages it holds.
 struct Client {
     user: String,
-    limit: i64,
+    limit: usize,
     after: u64,
     seen: BTreeMap<String, String>,
     pages: usize,
@@ -27,21 +31,42 @@ struct Client {
 
 impl Client {
     /// Asks for one page and applies it; returns whether it was empty.
-    fn poll(&mut self, view: &FeedView) -> bool {
-        let page = view
-            .changes(&self.user, self.after, Some(self.limit))
-            .expect("a valid limit");
-        assert!(page.entries.len() <= self.limit as usize);
+    fn poll(&mut self, view: &ServedView) -> bool {
+        // As the server asks: every entry of a version above the last timestamp processed.
+        let after = Cursor::After {
+            version: self.after,
+            key: None,
+        };
+        let page = view.changes(&Value::str(self.user.as_str()), &after, self.limit);
+        assert!(page.entries.len() <= self.limit);
         for entry in &page.entries {
             assert!(
-                entry.timestamp > self.after,
+                entry.version > self.after,
                 "{} saw timestamp {} after {}",
                 self.user,
-                entry.timestamp,
+                entry.version,
                 self.after
             );
-            self.after = entry.timestamp;
-            self.seen.insert(entry.id.to_string(), entry.data.to_json_string());
+            assert_eq!(
+                entry.key.get("user").and_then(Value::as_str),
+                Some(self.user.as_str()),
+                "{} was given another user's entry",
+                self.user
+            );
+            let value = entry.value.as_ref().expect("feed rows always have a value");
+            let timestamp = value.get("timestamp").and_then(|t| match t {
+                Value::Int(n) => u64::try_from(*n).ok(),
+                Value::UInt(n) => Some(*n),
+                _ => None,
+            });
+            assert_eq!(timestamp, Some(entry.version), "the version is the entry's timestamp");
+            self.after = entry.version;
+            let id = entry
+                .key
+                .get("id")
+                .and_then(Value::as_str)
+                .expect("feed keys have an id");
+            self.seen.insert(id.to_owned(), value.to_json_string());
         }
         self.pages += 1;
         page.entries.is_empty()
@@ -50,7 +75,12 @@ impl Client {
 
 fn sync(seed: u64, workers: usize) {
     let (input, expected) = generate(seed, 12);
-    let view = FeedView::new();
+    let view = ServedView::new(ViewConfig {
+        name: "feed".to_owned(),
+        partition_by: Some("user".to_owned()),
+        version_field: Some("timestamp".to_owned()),
+        retention_ms: None,
+    });
     let worker_view = view.clone();
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
@@ -65,7 +95,7 @@ fn sync(seed: u64, workers: usize) {
             )
             .feed
             .probe_with(&probe);
-            let sink = (index == 0).then(|| view.sink());
+            let sink = (index == 0).then(|| Box::new(view.sink(None).expect("a fresh view")) as Box<dyn Sink>);
             sink_rows(feed, "feed", sink, Arc::new(RunStatus::new(1)), (false, 0), None);
             handle
         });
@@ -98,7 +128,7 @@ fn sync(seed: u64, workers: usize) {
         }
         drop(ops);
         if index == 0 {
-            while view.frontier() != Some(None) {
+            while !view.progress().ended {
                 worker.step();
                 for c in clients.iter_mut() {
                     c.poll(&view);
