@@ -337,9 +337,13 @@ impl ServedView {
             None if self.shared.config.version_field.is_none() => fresh.horizon = now_ms(),
             None => {}
         }
+        let saved = fresh.time_frontier;
         *self.write() = fresh;
         self.shared.tick.send_modify(|n| *n += 1);
-        Ok(ServedSink { view: self.clone() })
+        Ok(ServedSink {
+            view: self.clone(),
+            saved,
+        })
     }
 
     fn read(&self) -> RwLockReadGuard<'_, State> {
@@ -477,7 +481,8 @@ impl ServedView {
         }
     }
 
-    fn save(&self) -> Result<Vec<u8>, SinkError> {
+    /// The view's checkpoint and the time frontier it is cut at.
+    fn save(&self) -> Result<(Vec<u8>, Time), SinkError> {
         let state = self.read();
         let mut entries = Vec::with_capacity(state.live + state.tombstones.len());
         for (partition, part) in &state.parts {
@@ -497,9 +502,10 @@ impl ServedView {
             horizon: state.horizon,
             entries,
         };
-        bincode::options()
+        let bytes = bincode::options()
             .serialize(&saved)
-            .map_err(|e| SinkError::Io(format!("served view {}: {e}", self.name())))
+            .map_err(|e| SinkError::Io(format!("served view {}: {e}", self.name())))?;
+        Ok((bytes, saved.time_frontier))
     }
 }
 
@@ -520,6 +526,8 @@ fn now_ms() -> u64 {
 /// The sink of a served output: applies each final time to its [`ServedView`].
 pub struct ServedSink {
     view: ServedView,
+    /// The frontier of the view as last saved for a checkpoint (or restored from one).
+    saved: Time,
 }
 
 impl Sink for ServedSink {
@@ -532,15 +540,17 @@ impl Sink for ServedSink {
         Ok(())
     }
 
-    /// The view lives in memory: it is as durable as the checkpoint that holds it, which is
-    /// cut at the frontier it has applied.
+    /// The view lives in memory: it is durable only as far as the last checkpoint that holds
+    /// it. So without checkpoints nothing is durable, and a Kafka source never commits past
+    /// what a restart (which starts the view empty) would need to read again.
     fn durable(&self) -> Option<Time> {
-        let state = self.view.read();
-        (!state.ended).then_some(state.time_frontier)
+        (!self.view.read().ended).then_some(self.saved)
     }
 
     fn checkpoint(&mut self) -> Result<Option<Vec<u8>>, SinkError> {
-        self.view.save().map(Some)
+        let (bytes, frontier) = self.view.save()?;
+        self.saved = frontier;
+        Ok(Some(bytes))
     }
 }
 

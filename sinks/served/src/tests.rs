@@ -168,7 +168,7 @@ fn tombstones_past_their_retention_go_and_raise_the_horizon() {
         ..config("t")
     });
     let mut sink = view
-        .sink(Some(&ServedView::new(config("t")).save().expect("save")))
+        .sink(Some(&ServedView::new(config("t")).save().expect("save").0))
         .expect("restore");
     assert_eq!(view.progress().horizon, 0);
     step(&mut sink, 1000, vec![(row(1, "a"), 1), (row(2, "b"), 1)]);
@@ -213,6 +213,19 @@ fn a_checkpointed_view_restores_entries_tombstones_and_progress() {
     sink.commit(Some(100)).expect("commit");
     assert_eq!(restored.progress().tombstones, 0);
     assert!(restored.sink(Some(b"not a view")).is_err());
+}
+
+#[test]
+fn the_view_is_durable_only_through_its_last_checkpoint() {
+    let view = ServedView::new(config("t"));
+    let mut sink = view.sink(None).expect("sink");
+    step(&mut sink, 10, vec![(row(1, "a"), 1)]);
+    assert_eq!(sink.durable(), Some(0), "nothing saved yet");
+    sink.checkpoint().expect("checkpoint");
+    step(&mut sink, 20, vec![(row(2, "b"), 1)]);
+    assert_eq!(sink.durable(), Some(11));
+    sink.commit(None).expect("end");
+    assert_eq!(sink.durable(), None, "an ended output holds back nothing");
 }
 
 #[test]
