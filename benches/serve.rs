@@ -8,6 +8,7 @@
 //! cargo bench --bench serve -- snapshot --accounts 1000000,10000000
 //! cargo bench --bench serve -- follow --clients 1,100 --rate 10000 --seconds 30
 //! cargo bench --bench serve -- follow --scan 100000 --workers 1 --epoch-ms 20
+//! cargo bench --bench serve -- follow --retention-ms 1000 --dump delays.txt   # per-change delays
 //! ```
 //!
 //! **snapshot** (in process, one child process per size so peak memory is that size's own):
@@ -40,6 +41,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use common::list;
+use common::procfs::{cpu_by_thread, cpu_report, mib, peak_rss};
 use rand::SeedableRng as _;
 use rand::seq::SliceRandom as _;
 use sluice_runtime::sink::Sink as _;
@@ -74,6 +76,9 @@ struct Args {
     scan: u32,
     workers: usize,
     epoch_ms: Option<u64>,
+    retention_ms: Option<u64>,
+    /// Where to write per-change delays (first and last client), for a closer look.
+    dump: Option<String>,
 }
 
 fn parse_args() -> Args {
@@ -86,6 +91,8 @@ fn parse_args() -> Args {
         scan: 100_000,
         workers: 2,
         epoch_ms: None,
+        retention_ms: None,
+        dump: None,
     };
     let mut it = std::env::args().skip(1);
     let number = |v: Option<String>, name: &str| -> u64 {
@@ -102,6 +109,8 @@ fn parse_args() -> Args {
             "--scan" => args.scan = u32::try_from(number(it.next(), "--scan")).expect("--scan fits in u32"),
             "--workers" => args.workers = usize::try_from(number(it.next(), "--workers")).expect("--workers"),
             "--epoch-ms" => args.epoch_ms = Some(number(it.next(), "--epoch-ms")),
+            "--retention-ms" => args.retention_ms = Some(number(it.next(), "--retention-ms")),
+            "--dump" => args.dump = it.next(),
             // cargo bench passes `--bench`; ignore it and anything unknown.
             _ => {}
         }
@@ -217,9 +226,11 @@ fn snapshot(n: u32) {
         .enable_all()
         .build()
         .expect("a client runtime");
+    let cpu_before = cpu_by_thread("self");
     let started = Instant::now();
     let read = runtime.block_on(read_snapshot(addr)).expect("read the snapshot");
     let secs = started.elapsed().as_secs_f64();
+    let cpu = cpu_report(&cpu_before, &cpu_by_thread("self"), secs);
     let rss_after = peak_rss("self");
     server.stop();
 
@@ -237,6 +248,7 @@ fn snapshot(n: u32) {
         f64::from(n) / fill_secs,
         mib(rss_after),
     );
+    println!("  CPU while reading (cores; the client runs on this process's main thread): {cpu}");
 }
 
 /// What one client read up to `dataset_current`.
@@ -323,6 +335,9 @@ fn change(n: u32, time_ms: u64, sequence: u64, old: serde_json::Value, new: serd
 
 fn pipeline(args: &Args, port: u16) -> String {
     let epoch = args.epoch_ms.map_or(String::new(), |e| format!("epoch_ms = {e}\n"));
+    let retention = args
+        .retention_ms
+        .map_or(String::new(), |r| format!("retention_ms = {r}\n"));
     let source = |name: &str, file: &str, format: &str| {
         format!(
             "[sources.{name}]\ntype = \"file\"\npath = \"{file}\"\nformat = \"{format}\"\nfollow = true\npoll_ms = 5\n\n"
@@ -332,7 +347,7 @@ fn pipeline(args: &Args, port: u16) -> String {
         "[pipeline]\nname = \"serve-bench\"\nworkers = {}\n{epoch}\n\
          [dead_letters]\ntype = \"file\"\npath = \"dead-letters.jsonl\"\n\n{}{}\
          [nodes.cds]\ntype = \"cds\"\nchanges = \"changes\"\nsnapshot = \"accounts\"\n\n\
-         [sinks.directory]\ntype = \"served\"\ninput = \"cds.directory\"\nmode = \"upsert\"\n\n\
+         [sinks.directory]\ntype = \"served\"\ninput = \"cds.directory\"\nmode = \"upsert\"\n{retention}\n\
          [server]\ngrpc = \"127.0.0.1:{port}\"\ntoken_key = \"{TOKEN_KEY}\"\n\n\
          [server.account_stream]\nview = \"directory\"\n",
         args.workers,
@@ -381,10 +396,15 @@ impl Drop for Sluice {
 struct Seen {
     snapshot_secs: f64,
     records: u64,
-    /// Delays of the first upsert of each moved number, in microseconds.
+    /// Per change, the delay of the first upsert of its number in microseconds
+    /// ([`MISSING`]: none arrived).
     delays_us: Vec<u32>,
+    received: usize,
     repeats: u64,
 }
+
+/// A change a client did not receive.
+const MISSING: u32 = u32::MAX;
 
 /// The write instants of the changes, as nanoseconds since `base` (0: not written yet).
 struct Clock {
@@ -514,12 +534,27 @@ fn follow(args: &Args, clients: usize) {
     drop(runtime);
     let stopped = sluice.stop();
 
-    let mut delays: Vec<u32> = seen.iter().flat_map(|s| s.delays_us.iter().copied()).collect();
-    delays.sort_unstable();
-    let pct = |p: usize| delays.get((delays.len() * p / 100).min(delays.len().saturating_sub(1)));
-    let ms = |us: Option<&u32>| us.map_or(f64::NAN, |us| f64::from(*us) / 1000.0);
+    let delays: Vec<u32> = seen
+        .iter()
+        .flat_map(|s| s.delays_us.iter().copied().filter(|&d| d != MISSING))
+        .collect();
+    // Per change, its first and its last client: the pipeline's share and the fan-out's.
+    let (first, last): (Vec<u32>, Vec<u32>) = (0..written)
+        .filter_map(|seq| {
+            let got = seen.iter().map(|s| s.delays_us[seq]).filter(|&d| d != MISSING);
+            Some((got.clone().min()?, got.max()?))
+        })
+        .unzip();
+    if let Some(path) = &args.dump {
+        let mut out = String::from("seq written_ms first_client_us last_client_us\n");
+        for (seq, (f, l)) in first.iter().zip(&last).enumerate() {
+            let at = clock.written[seq].load(Ordering::Acquire) / 1_000_000;
+            out += &format!("{seq} {at} {f} {l}\n");
+        }
+        std::fs::write(path, out).expect("write the dump");
+    }
     let records: Vec<u64> = seen.iter().map(|s| s.records).collect();
-    let complete = seen.iter().filter(|s| s.delays_us.len() == written).count();
+    let complete = seen.iter().filter(|s| s.received == written).count();
     let repeats: u64 = seen.iter().map(|s| s.repeats).sum();
     let snapshot_max = seen.iter().map(|s| s.snapshot_secs).fold(0.0, f64::max);
     println!(
@@ -535,13 +570,15 @@ fn follow(args: &Args, clients: usize) {
         "  scan served after {load_secs:.1} s; {clients} clients at dataset_current after {connect_secs:.2} s \
          (slowest snapshot {snapshot_max:.2} s)"
     );
+    let deliveries = delays.len();
     println!(
-        "  delay write -> client: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {} deliveries",
-        ms(pct(50)),
-        ms(pct(99)),
-        ms(delays.last()),
-        delays.len()
+        "  delay write -> client: {} over {deliveries} deliveries",
+        percentiles(delays)
     );
+    if clients > 1 {
+        println!("  per change, first client: {}", percentiles(first));
+        println!("  per change, last client:  {}", percentiles(last));
+    }
     println!(
         "  records per client after the snapshot: min {}, max {}; every client received every change: {} \
          ({complete}/{clients} complete, {repeats} repeated upserts; drain {drain_secs:.2} s)",
@@ -560,6 +597,16 @@ fn follow(args: &Args, clients: usize) {
         cpu_report(&cpu_before.0, &cpu_after.0, cpu_secs),
         cpu_report(&cpu_before.1, &cpu_after.1, cpu_secs)
     );
+}
+
+/// p50, p99 and max of delays in microseconds, as milliseconds.
+fn percentiles(mut us: Vec<u32>) -> String {
+    us.sort_unstable();
+    let at = |p: usize| {
+        us.get((us.len() * p / 100).min(us.len().saturating_sub(1)))
+            .map_or(f64::NAN, |&d| f64::from(d) / 1000.0)
+    };
+    format!("p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms", at(50), at(99), at(100))
 }
 
 /// Appends `rate` MODIFY records per second for `seconds`, a batch every [`WRITE_EVERY`],
@@ -640,8 +687,7 @@ impl Follower {
         let mut seen = Seen::default();
         let mut snapshot = 0u64;
         let mut current = false;
-        let mut got = vec![false; self.clock.written.len()];
-        let mut distinct = 0usize;
+        seen.delays_us = vec![MISSING; self.clock.written.len()];
         loop {
             let message = tokio::select! {
                 biased;
@@ -669,10 +715,10 @@ impl Follower {
                 let Ok(seq) = usize::try_from(record.e164 - MOVED_NUMBERS) else {
                     continue;
                 };
-                if record.aci.is_empty() || seq >= got.len() {
+                if record.aci.is_empty() || seq >= seen.delays_us.len() {
                     continue;
                 }
-                if got[seq] {
+                if seen.delays_us[seq] != MISSING {
                     seen.repeats += 1;
                     continue;
                 }
@@ -680,76 +726,18 @@ impl Follower {
                 if written == 0 {
                     return Err(format!("change {seq} arrived before it was written"));
                 }
-                got[seq] = true;
-                distinct += 1;
+                seen.received += 1;
                 let us = now.saturating_sub(written) / 1000;
-                seen.delays_us.push(u32::try_from(us).unwrap_or(u32::MAX));
+                seen.delays_us[seq] = u32::try_from(us).unwrap_or(MISSING - 1);
             }
-            self.progress[self.index].store(distinct, Ordering::Release);
+            self.progress[self.index].store(seen.received, Ordering::Release);
         }
         Ok(seen)
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// /proc
-
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// `VmHWM` of a process (`self` or a PID), in KiB.
-fn peak_rss(pid: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-fn mib(kib: u64) -> u64 {
-    kib / 1024
-}
-
-/// CPU seconds (user + system) per thread name of a process, summed over its threads.
-fn cpu_by_thread(pid: &str) -> BTreeMap<String, f64> {
-    let mut out = BTreeMap::new();
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return out;
-    };
-    for task in tasks.flatten() {
-        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
-            continue;
-        };
-        // `pid (comm) state ...`: the name may hold spaces, so split at the last ')'.
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let name = stat[open + 1..close].to_owned();
-        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        // utime and stime are fields 14 and 15 of stat, 11 and 12 after the name.
-        let ticks: u64 = fields
-            .get(11..13)
-            .map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
-        // Clock ticks are 100 per second on Linux (USER_HZ).
-        *out.entry(name).or_insert(0.0) += ticks as f64 / 100.0;
-    }
-    out
-}
-
-fn cpu_report(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>, secs: f64) -> String {
-    let mut used: Vec<(f64, &str)> = after
-        .iter()
-        .map(|(name, t)| ((t - before.get(name).copied().unwrap_or(0.0)) / secs, name.as_str()))
-        .filter(|(cores, _)| *cores >= 0.01)
-        .collect();
-    used.sort_by(|a, b| b.0.total_cmp(&a.0));
-    let total: f64 = used.iter().map(|u| u.0).sum();
-    let parts: Vec<String> = used.iter().map(|(c, n)| format!("{n} {c:.2}")).collect();
-    format!("{total:.2} ({})", parts.join(", "))
 }

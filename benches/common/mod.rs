@@ -21,3 +21,5 @@ pub fn list<T: std::str::FromStr>(value: Option<String>) -> Option<Vec<T>> {
 pub fn between<'a>(text: &'a str, start: &str, end: &str) -> Option<&'a str> {
     text.split(start).nth(1)?.split(end).next()
 }
+
+pub mod procfs;
