@@ -57,21 +57,8 @@ fn spawn_with(dir: &Path, args: &[&str]) -> Child {
 }
 
 /// SIGTERM, then a clean exit within 30 s.
-fn stop(mut child: Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(exit) = child.try_wait().expect("wait") {
-            assert!(exit.success(), "exit status {exit:?}");
-            return;
-        }
-        assert!(Instant::now() < deadline, "sluice did not stop within 30 s of SIGTERM");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+fn stop(child: Child) {
+    common::stop_cleanly(child);
 }
 
 fn append(path: &Path, lines: &[String]) {

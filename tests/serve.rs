@@ -108,6 +108,24 @@ fn fresh(grpc: &str, shard: &[&str]) -> Vec<Value> {
     client(&args)
 }
 
+/// A client of the shard ending at `limit` resuming with `token`, up to `dataset_current`.
+fn resume(grpc: &str, limit: &str, token: &str) -> Vec<Value> {
+    client(&[
+        "accounts",
+        "--addr",
+        grpc,
+        "--auth",
+        CDS_SECRET,
+        "--shard-limit",
+        limit,
+        "--token",
+        token,
+        "--until-current",
+        "--timeout",
+        "60",
+    ])
+}
+
 #[test]
 fn the_account_stream_serves_snapshot_changes_and_tokens_that_survive_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -215,20 +233,7 @@ fn the_account_stream_serves_snapshot_changes_and_tokens_that_survive_a_restart(
 
     // Resuming with the token: no clear_all, no snapshot, only the changed numbers (in the
     // shard: 11's move; the new accounts 200.. are past 21, so their numbers are removals).
-    let resumed = client(&[
-        "accounts",
-        "--addr",
-        &grpc,
-        "--auth",
-        CDS_SECRET,
-        "--shard-limit",
-        &limit,
-        "--token",
-        &token,
-        "--until-current",
-        "--timeout",
-        "60",
-    ]);
+    let resumed = resume(&grpc, &limit, &token);
     assert!(resumed.iter().all(|l| l["clear_all"] == false), "{resumed:?}");
     let got = records(&resumed);
     let got_numbers: BTreeSet<String> = got.keys().map(|n| format!("+{n}")).collect();
@@ -294,20 +299,7 @@ fn the_account_stream_serves_snapshot_changes_and_tokens_that_survive_a_restart(
     serving.stop();
     let serving = Serving::start(d, grpc_port, http_port);
     let grpc = serving.grpc.clone();
-    let again = client(&[
-        "accounts",
-        "--addr",
-        &grpc,
-        "--auth",
-        CDS_SECRET,
-        "--shard-limit",
-        &limit,
-        "--token",
-        &token,
-        "--until-current",
-        "--timeout",
-        "60",
-    ]);
+    let again = resume(&grpc, &limit, &token);
     assert!(again.iter().all(|l| l["clear_all"] == false), "{again:?}");
     assert_eq!(records(&again), got);
     serving.stop();

@@ -74,3 +74,24 @@ pub fn final_upsert_state(lines: &[serde_json::Value]) -> std::collections::BTre
     }
     state
 }
+
+/// Sends SIGTERM to a `sluice run` and asserts it exits cleanly within 30 s.
+pub fn stop_cleanly(mut child: std::process::Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some(exit) = child.try_wait().expect("wait") {
+            assert!(exit.success(), "exit status {exit:?}");
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sluice did not stop within 30 s of SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}

@@ -172,22 +172,8 @@ impl Serving {
 
     /// SIGTERM, then a clean exit within 30 s.
     pub fn stop(mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(exit) = child.try_wait().expect("wait") {
-                assert!(exit.success(), "exit status {exit:?}");
-                return;
-            }
-            assert!(Instant::now() < deadline, "sluice did not stop within 30 s of SIGTERM");
-            std::thread::sleep(Duration::from_millis(10));
+        if let Some(child) = self.child.take() {
+            crate::common::stop_cleanly(child);
         }
     }
 }
