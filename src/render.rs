@@ -12,6 +12,7 @@ use sluice_delivery::DeliveryConfig;
 use sluice_expr::Expr;
 use sluice_runtime::exec::{Built, Wiring};
 use sluice_runtime::ingest::{Decode, JsonDecoder};
+use sluice_runtime::progress::CaughtUp;
 use sluice_runtime::recovery::StateRegistry;
 use sluice_runtime::sink::{Sink, SinkError};
 use sluice_runtime::source::{Source, SourceError};
@@ -104,6 +105,8 @@ pub struct SluiceWiring {
     pub fanout_counters: BTreeMap<String, Arc<sluice_fanout::Counters>>,
     /// Per served sink, the view its sink feeds and the server reads.
     pub views: BTreeMap<String, ServedView>,
+    /// Whether the sources are caught up, reported by the workers, read by the views.
+    caught_up: Arc<CaughtUp>,
 }
 
 impl SluiceWiring {
@@ -126,18 +129,22 @@ impl SluiceWiring {
             .chain(pipeline.sinks.iter().map(|s| &s.input))
             .map(|r| r.value.clone())
             .collect();
+        let caught_up = Arc::new(CaughtUp::new());
         let views = pipeline
             .sinks
             .iter()
             .filter_map(|s| match &s.target {
                 SinkTarget::Served(spec) => Some((
                     spec.name.clone(),
-                    ServedView::new(ViewConfig {
-                        name: spec.name.clone(),
-                        partition_by: spec.partition_by.as_ref().map(|f| f.value.clone()),
-                        version_field: spec.version_field.as_ref().map(|f| f.value.clone()),
-                        retention_ms: spec.retention_ms,
-                    }),
+                    ServedView::following(
+                        ViewConfig {
+                            name: spec.name.clone(),
+                            partition_by: spec.partition_by.as_ref().map(|f| f.value.clone()),
+                            version_field: spec.version_field.as_ref().map(|f| f.value.clone()),
+                            retention_ms: spec.retention_ms,
+                        },
+                        Arc::clone(&caught_up),
+                    ),
                 )),
                 _ => None,
             })
@@ -150,11 +157,16 @@ impl SluiceWiring {
             filter_errors,
             fanout_counters,
             views,
+            caught_up,
         }
     }
 }
 
 impl Wiring for SluiceWiring {
+    fn caught_up(&self) -> Option<Arc<CaughtUp>> {
+        Some(Arc::clone(&self.caught_up))
+    }
+
     fn open_source(&self, pipeline: &Pipeline, index: usize) -> Result<Arc<dyn Source>, SourceError> {
         let decl = pipeline
             .sources

@@ -370,6 +370,10 @@ fn a_stalled_client_is_cut_off_while_others_keep_receiving() {
     append(&d.join("scan.jsonl"), &scan);
     let serving = Serving::start(d, grpc_port, http_port);
     let grpc = serving.grpc.clone();
+    // A client connecting while the scan is read is told it is current only once the whole
+    // scan is in (spec/cds.md: "the scan finished and the change sources caught up").
+    let early = fresh(&grpc, &[]);
+    assert_eq!(records(&early).len(), 40_000, "dataset_current before the scan was in");
     wait_for(60, "the scan in the directory", || {
         records(&fresh(&grpc, &[])).len() == 40_000
     });

@@ -82,6 +82,11 @@ pub trait Wiring: Send + Sync + 'static {
         sources: &BTreeMap<String, Rows<'s>>,
         state: &mut StateRegistry,
     ) -> Built<'s>;
+    /// Where the workers report whether the sources are caught up, if anyone wants to know
+    /// (served views, for `dataset_current`).
+    fn caught_up(&self) -> Option<Arc<crate::progress::CaughtUp>> {
+        None
+    }
 }
 
 /// The rendered graph of one worker.
@@ -583,6 +588,8 @@ struct Assigned {
     reader: Box<dyn PartitionReader>,
     finished: bool,
     idle_until: Option<Instant>,
+    /// The last poll found nothing more to read right now.
+    idle: bool,
     /// Failed polls in a row (a broker outage), for backoff and reporting.
     backoff: Backoff,
     /// The reader's position at the end of each epoch it read in, oldest first: a position
@@ -729,6 +736,8 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
     });
 
     let mut assigned: Vec<Assigned> = Vec::new();
+    let caught_up = ctx.wiring.caught_up();
+    let mut caught_since: Option<Time> = None;
     let mut rotate = 0usize;
     let mut known: Vec<usize> = vec![0; ctx.sources.len()];
     let mut waiting: Vec<(usize, u32, PartitionInfo)> = Vec::new();
@@ -873,6 +882,7 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
                         }
                     }
                 }
+                a.idle = state != ReadState::More;
                 match state {
                     ReadState::More => busy = true,
                     ReadState::Idle if a.idle_until.is_some_and(|t| t > now) => {}
@@ -887,6 +897,13 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
                     Some((e, n)) if *e == epoch => *n += read,
                     _ => in_flight.push_back((epoch, read)),
                 }
+            }
+        }
+        if let Some(c) = &caught_up {
+            let now_caught = waiting.is_empty() && assigned.iter().all(|a| a.finished || a.idle);
+            if now_caught != caught_since.is_some() {
+                caught_since = now_caught.then_some(epoch);
+                c.report(index, peers, caught_since);
             }
         }
         if Instant::now() >= next_tick {
@@ -1172,6 +1189,7 @@ fn open_ready_partitions<W: Wiring>(
             reader,
             finished: false,
             idle_until: None,
+            idle: false,
             backoff: Backoff::default(),
             marks: VecDeque::new(),
             last_commit: Instant::now(),

@@ -6,6 +6,7 @@ pub mod envelope;
 pub mod exec;
 pub mod ingest;
 pub mod operators;
+pub mod progress;
 pub mod record;
 pub mod recovery;
 pub mod sink;

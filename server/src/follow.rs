@@ -9,8 +9,9 @@
 //! A batch ends either full (`batch_size` items) or when the client has caught up with the
 //! view's frontier; only the latter is a point to resume from, so only it names a frontier
 //! (the continuation token). After catching up the producer sleeps until the view's frontier
-//! moves, and a catch-up that brought nothing is not sent (except the first, which tells the
-//! client it is current).
+//! moves, and a catch-up that brought nothing is not sent (except the one that makes the
+//! client current — caught up with a view that holds everything the sources had — and the
+//! end of a snapshot).
 //!
 //! A client whose position falls below the view's horizon (tombstones it has not read were
 //! dropped after their retention) cannot be brought up to date by changes any more: it is
@@ -162,8 +163,11 @@ pub(crate) async fn follow<T, R>(
         }
         // The first catch-up, and the end of every snapshot, is sent even when empty: the
         // client learns it is current, and gets a token past its reset.
-        let announce = !current || snapshot_began.is_some();
-        current = true;
+        // Current once the view holds everything the sources had when they caught up (the
+        // scan finished, the streams at their ends), and from then on.
+        let was_current = current;
+        current |= view.progress().current;
+        let announce = (current && !was_current) || snapshot_began.is_some();
         snapshot_began = None;
         if announce || !items.is_empty() {
             let batch = Batch {

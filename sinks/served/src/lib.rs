@@ -43,6 +43,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bincode::Options;
 use serde::{Deserialize, Serialize};
+use sluice_runtime::progress::CaughtUp;
 use sluice_runtime::record::{Diff, Row};
 use sluice_runtime::sink::{Sink, SinkError};
 pub use sluice_runtime::{Time, Value};
@@ -126,6 +127,9 @@ pub struct Progress {
     pub live: usize,
     /// Keys kept as tombstones.
     pub tombstones: usize,
+    /// The view holds everything the pipeline's sources had when they last caught up
+    /// (spec/cds.md's `dataset_current`); always true for a view not told of its sources.
+    pub current: bool,
 }
 
 /// Why a view cannot be restored or fed.
@@ -172,6 +176,7 @@ struct State {
 
 struct Shared {
     config: ViewConfig,
+    caught_up: Option<Arc<CaughtUp>>,
     state: RwLock<State>,
     tick: watch::Sender<u64>,
 }
@@ -195,10 +200,21 @@ struct Saved {
 impl ServedView {
     /// An empty view.
     pub fn new(config: ViewConfig) -> ServedView {
+        ServedView::build(config, None)
+    }
+
+    /// An empty view that is [`Progress::current`] only once the run's sources have caught up
+    /// and the view's frontier has passed that point.
+    pub fn following(config: ViewConfig, caught_up: Arc<CaughtUp>) -> ServedView {
+        ServedView::build(config, Some(caught_up))
+    }
+
+    fn build(config: ViewConfig, caught_up: Option<Arc<CaughtUp>>) -> ServedView {
         let (tick, _) = watch::channel(0);
         ServedView {
             shared: Arc::new(Shared {
                 config,
+                caught_up,
                 state: RwLock::new(State::default()),
                 tick,
             }),
@@ -229,6 +245,11 @@ impl ServedView {
             ended: state.ended,
             live: state.live,
             tombstones: state.tombstones.len(),
+            current: self
+                .shared
+                .caught_up
+                .as_ref()
+                .is_none_or(|c| c.since().is_some_and(|since| state.time_frontier > since)),
         }
     }
 
