@@ -419,6 +419,7 @@ pub fn run<W: Wiring>(pipeline: Arc<Pipeline>, wiring: Arc<W>, options: RunOptio
         slots,
         checkpoints,
         done_reading: AtomicUsize::new(0),
+        last_read_epoch: AtomicU64::new(0),
         final_requested: AtomicBool::new(false),
         workers,
     });
@@ -473,8 +474,10 @@ struct Ctx<W> {
     stop: Arc<AtomicBool>,
     slots: SinkSlots,
     checkpoints: Option<Arc<Checkpointer>>,
-    /// Workers that have read their bounded partitions to the end.
+    /// Workers that will read nothing more (stopped, or read their bounded partitions to the end).
     done_reading: AtomicUsize,
+    /// The latest epoch any worker read in before it stopped reading.
+    last_read_epoch: AtomicU64,
     /// Whether worker 0 has requested the final checkpoint of a bounded run.
     final_requested: AtomicBool,
     /// The number of workers.
@@ -769,31 +772,27 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
         if ctx.status.aborted() {
             return Ok(());
         }
-        if ctx.stop.load(Ordering::SeqCst) {
-            // A clean stop ends with a checkpoint of everything read: the epoch after the
-            // last one read in.
-            if index == 0
-                && let Some(c) = &checkpoints
-            {
-                c.maybe_start(epoch + 1, true);
-            }
-            break;
-        }
-        if all_bounded && waiting.is_empty() && assigned.iter().all(|a| a.finished) {
+        let stopping = ctx.stop.load(Ordering::SeqCst);
+        if stopping || (all_bounded && waiting.is_empty() && assigned.iter().all(|a| a.finished)) {
             let Some(c) = &checkpoints else {
                 break;
             };
-            // A bounded run ends with a checkpoint of everything, taken once every worker has
-            // read all it will; until then the inputs stay open, so the cut can still be made.
+            // A run (stopped, or bounded and read to its end) ends with a checkpoint of
+            // everything read, taken once every worker has stopped reading, past the last
+            // epoch any of them read in: a worker's epoch may run ahead of worker 0's. Until
+            // then the inputs stay open, so the cut can still be made; worker 0's input holds
+            // the dataflow's frontier at its epoch, so no operator has passed the cut.
             if !done_reading {
                 done_reading = true;
+                ctx.last_read_epoch.fetch_max(epoch, Ordering::SeqCst);
                 ctx.done_reading.fetch_add(1, Ordering::SeqCst);
             }
             if index == 0
                 && ctx.done_reading.load(Ordering::SeqCst) == peers
                 && !ctx.final_requested.load(Ordering::SeqCst)
             {
-                c.maybe_start(epoch + 1, true);
+                let last = ctx.last_read_epoch.load(Ordering::SeqCst).max(epoch);
+                c.maybe_start(last + 1, true);
                 ctx.final_requested.store(true, Ordering::SeqCst);
             }
             if ctx.final_requested.load(Ordering::SeqCst) {
@@ -807,7 +806,7 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
         let behind = probe.less_than(&epoch.saturating_sub(MAX_EPOCHS_IN_FLIGHT * p.epoch_ms))
             || unfinished >= MAX_RECORDS_IN_FLIGHT;
         let mut busy = false;
-        if !behind {
+        if !behind && !done_reading {
             let now = Instant::now();
             // One batch per step in total, starting at a rotating partition: small steps keep
             // the dataflow's working set in cache, and rotation keeps partitions fair.
