@@ -6,8 +6,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
+use sluice_connector_dynamodb::ScanSource;
 use sluice_connector_file::FileSource;
 use sluice_connector_kafka::KafkaSource;
+use sluice_connector_kinesis::KinesisSource;
 use sluice_delivery::DeliveryConfig;
 use sluice_expr::Expr;
 use sluice_runtime::exec::{Built, Wiring};
@@ -23,6 +25,7 @@ use sluice_runtime::{Rows, Time};
 use sluice_served::{ServedView, ViewConfig};
 use sluice_sink_file::JsonLinesSink;
 use sluice_sink_kafka::KafkaSink;
+use sluice_sink_kinesis::KinesisSink;
 
 use crate::formats;
 use timely::dataflow::Scope;
@@ -174,6 +177,8 @@ impl Wiring for SluiceWiring {
             .ok_or_else(|| SourceError::Config(format!("no source number {index}")))?;
         match &decl.spec {
             SourceSpec::Kafka(k) => Ok(Arc::new(KafkaSource::new(k, &decl.name.value)?)),
+            SourceSpec::DynamodbScan(d) => Ok(Arc::new(ScanSource::new(d, &decl.name.value)?)),
+            SourceSpec::Kinesis(k) => Ok(Arc::new(KinesisSource::new(k, &decl.name.value)?)),
             SourceSpec::File(f) => {
                 let source = FileSource::new(f.path.value.clone(), f.follow);
                 // Events may be read in parallel chunks; upserts must apply in file order.
@@ -219,6 +224,7 @@ impl Wiring for SluiceWiring {
             SinkTarget::Stdout => Ok(Box::new(JsonLinesSink::stdout(mode).with_encoder(encoder))),
             SinkTarget::Discard => Ok(Box::new(Discard)),
             SinkTarget::Kafka(k) => Ok(Box::new(KafkaSink::new(k, mode, encoder, &k.topic)?)),
+            SinkTarget::Kinesis(k) => Ok(Box::new(KinesisSink::new(k, mode, encoder)?)),
             SinkTarget::Served(s) => {
                 let view = self
                     .views

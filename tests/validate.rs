@@ -54,6 +54,11 @@ fn checkpoints_refuse_nodes_whose_state_they_cannot_restore() {
 }
 
 #[test]
+fn kinesis_and_dynamodb_sources_and_sinks_are_checked() {
+    assert_golden("validate/aws.txt", &problems_of("aws"));
+}
+
+#[test]
 fn served_sinks_and_the_server_section_are_checked() {
     assert_golden("validate/server.txt", &problems_of("server"));
 }
@@ -94,6 +99,10 @@ fn every_example_pipeline_is_valid() {
             let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
                 .args(["validate", &path.to_string_lossy()])
                 .env("KAFKA_BROKERS", "127.0.0.1:9092")
+                .env("AWS_KINESIS_ENDPOINT", "http://127.0.0.1:4567")
+                .env("AWS_DYNAMODB_ENDPOINT", "http://127.0.0.1:4568")
+                .env("SLUICE_TOKEN_KEY", "a-key-of-sixteen-bytes")
+                .env("CDS_AUTH_TOKEN", "secret")
                 .output()
                 .expect("run sluice");
             assert_eq!(

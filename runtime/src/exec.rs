@@ -1083,6 +1083,9 @@ fn idle_poll_ms(p: &Pipeline, source: usize) -> u64 {
         crate::spec::SourceSpec::File(f) => f.poll_ms,
         // A Kafka reader only looks at what the client has already fetched: cheap to ask often.
         crate::spec::SourceSpec::Kafka(_) => 5,
+        // Readers fetch in the background (Kinesis GetRecords, scan pages): polling drains
+        // what arrived.
+        crate::spec::SourceSpec::Kinesis(_) | crate::spec::SourceSpec::DynamodbScan(_) => 5,
     }
 }
 

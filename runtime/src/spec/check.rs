@@ -570,6 +570,10 @@ fn check_start_after(p: &Pipeline, problems: &mut Vec<Problem>) {
                         match &other.spec {
                             crate::spec::SourceSpec::File(_) => "it follows its files",
                             crate::spec::SourceSpec::Kafka(_) => "a Kafka source is unbounded unless `bounded = true`",
+                            crate::spec::SourceSpec::Kinesis(_) =>
+                                "a Kinesis source is unbounded unless `bounded = true`",
+                            // Always bounded: never reached.
+                            crate::spec::SourceSpec::DynamodbScan(_) => "",
                         }
                     ),
                 ));

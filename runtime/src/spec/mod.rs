@@ -134,6 +134,10 @@ pub enum SourceSpec {
     File(FileSourceSpec),
     /// Records of one or more Kafka topics.
     Kafka(KafkaSourceSpec),
+    /// Records of a Kinesis data stream, shard by shard.
+    Kinesis(KinesisSourceSpec),
+    /// Items of a DynamoDB table, read by a parallel scan (always bounded).
+    DynamodbScan(DynamodbScanSpec),
 }
 
 impl SourceSpec {
@@ -142,6 +146,8 @@ impl SourceSpec {
         match self {
             SourceSpec::File(_) => "file",
             SourceSpec::Kafka(_) => "kafka",
+            SourceSpec::Kinesis(_) => "kinesis",
+            SourceSpec::DynamodbScan(_) => "dynamodb-scan",
         }
     }
 
@@ -150,6 +156,8 @@ impl SourceSpec {
         match self {
             SourceSpec::File(f) => !f.follow,
             SourceSpec::Kafka(k) => k.bounded,
+            SourceSpec::Kinesis(k) => k.bounded,
+            SourceSpec::DynamodbScan(_) => true,
         }
     }
 }
@@ -181,6 +189,76 @@ pub struct KafkaSourceSpec {
     pub bounded: bool,
     /// Extra librdkafka properties (`security.protocol`, `sasl.*`, `fetch.*`), applied last.
     pub options: Vec<(String, String)>,
+}
+
+/// Where an AWS service is reached: region and endpoint; credentials come from the standard
+/// AWS chain (environment, profile, instance role).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct AwsSpec {
+    /// The region; `None`: from the AWS chain (`AWS_REGION`, the profile).
+    pub region: Option<String>,
+    /// An endpoint override (`http://127.0.0.1:4567` for a local implementation).
+    pub endpoint: Option<String>,
+}
+
+/// Configuration of a `kinesis` source.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KinesisSourceSpec {
+    /// The stream's name or ARN.
+    pub stream: String,
+    /// Where the service is.
+    pub aws: AwsSpec,
+    /// Where a shard without a resume position starts.
+    pub start: KinesisStart,
+    /// What to do when a resume position is older than the stream's retention.
+    pub on_trimmed: TrimmedPolicy,
+    /// Read each shard until it is caught up (`MillisBehindLatest` 0) or closed, then finish:
+    /// a bounded run, for backfills and tests.
+    pub bounded: bool,
+    /// How often the shard list is refreshed (new child shards), in milliseconds.
+    pub shard_refresh_ms: u64,
+}
+
+/// Where a Kinesis shard starts reading.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KinesisStart {
+    /// At the oldest retained record (`TRIM_HORIZON`).
+    TrimHorizon,
+    /// After the newest record when the shard is opened (`LATEST`).
+    Latest,
+}
+
+/// What a Kinesis source does with a resume position older than the stream's retention.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrimmedPolicy {
+    /// Fail the run: records were lost, and a person must decide.
+    Fail,
+    /// Log an error and go on from the oldest retained record.
+    Oldest,
+}
+
+/// Configuration of a `dynamodb-scan` source.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DynamodbScanSpec {
+    /// The table.
+    pub table: String,
+    /// Where the service is.
+    pub aws: AwsSpec,
+    /// The parallel scan's `TotalSegments`; segments are spread over workers.
+    pub segments: u32,
+    /// A `ProjectionExpression` (attribute names, comma-separated), if only some are needed.
+    pub projection: Option<String>,
+    /// Items per `Scan` call (`Limit`); `None`: the service's 1 MB pages.
+    pub page_size: Option<u32>,
+}
+
+/// Configuration of a `kinesis` sink.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KinesisSinkSpec {
+    /// The stream's name or ARN.
+    pub stream: String,
+    /// Where the service is.
+    pub aws: AwsSpec,
 }
 
 /// Where a Kafka partition starts reading.
@@ -656,6 +734,8 @@ pub enum SinkTarget {
     Kafka(KafkaSinkSpec),
     /// A served view, read by clients of the pipeline's `[server]`.
     Served(ServedSinkSpec),
+    /// Records of a Kinesis data stream.
+    Kinesis(KinesisSinkSpec),
 }
 
 impl SinkTarget {
@@ -667,6 +747,7 @@ impl SinkTarget {
             SinkTarget::Discard => "discard",
             SinkTarget::Kafka(_) => "kafka",
             SinkTarget::Served(_) => "served",
+            SinkTarget::Kinesis(_) => "kinesis",
         }
     }
 

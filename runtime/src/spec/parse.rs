@@ -7,10 +7,11 @@ use toml_edit::{Document, TableLike};
 
 use super::walk::{Walker, join};
 use super::{
-    AccountStreamSpec, AggFunc, AggregateDecl, CdsSpec, ContactsSpec, DeliverySpec, Envelope, FanoutSpec,
-    FileSourceSpec, Format, JoinKind, KafkaSinkSpec, KafkaSourceSpec, KafkaStart, KeyFields, Loc, MessagesServiceSpec,
-    MessagesSpec, NodeDecl, NodeSpec, Pipeline, Problem, ServedSinkSpec, ServerSpec, SinkDecl, SinkMode, SinkTarget,
-    SourceDecl, SourceSpec, Spanned,
+    AccountStreamSpec, AggFunc, AggregateDecl, AwsSpec, CdsSpec, ContactsSpec, DeliverySpec, DynamodbScanSpec,
+    Envelope, FanoutSpec, FileSourceSpec, Format, JoinKind, KafkaSinkSpec, KafkaSourceSpec, KafkaStart, KeyFields,
+    KinesisSinkSpec, KinesisSourceSpec, KinesisStart, Loc, MessagesServiceSpec, MessagesSpec, NodeDecl, NodeSpec,
+    Pipeline, Problem, ServedSinkSpec, ServerSpec, SinkDecl, SinkMode, SinkTarget, SourceDecl, SourceSpec, Spanned,
+    TrimmedPolicy,
 };
 
 const TOP_KEYS: &[&str] = &["pipeline", "dead_letters", "sources", "nodes", "sinks", "server"];
@@ -21,7 +22,21 @@ const PIPELINE_KEYS: &[&str] = &[
     "checkpoint_dir",
     "checkpoint_interval_ms",
 ];
-const SOURCE_TYPES: &[&str] = &["file", "kafka"];
+const SOURCE_TYPES: &[&str] = &["file", "kafka", "kinesis", "dynamodb-scan"];
+/// Keys of a `kinesis` source besides the common ones.
+const KINESIS_SOURCE_KEYS: &[&str] = &[
+    "stream",
+    "region",
+    "endpoint",
+    "start",
+    "on_trimmed",
+    "bounded",
+    "shard_refresh_ms",
+];
+/// Keys of a `dynamodb-scan` source besides the common ones.
+const SCAN_SOURCE_KEYS: &[&str] = &["table", "region", "endpoint", "segments", "projection", "page_size"];
+/// Keys of a `kinesis` sink target.
+const KINESIS_SINK_KEYS: &[&str] = &["stream", "region", "endpoint"];
 const NODE_TYPES: &[&str] = &[
     "filter",
     "map",
@@ -37,7 +52,7 @@ const NODE_TYPES: &[&str] = &[
     "fanout",
     "messages",
 ];
-const SINK_TYPES: &[&str] = &["file", "stdout", "discard", "kafka", "served"];
+const SINK_TYPES: &[&str] = &["file", "stdout", "discard", "kafka", "served", "kinesis"];
 /// Keys of a `served` sink target.
 const SERVED_SINK_KEYS: &[&str] = &["partition_by", "version_field", "retention_ms"];
 /// Keys of the `[server]` section.
@@ -339,10 +354,25 @@ fn source(
             w.deny_unknown(t, &path, &[&common[..], KAFKA_SOURCE_KEYS].concat());
             kafka_source(w, t, &path, loc, pipeline).map(SourceSpec::Kafka)
         }
+        Some("kinesis") => {
+            w.deny_unknown(t, &path, &[&common[..], KINESIS_SOURCE_KEYS].concat());
+            kinesis_source(w, t, &path, loc).map(SourceSpec::Kinesis)
+        }
+        Some("dynamodb-scan") => {
+            w.deny_unknown(t, &path, &[&common[..], SCAN_SOURCE_KEYS].concat());
+            scan_source(w, t, &path, loc).map(SourceSpec::DynamodbScan)
+        }
         _ => None,
     };
     let message_keyed = ty.as_deref() == Some("kafka");
-    let format = format(w, t, &path, Format::ALL.as_slice()).map(|f| f.value);
+    let format = match ty.as_deref() {
+        // A scan yields DynamoDB items, in DynamoDB's JSON: nothing else would decode.
+        Some("dynamodb-scan") => match format(w, t, &path, &[Format::DynamodbItem]) {
+            Some(_) if w.key_loc(t, "format").is_none() => Some(Format::DynamodbItem),
+            f => f.map(|f| f.value),
+        },
+        _ => format(w, t, &path, Format::ALL.as_slice()).map(|f| f.value),
+    };
     let key = key_fields(w, t, "key", &path);
     let deleted_field = w.string(t, "deleted_field", &path);
     let envelope = match w.string(t, "envelope", &path) {
@@ -782,6 +812,7 @@ fn sink(w: &mut Walker, name: Spanned<String>, t: &dyn TableLike, loc: Option<Lo
             &["type", "input", "mode", "path", "format"][..],
             KAFKA_SINK_KEYS,
             SERVED_SINK_KEYS,
+            KINESIS_SINK_KEYS,
         ]
         .concat(),
     );
@@ -835,13 +866,19 @@ fn sink(w: &mut Walker, name: Spanned<String>, t: &dyn TableLike, loc: Option<Lo
 fn sink_target(w: &mut Walker, t: &dyn TableLike, path: &str, loc: Option<Loc>, base: &Path) -> Option<SinkTarget> {
     let ty = kind(w, t, path, loc, SINK_TYPES)?;
     // Keys of the other kinds are refused by name, so a `path` on a Kafka sink is not ignored.
-    let owned: [(&str, &[&str]); 3] = [
+    let owned: [(&str, &[&str]); 4] = [
         ("file", &["path"]),
         ("kafka", KAFKA_SINK_KEYS),
         ("served", SERVED_SINK_KEYS),
+        ("kinesis", KINESIS_SINK_KEYS),
     ];
+    let own: &[&str] = owned
+        .iter()
+        .find(|(owner, _)| *owner == ty)
+        .map_or(&[], |(_, keys)| keys);
     for (owner, keys) in owned.into_iter().filter(|(owner, _)| *owner != ty) {
-        for key in keys {
+        // A key of this kind too (`region`, `endpoint` of the AWS kinds) is not another's.
+        for key in keys.iter().filter(|k| !own.contains(k)) {
             if let Some(at) = w.key_loc(t, key) {
                 w.problem_at(
                     at,
@@ -870,6 +907,14 @@ fn sink_target(w: &mut Walker, t: &dyn TableLike, path: &str, loc: Option<Loc>, 
             }))
         }
         "discard" => Some(SinkTarget::Discard),
+        "kinesis" => {
+            let stream = required(w, t, "stream", path, loc);
+            let aws = aws(w, t, path);
+            Some(SinkTarget::Kinesis(KinesisSinkSpec {
+                stream: stream?.value,
+                aws,
+            }))
+        }
         "served" => Some(SinkTarget::Served(ServedSinkSpec {
             // Set by `sink`, which knows the name.
             name: String::new(),
@@ -879,6 +924,89 @@ fn sink_target(w: &mut Walker, t: &dyn TableLike, path: &str, loc: Option<Loc>, 
         })),
         _ => Some(SinkTarget::Stdout),
     }
+}
+
+/// `region` and `endpoint` of an AWS source or sink.
+fn aws(w: &mut Walker, t: &dyn TableLike, path: &str) -> AwsSpec {
+    let endpoint = w.string(t, "endpoint", path);
+    if let Some(e) = &endpoint
+        && !(e.value.starts_with("http://") || e.value.starts_with("https://"))
+    {
+        w.problem_at(
+            e.loc,
+            &e.path,
+            format!(
+                "`{}` is not an endpoint URL: write `http://host:port` or `https://…`",
+                e.value
+            ),
+        );
+    }
+    AwsSpec {
+        region: w.string(t, "region", path).map(|r| r.value),
+        endpoint: endpoint.map(|e| e.value),
+    }
+}
+
+fn kinesis_source(w: &mut Walker, t: &dyn TableLike, path: &str, loc: Option<Loc>) -> Option<KinesisSourceSpec> {
+    let stream = required(w, t, "stream", path, loc);
+    let aws = aws(w, t, path);
+    let start = match w.string(t, "start", path) {
+        None => Some(KinesisStart::TrimHorizon),
+        Some(s) => match s.value.as_str() {
+            "trim_horizon" => Some(KinesisStart::TrimHorizon),
+            "latest" => Some(KinesisStart::Latest),
+            other => {
+                w.problem_at(
+                    s.loc,
+                    &s.path,
+                    format!("unknown start `{other}` (one of: trim_horizon, latest)"),
+                );
+                None
+            }
+        },
+    };
+    let on_trimmed = match w.string(t, "on_trimmed", path) {
+        None => Some(TrimmedPolicy::Fail),
+        Some(s) => match s.value.as_str() {
+            "fail" => Some(TrimmedPolicy::Fail),
+            "oldest" => Some(TrimmedPolicy::Oldest),
+            other => {
+                w.problem_at(
+                    s.loc,
+                    &s.path,
+                    format!("unknown policy `{other}` (one of: fail, oldest)"),
+                );
+                None
+            }
+        },
+    };
+    let bounded = w.bool(t, "bounded", path).is_some_and(|b| b.value);
+    let shard_refresh_ms = w
+        .uint(t, "shard_refresh_ms", path, 100..=3_600_000)
+        .map_or(10_000, |n| n.value);
+    Some(KinesisSourceSpec {
+        stream: stream?.value,
+        aws,
+        start: start?,
+        on_trimmed: on_trimmed?,
+        bounded,
+        shard_refresh_ms,
+    })
+}
+
+fn scan_source(w: &mut Walker, t: &dyn TableLike, path: &str, loc: Option<Loc>) -> Option<DynamodbScanSpec> {
+    let table = required(w, t, "table", path, loc);
+    let aws = aws(w, t, path);
+    let segments = w.uint(t, "segments", path, 1..=1_000_000).map_or(1, |n| n.value as u32);
+    let projection = w.string(t, "projection", path).map(|p| p.value);
+    let page_size = w.uint(t, "page_size", path, 1..=1_000_000).map(|n| n.value as u32);
+    Some(DynamodbScanSpec {
+        table: table?.value,
+        aws,
+        segments,
+        projection,
+        page_size,
+    })
 }
 
 /// The `[server]` section; references to views are checked with the graph.
