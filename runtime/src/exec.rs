@@ -881,11 +881,13 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
                         }
                     }
                 }
-                a.idle = state != ReadState::More;
+                a.idle = matches!(state, ReadState::Idle | ReadState::Finished);
                 match state {
                     ReadState::More => busy = true,
-                    ReadState::Idle if a.idle_until.is_some_and(|t| t > now) => {}
-                    ReadState::Idle => a.idle_until = Some(now + Duration::from_millis(idle_poll_ms(p, a.source))),
+                    ReadState::Idle | ReadState::Waiting if a.idle_until.is_some_and(|t| t > now) => {}
+                    ReadState::Idle | ReadState::Waiting => {
+                        a.idle_until = Some(now + Duration::from_millis(idle_poll_ms(p, a.source)))
+                    }
                     ReadState::Finished => {
                         a.finished = true;
                         ctx.catalog.mark_finished(a.source, &a.id, epoch);

@@ -68,8 +68,13 @@ pub struct RawRecord {
 pub enum ReadState {
     /// It returned records and may have more right away.
     More,
-    /// Nothing more now; poll again later (a followed file, a quiet topic).
+    /// Nothing more now, and nothing more there: the reader is caught up (a followed file at
+    /// its end, a quiet topic); poll again later.
     Idle,
+    /// Nothing more now, but the source has more it has not fetched yet (a scan page or a
+    /// Kinesis shard behind its tip, on its way): poll again later, and do not count the
+    /// partition as caught up.
+    Waiting,
     /// The partition ended and will never have more (bounded file, closed shard).
     Finished,
 }

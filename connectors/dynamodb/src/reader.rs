@@ -294,10 +294,11 @@ impl PartitionReader for ScanReader {
             self.progress.segment_done(self.segment);
             return Ok(ReadState::Finished);
         }
+        // A segment not read to its end has more on the way: never caught up before it ends.
         Ok(if handed == max {
             ReadState::More
         } else {
-            ReadState::Idle
+            ReadState::Waiting
         })
     }
 
@@ -661,13 +662,13 @@ mod tests {
         };
         let mut r = ScanReader::new(parts, "segment-0", &Position::Start).expect("reader");
         let mut out = Vec::new();
-        assert_eq!(r.poll(&mut out, 10).ok(), Some(ReadState::Idle));
+        assert_eq!(r.poll(&mut out, 10).ok(), Some(ReadState::Waiting));
         tx.try_send(Ok(Page {
             items: [item(0), item(1)].into_iter().collect(),
             last_key: Some(key(1)),
         }))
         .expect("room");
-        assert_eq!(r.poll(&mut out, 10).ok(), Some(ReadState::Idle));
+        assert_eq!(r.poll(&mut out, 10).ok(), Some(ReadState::Waiting));
         assert_eq!(ks(&out), vec![0, 1]);
         tx.try_send(Ok(Page::default())).expect("room");
         assert_eq!(r.poll(&mut out, 10).ok(), Some(ReadState::Finished));

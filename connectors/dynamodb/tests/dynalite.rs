@@ -221,7 +221,7 @@ fn read(
         match state {
             ReadState::Finished => return Ok((all, true)),
             ReadState::More => {}
-            ReadState::Idle => std::thread::sleep(Duration::from_millis(1)),
+            ReadState::Idle | ReadState::Waiting => std::thread::sleep(Duration::from_millis(1)),
         }
         assert!(Instant::now() < deadline, "the segment did not finish in time");
     }

@@ -99,6 +99,12 @@ impl Lag {
         }
     }
 
+    fn at_tip(&self, shard: &str) -> bool {
+        self.shards
+            .lock()
+            .is_ok_and(|m| m.get(shard).is_some_and(|millis| *millis == Some(0)))
+    }
+
     pub(crate) fn close(&self, shard: &str) {
         if let Ok(mut m) = self.shards.lock() {
             m.remove(shard);
@@ -399,6 +405,13 @@ impl KinesisReader {
     }
 }
 
+impl KinesisReader {
+    /// Whether the shard's last `GetRecords` said it is at the tip (`MillisBehindLatest` 0).
+    fn at_tip(&self) -> bool {
+        self.lag.as_ref().is_some_and(|l| l.at_tip(&self.shard))
+    }
+}
+
 impl PartitionReader for KinesisReader {
     fn poll(&mut self, out: &mut Vec<RawRecord>, max: usize) -> Result<ReadState, SourceError> {
         let mut read = 0;
@@ -436,7 +449,9 @@ impl PartitionReader for KinesisReader {
                 ReadState::Finished
             }
             _ if read > 0 => ReadState::More,
-            _ => ReadState::Idle,
+            // Caught up only once the shard's last answer said it is at its tip.
+            _ if self.at_tip() => ReadState::Idle,
+            _ => ReadState::Waiting,
         })
     }
 

@@ -177,7 +177,7 @@ fn a_resume_position_the_service_refuses_fails_or_restarts_from_the_oldest_recor
     let error = loop {
         assert!(std::time::Instant::now() < deadline, "no failure");
         match reader.poll(&mut Vec::new(), 100) {
-            Ok(ReadState::Idle | ReadState::More) => std::thread::sleep(Duration::from_millis(5)),
+            Ok(ReadState::Idle | ReadState::Waiting | ReadState::More) => std::thread::sleep(Duration::from_millis(5)),
             Ok(ReadState::Finished) => panic!("finished instead of failing"),
             Err(e) => break e,
         }

@@ -296,7 +296,7 @@ pub fn read_all(source: &dyn Source, from: &BTreeMap<String, Position>, timeout:
                     busy = true;
                     i += 1;
                 }
-                ReadState::Idle => i += 1,
+                ReadState::Idle | ReadState::Waiting => i += 1,
                 ReadState::Finished => {
                     let (shard, reader) = open.remove(i);
                     result.finished.push((shard.clone(), reader.position()));
