@@ -142,7 +142,11 @@ fn fed_reader(from: Position) -> (KinesisReader, mpsc::Sender<Event>) {
 fn a_reader_returns_pages_in_order_and_ends_at_a_closed_shard() {
     let (mut reader, tx) = fed_reader(Position::Sequence("5".to_owned()));
     let mut out = Vec::new();
-    assert_eq!(reader.poll(&mut out, 10).ok(), Some(ReadState::Waiting), "no answer yet: not caught up");
+    assert_eq!(
+        reader.poll(&mut out, 10).ok(),
+        Some(ReadState::Waiting),
+        "no answer yet: not caught up"
+    );
     assert_eq!(reader.position(), Position::Sequence("5".to_owned()));
     for event in [
         Event::Page(vec![record("7", "a", b"{}"), record("9", "b", b"")]),
