@@ -4,6 +4,10 @@
 //! so output is deterministic whatever the number of workers — strictly in time order, and
 //! after them the new frontier: "every time before F is final". The frontier is the only
 //! commit signal in sluice; Kafka commits, continuation tokens and checkpoints hang on it.
+//!
+//! What a sink writes for a time's updates depends only on its mode, so every sink makes its
+//! records with [`for_each_record`]: a file line, a Kafka record and a Kinesis record of the
+//! same update carry the same bytes.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,6 +18,8 @@ use timely::dataflow::operators::generic::Operator;
 use crate::exec::RunStatus;
 use crate::record::{Diff, Row, Rows, Time};
 use crate::recovery::Checkpointer;
+use crate::spec::SinkMode;
+use crate::value::{Json, Value};
 
 /// A sink's part in checkpoints: where it reports its position at each checkpoint's
 /// frontier, and the times a restarted run must not write again.
@@ -73,6 +79,131 @@ pub trait Encode: Send + Sync {
     fn partition_key(&self, _row: &Row) -> Option<String> {
         None
     }
+}
+
+/// One record of a sink's output: a line of a file, a Kafka record, a Kinesis record.
+#[derive(Clone, Copy)]
+pub struct Record<'a> {
+    /// The key the record is written under: in `upsert` mode the row's key, even a null one
+    /// (the record replaces that key's value); otherwise the row's key unless it is null (an
+    /// unkeyed collection).
+    pub key: Option<&'a Value>,
+    /// The record's data (see [`for_each_record`]); `None` for an upsert tombstone.
+    pub payload: Option<&'a [u8]>,
+    row: &'a Row,
+    /// The format whose partition key [`Record::format_key`] gives (append mode only).
+    encoder: Option<&'a dyn Encode>,
+}
+
+impl Record<'_> {
+    /// The format's partition key for the record's row, in append mode with an encoder that
+    /// names one. Made on demand: only partitioned sinks ask for it.
+    pub fn format_key(&self) -> Option<String> {
+        self.encoder.and_then(|e| e.partition_key(self.row))
+    }
+}
+
+/// Turns one time's updates, sorted by row as [`Sink::write`] gets them, into the records of
+/// `mode`, handing each to `emit` in order:
+///
+/// - `upsert`: per key, each value inserted at this time as JSON, or, when the key's values
+///   were only retracted, one tombstone (no payload);
+/// - `changelog`: per update, `{"time": T, "diff": D, "key": K, "value": V}`, `key` left out
+///   for an unkeyed row;
+/// - `append`: per insertion, in the order of source positions (derived rows last), the row
+///   encoded by `encoder` (its value as JSON without one), once per unit of its diff;
+///   retractions are not written.
+///
+/// The payloads are made in one buffer, lent to `emit` for each record in turn.
+pub fn for_each_record(
+    mode: SinkMode,
+    encoder: Option<&dyn Encode>,
+    time: Time,
+    updates: &[(Row, Diff)],
+    mut emit: impl FnMut(Record<'_>) -> Result<(), SinkError>,
+) -> Result<(), SinkError> {
+    let json = |e: serde_json::Error| SinkError::Io(e.to_string());
+    let buf = &mut Vec::with_capacity(256);
+    match mode {
+        SinkMode::Upsert => {
+            // Sorted by row, so each key's updates are adjacent.
+            for group in updates.chunk_by(|a, b| a.0.key == b.0.key) {
+                let first = &group[0].0;
+                let mut inserted = false;
+                for (row, _) in group.iter().filter(|(_, d)| *d > 0) {
+                    inserted = true;
+                    buf.clear();
+                    serde_json::to_writer(&mut *buf, &Json(&row.val)).map_err(json)?;
+                    emit(Record {
+                        key: Some(&first.key),
+                        payload: Some(buf),
+                        row,
+                        encoder: None,
+                    })?;
+                }
+                if !inserted {
+                    emit(Record {
+                        key: Some(&first.key),
+                        payload: None,
+                        row: first,
+                        encoder: None,
+                    })?;
+                }
+            }
+        }
+        SinkMode::Changelog => {
+            let t = Value::from(time);
+            for (row, diff) in updates {
+                let d = Value::Int(*diff as i64);
+                let key = (!row.key.is_null()).then_some(&row.key);
+                let fields = [
+                    ("time", Some(&t)),
+                    ("diff", Some(&d)),
+                    ("key", key),
+                    ("value", Some(&row.val)),
+                ];
+                buf.clear();
+                buf.push(b'{');
+                for (i, (name, value)) in fields.iter().filter_map(|(n, v)| Some((n, (*v)?))).enumerate() {
+                    if i > 0 {
+                        buf.push(b',');
+                    }
+                    serde_json::to_writer(&mut *buf, name).map_err(json)?;
+                    buf.push(b':');
+                    serde_json::to_writer(&mut *buf, &Json(value)).map_err(json)?;
+                }
+                buf.push(b'}');
+                emit(Record {
+                    key,
+                    payload: Some(buf),
+                    row,
+                    encoder: None,
+                })?;
+            }
+        }
+        SinkMode::Append => {
+            let mut inserted: Vec<&(Row, Diff)> = updates.iter().filter(|(_, d)| *d > 0).collect();
+            // Stable: rows made from one position (several records of one event) stay sorted.
+            inserted.sort_by_key(|(row, _)| row.pos);
+            for (row, diff) in inserted {
+                buf.clear();
+                match encoder {
+                    Some(e) => e.encode(row, buf).map_err(SinkError::Io)?,
+                    None => serde_json::to_writer(&mut *buf, &Json(&row.val)).map_err(json)?,
+                }
+                let key = (!row.key.is_null()).then_some(&row.key);
+                for _ in 0..*diff {
+                    emit(Record {
+                        key,
+                        payload: Some(buf),
+                        row,
+                        encoder,
+                    })?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Feeds `rows` to `sink` on worker 0; other workers pass `None` and forward their rows.
@@ -224,5 +355,134 @@ mod tests {
         let mut updates = vec![(row(2), 1), (row(1), -1), (row(4), 0)];
         consolidate_rows(&mut updates);
         assert_eq!(updates, vec![(row(1), -1), (row(2), 1)]);
+    }
+
+    /// Every record `for_each_record` makes, as (key JSON, format key, payload text).
+    fn records(
+        mode: SinkMode,
+        encoder: Option<&dyn Encode>,
+        updates: &[(Row, Diff)],
+    ) -> Vec<(Option<String>, Option<String>, Option<String>)> {
+        let mut out = Vec::new();
+        for_each_record(mode, encoder, 7, updates, |r| {
+            out.push((
+                r.key.map(Value::to_json_string),
+                r.format_key(),
+                r.payload.map(|p| String::from_utf8_lossy(p).into_owned()),
+            ));
+            Ok(())
+        })
+        .expect("records");
+        out
+    }
+
+    fn at(key: Value, val: i64, offset: u64) -> Row {
+        Row {
+            key,
+            val: Value::map([("v", Value::Int(val))]),
+            pos: crate::record::Pos {
+                source: 0,
+                partition: 0,
+                offset,
+            },
+        }
+    }
+
+    fn text(s: &str) -> Option<String> {
+        Some(s.to_owned())
+    }
+
+    #[test]
+    fn upsert_records_are_each_keys_new_values_or_a_tombstone() {
+        let (a, b, null) = (Value::from("a"), Value::from("b"), Value::Null);
+        let updates = [
+            (at(a.clone(), 1, 0), -1),
+            (at(a.clone(), 2, 1), 1),
+            (at(b.clone(), 3, 2), -1),
+            (at(null.clone(), 4, 3), -1),
+        ];
+        assert_eq!(
+            records(SinkMode::Upsert, None, &updates),
+            vec![
+                (text(r#""a""#), None, text(r#"{"v":2}"#)),
+                (text(r#""b""#), None, None),
+                // A null key is still the key whose value the record replaces.
+                (text("null"), None, None),
+            ]
+        );
+    }
+
+    #[test]
+    fn changelog_records_carry_time_diff_key_and_value_and_no_key_when_unkeyed() {
+        let updates = [(at(Value::from("a"), 1, 0), -1), (at(Value::Null, 2, 1), 2)];
+        assert_eq!(
+            records(SinkMode::Changelog, None, &updates),
+            vec![
+                (
+                    text(r#""a""#),
+                    None,
+                    text(r#"{"time":7,"diff":-1,"key":"a","value":{"v":1}}"#)
+                ),
+                (None, None, text(r#"{"time":7,"diff":2,"value":{"v":2}}"#)),
+            ]
+        );
+    }
+
+    /// Encodes a row as its value's `v` in brackets, partitioned by that number.
+    struct Bracketed;
+
+    impl Encode for Bracketed {
+        fn encode(&self, row: &Row, out: &mut Vec<u8>) -> Result<(), String> {
+            let v = row.val.get("v").map(Value::to_json_string).unwrap_or_default();
+            out.extend_from_slice(format!("[{v}]").as_bytes());
+            Ok(())
+        }
+
+        fn partition_key(&self, row: &Row) -> Option<String> {
+            row.val.get("v").map(|v| format!("p{}", v.to_json_string()))
+        }
+    }
+
+    #[test]
+    fn append_records_are_insertions_in_source_order_repeated_per_diff() {
+        // Sorted by row; by position the order is c, a, then the derived row.
+        let mut derived = at(Value::from("b"), 0, 0);
+        derived.pos = crate::record::Pos::NONE;
+        let updates = [
+            (at(Value::from("a"), 1, 5), 1),
+            (derived, 1),
+            (at(Value::Null, 3, 2), 2),
+            (at(Value::from("d"), 4, 1), -1),
+        ];
+        assert_eq!(
+            records(SinkMode::Append, None, &updates),
+            vec![
+                (None, None, text(r#"{"v":3}"#)),
+                (None, None, text(r#"{"v":3}"#)),
+                (text(r#""a""#), None, text(r#"{"v":1}"#)),
+                (text(r#""b""#), None, text(r#"{"v":0}"#)),
+            ]
+        );
+        assert_eq!(
+            records(SinkMode::Append, Some(&Bracketed), &updates[..1]),
+            vec![(text(r#""a""#), text("p1"), text("[1]"))]
+        );
+        // Only append records are encoded, and have a format key.
+        assert_eq!(
+            records(SinkMode::Upsert, Some(&Bracketed), &updates[..1]),
+            vec![(text(r#""a""#), None, text(r#"{"v":1}"#))]
+        );
+    }
+
+    #[test]
+    fn an_error_of_emit_stops_the_records() {
+        let updates = [(at(Value::from("a"), 1, 0), 3)];
+        let mut calls = 0;
+        let result = for_each_record(SinkMode::Append, None, 1, &updates, |_| {
+            calls += 1;
+            Err(SinkError::Io("full".to_owned()))
+        });
+        assert!(matches!(result, Err(SinkError::Io(m)) if m == "full"));
+        assert_eq!(calls, 1);
     }
 }

@@ -59,7 +59,6 @@ use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::config::timeout::TimeoutConfig;
 use aws_sdk_dynamodb::types::{KeyType, TableStatus};
 use sluice_runtime::source::{PartitionInfo, PartitionReader, Position, Source, SourceError};
 use sluice_runtime::spec::DynamodbScanSpec;
@@ -75,11 +74,6 @@ use request::{Failure, ScanFetch};
 const MAX_SEGMENTS: u32 = 1_000_000;
 /// How long `DescribeTable` may take before discovery counts it as an outage.
 const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long one attempt of a request may take: a stalled connection must not stall its
-/// segment for good (a 1 MB page normally takes well under a second).
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long connecting may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How far a scan is, in this process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,21 +110,8 @@ impl ScanSource {
     /// A source named `name` for `spec`, with the AWS configuration of `spec.aws` and the
     /// standard credential chain; sends no request until [`Source::discover`].
     pub fn new(spec: &DynamodbScanSpec, name: &str) -> Result<ScanSource, SourceError> {
-        let config = sluice_aws::sdk_config(&spec.aws);
-        let timeouts = config
-            .timeout_config()
-            .map(TimeoutConfig::to_builder)
-            .unwrap_or_default()
-            .take_unset_from(
-                TimeoutConfig::builder()
-                    .connect_timeout(CONNECT_TIMEOUT)
-                    .operation_attempt_timeout(ATTEMPT_TIMEOUT),
-            )
-            .build();
-        let client_config = aws_sdk_dynamodb::config::Builder::from(&config)
-            .timeout_config(timeouts)
-            .build();
-        ScanSource::with_client(spec, name, Client::from_conf(client_config))
+        let sdk = sluice_aws::client_config(&sluice_aws::sdk_config(&spec.aws));
+        ScanSource::with_client(spec, name, Client::new(&sdk))
     }
 
     /// Like [`ScanSource::new`], with a client the caller configured (credentials, retries,

@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use sluice_aws::LogLimit;
+
 use crate::ScanProgress;
 
 /// How often the bar is redrawn.
@@ -30,8 +32,8 @@ pub(crate) struct Progress {
     /// Whether a bar is on screen, and whether drawing has stopped for good; one lock, so
     /// the bar is never drawn after it was cleared.
     screen: Mutex<Screen>,
-    last_warning: Mutex<Option<Instant>>,
-    unreported_retries: AtomicU64,
+    /// Shared by the source's segments: one warning per source, not per segment.
+    warnings: Mutex<LogLimit>,
 }
 
 #[derive(Default)]
@@ -51,8 +53,7 @@ impl Progress {
             items: AtomicU64::new(0),
             started: Instant::now(),
             screen: Mutex::default(),
-            last_warning: Mutex::new(None),
-            unreported_retries: AtomicU64::new(0),
+            warnings: Mutex::new(LogLimit::new(WARN_EVERY)),
         }
     }
 
@@ -98,15 +99,9 @@ impl Progress {
 
     /// Reports a failed request that will be retried, at most once per [`WARN_EVERY`].
     pub(crate) fn warn_retry(&self, segment: u32, error: &str, retry_in: Duration) {
-        let Ok(mut last) = self.last_warning.lock() else {
+        let Some(others) = self.warnings.lock().ok().and_then(|mut w| w.allow()) else {
             return;
         };
-        if last.is_some_and(|t| t.elapsed() < WARN_EVERY) {
-            self.unreported_retries.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        *last = Some(Instant::now());
-        let others = self.unreported_retries.swap(0, Ordering::Relaxed);
         tracing::warn!(
             source = %self.source, table = %self.table, segment, error, retry_in_ms = retry_in.as_millis() as u64,
             retries_not_reported = others, "scan request failed; retrying with backoff"

@@ -3,12 +3,10 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use rand::rngs::SmallRng;
-use rand::{Rng as _, SeedableRng as _};
+use sluice_aws::{Backoff, Kind};
 use sluice_runtime::source::SourceError;
 use tokio::sync::mpsc;
 
@@ -20,25 +18,6 @@ use crate::reader::{Fetch, Fetched, Fetching, Page};
 /// there when the reader wants it, few enough that memory stays bounded (a page is up to
 /// 1 MB of items, several times that once parsed).
 const PAGES_AHEAD: usize = 2;
-
-/// The first retry waits about this long…
-const BACKOFF_FIRST: Duration = Duration::from_millis(100);
-/// …doubling up to this.
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
-
-/// Error codes that mean "too fast" or "not now": retried with backoff, never fatal.
-const RETRIED_CODES: &[&str] = &[
-    "ProvisionedThroughputExceededException",
-    "RequestLimitExceeded",
-    "ThrottlingException",
-    "Throttling",
-    "InternalServerError",
-    "ServiceUnavailable",
-];
-
-/// Error codes that no retry can fix: the pipeline names a missing table or asks for
-/// something the service refuses (a bad projection, a key from another table).
-const CONFIG_CODES: &[&str] = &["ValidationException", "ResourceNotFoundException"];
 
 /// A `ProjectionExpression` with every name behind a placeholder (`#p0, #p1`), so reserved
 /// words (`Name`, `Date`, `Value`…) and odd characters need no care.
@@ -96,64 +75,29 @@ pub(crate) fn classify<E>(err: &SdkError<E>, table: &str) -> Failure
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    let text = DisplayErrorContext(err).to_string();
-    match err {
-        SdkError::ConstructionFailure(_) => Failure::Fail(SourceError::Config(format!(
-            "cannot build a request for table `{table}`: {text}"
+    // The same request would fail to build again: a scan fails at once rather than retry it.
+    if let SdkError::ConstructionFailure(_) = err {
+        return Failure::Fail(SourceError::Config(format!(
+            "cannot build a request for table `{table}`: {}",
+            DisplayErrorContext(err)
+        )));
+    }
+    let failure = sluice_aws::Failure::of(err);
+    let text = failure.message;
+    match failure.kind {
+        Kind::Throttled | Kind::Transient => Failure::Retry(text),
+        Kind::NotFound => Failure::Fail(SourceError::Config(format!(
+            "DynamoDB table `{table}` does not exist: {text}"
         ))),
-        SdkError::ServiceError(service) => {
-            let code = err.code().unwrap_or("");
-            if code == "ResourceNotFoundException" {
-                Failure::Fail(SourceError::Config(format!(
-                    "DynamoDB table `{table}` does not exist: {text}"
-                )))
-            } else if CONFIG_CODES.contains(&code) {
-                Failure::Fail(SourceError::Config(format!(
-                    "DynamoDB refused a scan of `{table}`: {text}"
-                )))
-            } else if RETRIED_CODES.contains(&code) || service.raw().status().is_server_error() {
-                Failure::Retry(text)
-            } else {
-                // Access denied, expired credentials and the like: a person may fix them
-                // while the pipeline waits, so they are reported and retried, not fatal.
-                Failure::Fail(SourceError::Transient(format!("scan of `{table}`: {text}")))
-            }
+        // A bad projection, a key from another table: no retry can fix them.
+        Kind::InvalidArgument => Failure::Fail(SourceError::Config(format!(
+            "DynamoDB refused a scan of `{table}`: {text}"
+        ))),
+        // Access denied, expired credentials and the like: a person may fix them while the
+        // pipeline waits, so they are reported and retried, not fatal.
+        Kind::ExpiredIterator | Kind::Fatal => {
+            Failure::Fail(SourceError::Transient(format!("scan of `{table}`: {text}")))
         }
-        // Timeouts, connection failures, truncated responses, and kinds added later.
-        _ => Failure::Retry(text),
-    }
-}
-
-/// Exponential backoff with jitter: 100 ms doubling to 5 s, each wait between half and all
-/// of its step, so segments throttled together do not retry in lockstep.
-pub(crate) struct Backoff {
-    step: Duration,
-    rng: SmallRng,
-}
-
-impl Backoff {
-    /// A backoff whose jitter is seeded with `seed` (the segment).
-    pub(crate) fn new(seed: u64) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        Backoff {
-            step: BACKOFF_FIRST,
-            rng: SmallRng::seed_from_u64(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ u64::from(nanos)),
-        }
-    }
-
-    /// The next wait.
-    pub(crate) fn next_wait(&mut self) -> Duration {
-        let step = self.step;
-        self.step = (step * 2).min(BACKOFF_MAX);
-        let half = step / 2;
-        half + Duration::from_micros(self.rng.random_range(0..=half.as_micros() as u64))
-    }
-
-    /// Back to the first step, after a success.
-    pub(crate) fn reset(&mut self) {
-        self.step = BACKOFF_FIRST;
     }
 }
 
@@ -187,7 +131,7 @@ impl Fetch for ScanFetch {
 /// Sends the pages of `segment` after `start` until the last one, a fatal error, or the
 /// reader going away; retries throttling and network errors forever, with backoff.
 async fn fetch_pages(fetch: Arc<ScanFetch>, segment: u32, mut start: Option<Item>, tx: mpsc::Sender<Fetched>) {
-    let mut backoff = Backoff::new(u64::from(segment));
+    let mut backoff = Backoff::default();
     let segment_arg = segment as i32;
     loop {
         let mut request = fetch
@@ -262,18 +206,5 @@ mod tests {
         assert_eq!(p.names, expected);
         assert_eq!(p.added, vec!["U".to_owned()]);
         assert!(projection(&["U".to_owned()], &["U".to_owned()]).added.is_empty());
-    }
-
-    #[test]
-    fn backoff_doubles_to_five_seconds_with_jitter() {
-        let mut b = Backoff::new(3);
-        let waits: Vec<Duration> = (0..10).map(|_| b.next_wait()).collect();
-        let steps = [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000, 5000];
-        for (wait, step) in waits.iter().zip(steps) {
-            let step = Duration::from_millis(step);
-            assert!(*wait >= step / 2 && *wait <= step, "{wait:?} for a step of {step:?}");
-        }
-        b.reset();
-        assert!(b.next_wait() <= BACKOFF_FIRST);
     }
 }

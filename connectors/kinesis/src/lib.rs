@@ -65,9 +65,8 @@ use tokio::sync::mpsc;
 
 mod reader;
 pub mod sequence;
-pub mod service;
 
-pub use service::{Backoff, Failure, Kind, LogLimit, StreamRef};
+use sluice_aws::{Failure, Kind, StreamRef};
 
 use reader::{Event, Record, Resume, ShardTask};
 
@@ -151,7 +150,7 @@ impl KinesisSource {
         Ok(KinesisSource {
             spec: spec.clone(),
             stream: StreamRef::parse(&spec.stream),
-            client: service::client(sdk),
+            client: Client::new(&sluice_aws::client_config(sdk)),
             lag: Arc::default(),
             listing: Mutex::new(None),
             initial: Mutex::new(None),

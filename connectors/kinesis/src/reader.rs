@@ -14,8 +14,8 @@ use aws_sdk_kinesis::types::ShardIteratorType;
 use sluice_runtime::spec::TrimmedPolicy;
 use tokio::sync::mpsc;
 
-use crate::service::{Backoff, Failure, Kind, LogLimit, StreamRef};
 use crate::{Lag, sequence};
+use sluice_aws::{Backoff, Failure, Kind, LogLimit, StreamRef};
 
 /// Records per `GetRecords` call (the service's maximum).
 const RECORDS_PER_CALL: i32 = 10_000;

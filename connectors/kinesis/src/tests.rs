@@ -1,7 +1,5 @@
 //! Unit tests of the pure parts; the service is exercised against kinesalite in `tests/`.
 
-use std::time::Duration;
-
 use super::*;
 
 fn shard(id: &str, parent: Option<&str>, adjacent: Option<&str>) -> (String, Option<String>, Option<String>) {
@@ -59,58 +57,6 @@ fn parents_no_longer_listed_are_dropped() {
             part("shardId-000000000003", &["shardId-000000000001"]),
         ]
     );
-}
-
-#[test]
-fn streams_are_named_or_given_by_arn() {
-    assert_eq!(StreamRef::parse("orders"), StreamRef::Name("orders".to_owned()));
-    let arn = "arn:aws:kinesis:us-east-1:123456789012:stream/orders";
-    let s = StreamRef::parse(arn);
-    assert_eq!((s.name(), s.arn()), (None, Some(arn.to_owned())));
-}
-
-#[test]
-fn error_codes_are_classified() {
-    assert_eq!(Kind::of_code("ProvisionedThroughputExceededException"), Kind::Throttled);
-    assert_eq!(Kind::of_code("LimitExceededException"), Kind::Throttled);
-    assert_eq!(Kind::of_code("InternalFailure"), Kind::Transient);
-    assert_eq!(Kind::of_code("ExpiredIteratorException"), Kind::ExpiredIterator);
-    assert_eq!(Kind::of_code("ResourceNotFoundException"), Kind::NotFound);
-    assert_eq!(Kind::of_code("InvalidArgumentException"), Kind::InvalidArgument);
-    assert_eq!(Kind::of_code("AccessDeniedException"), Kind::Fatal);
-    assert_eq!(Kind::of_code("KMSDisabledException"), Kind::Fatal);
-    assert!(Kind::Throttled.retryable() && Kind::Transient.retryable());
-    assert!(!Kind::Fatal.retryable() && !Kind::NotFound.retryable() && !Kind::ExpiredIterator.retryable());
-}
-
-#[test]
-fn backoff_doubles_from_100_ms_to_5_s_with_jitter_in_the_upper_half() {
-    let ceilings: Vec<u64> = (0..9).map(|n| Backoff::ceiling(n).as_millis() as u64).collect();
-    assert_eq!(ceilings, vec![100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
-    assert_eq!(Backoff::ceiling(u32::MAX), Duration::from_secs(5));
-    let mut b = Backoff::default();
-    let mut waits = Vec::new();
-    for n in 0..40 {
-        let w = b.next_wait();
-        let ceiling = Backoff::ceiling(n);
-        assert!(w >= ceiling / 2 && w <= ceiling, "wait {w:?} after {n} failures");
-        waits.push(w);
-    }
-    // Jitter: the capped waits are not all equal.
-    assert!(waits[10..].windows(2).any(|w| w[0] != w[1]), "{waits:?}");
-    b.reset();
-    assert_eq!(b.failures(), 0);
-    assert!(b.next_wait() <= Duration::from_millis(100));
-}
-
-#[test]
-fn a_log_limit_lets_one_message_through_per_interval_and_counts_the_rest() {
-    let mut limit = LogLimit::new(Duration::from_millis(50));
-    assert_eq!(limit.allow(), Some(0));
-    assert_eq!(limit.allow(), None);
-    assert_eq!(limit.allow(), None);
-    std::thread::sleep(Duration::from_millis(60));
-    assert_eq!(limit.allow(), Some(2));
 }
 
 fn record(seq: &str, key: &str, data: &[u8]) -> Record {

@@ -32,7 +32,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use sluice_runtime::record::{Diff, Row, Time};
-use sluice_runtime::sink::{Encode, Sink, SinkError};
+use sluice_runtime::sink::{Encode, Record, Sink, SinkError, for_each_record};
 use sluice_runtime::spec::SinkMode;
 use sluice_runtime::value::{Json, Value};
 
@@ -42,6 +42,7 @@ pub struct JsonLinesSink<W: Write> {
     mode: SinkMode,
     sync: Option<File>,
     durable: Option<Option<Time>>,
+    /// An upsert line being made.
     line: Vec<u8>,
     encoder: Option<Arc<dyn Encode>>,
     /// Bytes written so far (the file's length once flushed).
@@ -127,31 +128,25 @@ impl<W: Write> JsonLinesSink<W> {
         self
     }
 
-    fn emit(&mut self, fields: &[(&str, &Value)]) -> Result<(), SinkError> {
-        self.line.clear();
-        self.line.push(b'{');
-        for (i, (name, value)) in fields.iter().enumerate() {
-            if i > 0 {
-                self.line.push(b',');
-            }
-            serde_json::to_writer(&mut self.line, name).map_err(io)?;
-            self.line.push(b':');
-            serde_json::to_writer(&mut self.line, &Json(value)).map_err(io)?;
-        }
-        self.line.extend_from_slice(b"}\n");
-        self.written += self.line.len() as u64;
-        self.out.write_all(&self.line).map_err(io)
-    }
-
-    fn emit_record(&mut self, row: &Row) -> Result<(), SinkError> {
-        self.line.clear();
-        match &self.encoder {
-            Some(encoder) => encoder.encode(row, &mut self.line).map_err(SinkError::Io)?,
-            None => serde_json::to_writer(&mut self.line, &Json(&row.val)).map_err(io)?,
-        }
-        self.line.push(b'\n');
-        self.written += self.line.len() as u64;
-        self.out.write_all(&self.line).map_err(io)
+    /// Writes `record` as one line: in upsert mode `{"key": K, "value": V}` (a tombstone's
+    /// value null), in the others its payload.
+    fn write_line(&mut self, record: Record<'_>) -> Result<(), SinkError> {
+        let payload = record.payload.unwrap_or(b"null");
+        let line: &[u8] = if self.mode == SinkMode::Upsert {
+            self.line.clear();
+            self.line.extend_from_slice(b"{\"key\":");
+            serde_json::to_writer(&mut self.line, &Json(record.key.unwrap_or(&Value::Null))).map_err(io)?;
+            self.line.extend_from_slice(b",\"value\":");
+            self.line.extend_from_slice(payload);
+            self.line.push(b'}');
+            &self.line
+        } else {
+            payload
+        };
+        self.out.write_all(line).map_err(io)?;
+        self.out.write_all(b"\n").map_err(io)?;
+        self.written += line.len() as u64 + 1;
+        Ok(())
     }
 }
 
@@ -161,46 +156,11 @@ fn io(e: impl std::fmt::Display) -> SinkError {
 
 impl<W: Write> Sink for JsonLinesSink<W> {
     fn write(&mut self, time: Time, updates: &[(Row, Diff)]) -> Result<(), SinkError> {
-        match self.mode {
-            SinkMode::Changelog => {
-                let t = Value::from(time);
-                for (row, diff) in updates {
-                    let d = Value::Int(*diff as i64);
-                    if row.key.is_null() {
-                        self.emit(&[("time", &t), ("diff", &d), ("value", &row.val)])?;
-                    } else {
-                        self.emit(&[("time", &t), ("diff", &d), ("key", &row.key), ("value", &row.val)])?;
-                    }
-                }
-            }
-            SinkMode::Append => {
-                let mut inserted: Vec<&(Row, Diff)> = updates.iter().filter(|(_, d)| *d > 0).collect();
-                // Stable: rows of one position (several records made from one event) stay sorted.
-                inserted.sort_by_key(|(row, _)| row.pos);
-                for (row, diff) in inserted {
-                    for _ in 0..*diff {
-                        self.emit_record(row)?;
-                    }
-                }
-            }
-            SinkMode::Upsert => {
-                // Updates are sorted by row, so each key's updates are adjacent.
-                let mut i = 0;
-                while i < updates.len() {
-                    let key = &updates[i].0.key;
-                    let end = i + updates[i..].iter().take_while(|(r, _)| &r.key == key).count();
-                    let inserted: Vec<&Row> = updates[i..end].iter().filter(|(_, d)| *d > 0).map(|(r, _)| r).collect();
-                    if inserted.is_empty() {
-                        self.emit(&[("key", key), ("value", &Value::Null)])?;
-                    }
-                    for row in inserted {
-                        self.emit(&[("key", key), ("value", &row.val)])?;
-                    }
-                    i = end;
-                }
-            }
-        }
-        Ok(())
+        // A handle of its own: `write_line` borrows the whole sink.
+        let encoder = self.encoder.clone();
+        for_each_record(self.mode, encoder.as_deref(), time, updates, |record| {
+            self.write_line(record)
+        })
     }
 
     fn commit(&mut self, frontier: Option<Time>) -> Result<(), SinkError> {

@@ -48,9 +48,9 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use sluice_runtime::record::{Diff, Row, Time};
-use sluice_runtime::sink::{Encode, Sink, SinkError};
+use sluice_runtime::sink::{Encode, Record, Sink, SinkError, for_each_record};
 use sluice_runtime::spec::{KafkaSinkSpec, SinkMode};
-use sluice_runtime::value::{Json, Value};
+use sluice_runtime::value::Json;
 
 /// How long one wait for room in a full producer queue lasts before trying again.
 const QUEUE_FULL_WAIT: Duration = Duration::from_millis(50);
@@ -130,7 +130,6 @@ pub struct KafkaSink {
     /// The newest frontier known durable.
     durable: Option<Time>,
     key: Vec<u8>,
-    value: Vec<u8>,
 }
 
 impl KafkaSink {
@@ -169,7 +168,6 @@ impl KafkaSink {
             pending: VecDeque::new(),
             durable: Some(0),
             key: Vec::with_capacity(64),
-            value: Vec::with_capacity(256),
         })
     }
 
@@ -184,20 +182,34 @@ impl KafkaSink {
         }
     }
 
-    /// Produces the record in the `key` and `value` buffers (`None` value: a tombstone),
-    /// waiting for room while the producer's queue is full.
-    fn produce(&mut self, keyed: bool, tombstone: bool) -> Result<(), SinkError> {
+    /// Produces `record`, keyed by the format's partition key or else its own key, waiting
+    /// for room while the producer's queue is full.
+    fn produce(&mut self, record: Record<'_>) -> Result<(), SinkError> {
+        let keyed = match (record.format_key(), record.key) {
+            (Some(k), _) => {
+                self.key.clear();
+                self.key.extend_from_slice(k.as_bytes());
+                true
+            }
+            (None, Some(key)) => {
+                self.key.clear();
+                serde_json::to_writer(&mut self.key, &Json(key)).map_err(|e| SinkError::Io(e.to_string()))?;
+                true
+            }
+            (None, None) => false,
+        };
         let seq = self.sent;
         loop {
-            let mut record: BaseRecord<'_, [u8], [u8], Box<u64>> =
+            let mut produced: BaseRecord<'_, [u8], [u8], Box<u64>> =
                 BaseRecord::with_opaque_to(&self.topic, Box::new(seq));
             if keyed {
-                record = record.key(&self.key[..]);
+                produced = produced.key(&self.key[..]);
             }
-            if !tombstone {
-                record = record.payload(&self.value[..]);
+            // No payload: a tombstone.
+            if let Some(payload) = record.payload {
+                produced = produced.payload(payload);
             }
-            match self.producer.send(record) {
+            match self.producer.send(produced) {
                 Ok(()) => break,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     // Backpressure: the brokers are slower than the pipeline, or down.
@@ -208,96 +220,6 @@ impl KafkaSink {
             }
         }
         self.sent += 1;
-        Ok(())
-    }
-
-    fn json_into(buf: &mut Vec<u8>, value: &Value) -> Result<(), SinkError> {
-        buf.clear();
-        serde_json::to_writer(buf, &Json(value)).map_err(|e| SinkError::Io(e.to_string()))
-    }
-
-    fn write_upsert(&mut self, updates: &[(Row, Diff)]) -> Result<(), SinkError> {
-        // Updates are sorted by row, so each key's updates are adjacent.
-        let mut i = 0;
-        while i < updates.len() {
-            let key = &updates[i].0.key;
-            let end = i + updates[i..].iter().take_while(|(r, _)| &r.key == key).count();
-            Self::json_into(&mut self.key, key)?;
-            let mut inserted = false;
-            for (row, diff) in &updates[i..end] {
-                if *diff > 0 {
-                    inserted = true;
-                    Self::json_into(&mut self.value, &row.val)?;
-                    self.produce(true, false)?;
-                }
-            }
-            if !inserted {
-                self.produce(true, true)?;
-            }
-            i = end;
-        }
-        Ok(())
-    }
-
-    fn write_changelog(&mut self, time: Time, updates: &[(Row, Diff)]) -> Result<(), SinkError> {
-        let t = Value::from(time);
-        for (row, diff) in updates {
-            let keyed = !row.key.is_null();
-            if keyed {
-                Self::json_into(&mut self.key, &row.key)?;
-            }
-            // The same fields, in the same order, as the file sink's changelog lines.
-            let d = Value::Int(*diff as i64);
-            let mut fields: Vec<(&str, &Value)> = vec![("time", &t), ("diff", &d)];
-            if keyed {
-                fields.push(("key", &row.key));
-            }
-            fields.push(("value", &row.val));
-            self.value.clear();
-            self.value.push(b'{');
-            for (i, (name, value)) in fields.iter().enumerate() {
-                if i > 0 {
-                    self.value.push(b',');
-                }
-                serde_json::to_writer(&mut self.value, name).map_err(|e| SinkError::Io(e.to_string()))?;
-                self.value.push(b':');
-                serde_json::to_writer(&mut self.value, &Json(value)).map_err(|e| SinkError::Io(e.to_string()))?;
-            }
-            self.value.push(b'}');
-            self.produce(keyed, false)?;
-        }
-        Ok(())
-    }
-
-    fn write_append(&mut self, updates: &[(Row, Diff)]) -> Result<(), SinkError> {
-        let mut inserted: Vec<&(Row, Diff)> = updates.iter().filter(|(_, d)| *d > 0).collect();
-        // Stable: rows made from one position stay in their sorted order.
-        inserted.sort_by_key(|(row, _)| row.pos);
-        for (row, diff) in inserted {
-            let partition_key = self.encoder.as_ref().and_then(|e| e.partition_key(row));
-            let keyed = match partition_key {
-                Some(k) => {
-                    self.key.clear();
-                    self.key.extend_from_slice(k.as_bytes());
-                    true
-                }
-                None if !row.key.is_null() => {
-                    Self::json_into(&mut self.key, &row.key)?;
-                    true
-                }
-                None => false,
-            };
-            self.value.clear();
-            match &self.encoder {
-                Some(encoder) => encoder.encode(row, &mut self.value).map_err(SinkError::Io)?,
-                None => {
-                    serde_json::to_writer(&mut self.value, &Json(&row.val)).map_err(|e| SinkError::Io(e.to_string()))?
-                }
-            }
-            for _ in 0..*diff {
-                self.produce(keyed, false)?;
-            }
-        }
         Ok(())
     }
 
@@ -325,11 +247,11 @@ impl KafkaSink {
 impl Sink for KafkaSink {
     fn write(&mut self, time: Time, updates: &[(Row, Diff)]) -> Result<(), SinkError> {
         self.check()?;
-        match self.mode {
-            SinkMode::Upsert => self.write_upsert(updates)?,
-            SinkMode::Changelog => self.write_changelog(time, updates)?,
-            SinkMode::Append => self.write_append(updates)?,
-        }
+        // A handle of its own: `produce` borrows the whole sink.
+        let encoder = self.encoder.clone();
+        for_each_record(self.mode, encoder.as_deref(), time, updates, |record| {
+            self.produce(record)
+        })?;
         // Serve acknowledgements as we go, so the queue drains without a separate thread.
         self.producer.poll(Duration::ZERO);
         Ok(())

@@ -7,6 +7,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use sluice_runtime::record::Pos;
+use sluice_runtime::value::Value;
 
 use super::*;
 

@@ -55,11 +55,11 @@ use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use sha2::{Digest, Sha256};
-use sluice_connector_kinesis::{Backoff, Failure, Kind, LogLimit, StreamRef};
+use sluice_aws::{Backoff, Failure, Kind, LogLimit, StreamRef};
 use sluice_runtime::record::{Diff, Row, Time};
-use sluice_runtime::sink::{Encode, Sink, SinkError};
+use sluice_runtime::sink::{Encode, Record, Sink, SinkError, for_each_record};
 use sluice_runtime::spec::{KinesisSinkSpec, SinkMode};
-use sluice_runtime::value::{Json, Value};
+use sluice_runtime::value::Value;
 use tokio::sync::mpsc;
 
 /// Records in one `PutRecords` request (the service's limit).
@@ -209,7 +209,6 @@ pub struct KinesisSink {
     pending: VecDeque<(Option<Time>, u64)>,
     /// The newest frontier known durable.
     durable: Option<Time>,
-    value: Vec<u8>,
 }
 
 impl KinesisSink {
@@ -238,7 +237,7 @@ impl KinesisSink {
         let stream = StreamRef::parse(&spec.stream);
         let shared = Arc::new(Shared::default());
         let (tx, rx) = mpsc::channel(BATCHES_AHEAD);
-        let client = sluice_connector_kinesis::service::client(sdk);
+        let client = Client::new(&sluice_aws::client_config(sdk));
         sluice_aws::runtime().spawn(deliver(client, stream.clone(), rx, shared.clone()));
         Ok(KinesisSink {
             stream,
@@ -251,7 +250,6 @@ impl KinesisSink {
             pending: VecDeque::new(),
             // Before the first commit nothing is durable: the frontier is the start of time.
             durable: Some(0),
-            value: Vec::with_capacity(256),
         })
     }
 
@@ -273,7 +271,6 @@ impl KinesisSink {
             sent: 0,
             pending: VecDeque::new(),
             durable: Some(0),
-            value: Vec::new(),
         };
         (sink, rx)
     }
@@ -289,12 +286,19 @@ impl KinesisSink {
         }
     }
 
-    /// Adds the record in `self.value` under `key` to the batch, sending the batch first if
-    /// the record does not fit.
-    fn put(&mut self, key: String) -> Result<(), SinkError> {
+    /// Adds `record` to the batch, sending the batch first if the record does not fit.
+    fn put(&mut self, record: Record<'_>) -> Result<(), SinkError> {
+        // A tombstone is a record with empty data: Kinesis has no null records.
+        let data = record.payload.unwrap_or_default();
+        let key = match record.key {
+            // Keyed: every record of the key goes to one shard, whatever its data, even for a
+            // null key (an upsert of a collection whose key came out null).
+            Some(key) => partition_key(record.format_key(), key, &[]),
+            None => partition_key(record.format_key(), &Value::Null, data),
+        };
         let entry = Entry {
             key,
-            data: self.value.clone(),
+            data: data.to_vec(),
         };
         if entry.size() > MAX_RECORD_BYTES {
             return Err(SinkError::Io(format!(
@@ -328,84 +332,6 @@ impl KinesisSink {
             )));
         }
         self.sent += 1;
-        Ok(())
-    }
-
-    fn json_into(buf: &mut Vec<u8>, value: &Value) -> Result<(), SinkError> {
-        buf.clear();
-        serde_json::to_writer(buf, &Json(value)).map_err(|e| SinkError::Io(e.to_string()))
-    }
-
-    fn write_upsert(&mut self, updates: &[(Row, Diff)]) -> Result<(), SinkError> {
-        // Updates are sorted by row, so each key's updates are adjacent.
-        let mut i = 0;
-        while i < updates.len() {
-            let row_key = &updates[i].0.key;
-            let end = i + updates[i..].iter().take_while(|(r, _)| &r.key == row_key).count();
-            let key = partition_key(None, row_key, &[]);
-            let mut inserted = false;
-            for (row, diff) in &updates[i..end] {
-                if *diff > 0 {
-                    inserted = true;
-                    Self::json_into(&mut self.value, &row.val)?;
-                    self.put(key.clone())?;
-                }
-            }
-            if !inserted {
-                self.value.clear();
-                self.put(key)?;
-            }
-            i = end;
-        }
-        Ok(())
-    }
-
-    fn write_changelog(&mut self, time: Time, updates: &[(Row, Diff)]) -> Result<(), SinkError> {
-        let t = Value::from(time);
-        for (row, diff) in updates {
-            let keyed = !row.key.is_null();
-            // The same fields, in the same order, as the file and Kafka sinks' changelog records.
-            let d = Value::Int(*diff as i64);
-            let mut fields: Vec<(&str, &Value)> = vec![("time", &t), ("diff", &d)];
-            if keyed {
-                fields.push(("key", &row.key));
-            }
-            fields.push(("value", &row.val));
-            self.value.clear();
-            self.value.push(b'{');
-            for (i, (name, value)) in fields.iter().enumerate() {
-                if i > 0 {
-                    self.value.push(b',');
-                }
-                serde_json::to_writer(&mut self.value, name).map_err(|e| SinkError::Io(e.to_string()))?;
-                self.value.push(b':');
-                serde_json::to_writer(&mut self.value, &Json(value)).map_err(|e| SinkError::Io(e.to_string()))?;
-            }
-            self.value.push(b'}');
-            let key = partition_key(None, &row.key, &self.value);
-            self.put(key)?;
-        }
-        Ok(())
-    }
-
-    fn write_append(&mut self, updates: &[(Row, Diff)]) -> Result<(), SinkError> {
-        let mut inserted: Vec<&(Row, Diff)> = updates.iter().filter(|(_, d)| *d > 0).collect();
-        // Stable: rows made from one position stay in their sorted order.
-        inserted.sort_by_key(|(row, _)| row.pos);
-        for (row, diff) in inserted {
-            self.value.clear();
-            match &self.encoder {
-                Some(encoder) => encoder.encode(row, &mut self.value).map_err(SinkError::Io)?,
-                None => {
-                    serde_json::to_writer(&mut self.value, &Json(&row.val)).map_err(|e| SinkError::Io(e.to_string()))?
-                }
-            }
-            let format_key = self.encoder.as_ref().and_then(|e| e.partition_key(row));
-            let key = partition_key(format_key, &row.key, &self.value);
-            for _ in 0..*diff {
-                self.put(key.clone())?;
-            }
-        }
         Ok(())
     }
 
@@ -444,11 +370,9 @@ impl KinesisSink {
 impl Sink for KinesisSink {
     fn write(&mut self, time: Time, updates: &[(Row, Diff)]) -> Result<(), SinkError> {
         self.check()?;
-        match self.mode {
-            SinkMode::Upsert => self.write_upsert(updates),
-            SinkMode::Changelog => self.write_changelog(time, updates),
-            SinkMode::Append => self.write_append(updates),
-        }
+        // A handle of its own: `put` borrows the whole sink.
+        let encoder = self.encoder.clone();
+        for_each_record(self.mode, encoder.as_deref(), time, updates, |record| self.put(record))
     }
 
     fn commit(&mut self, frontier: Option<Time>) -> Result<(), SinkError> {
