@@ -646,10 +646,14 @@ fn normalize_timestamps(report: &str) -> String {
         } else if bytes[i] == b'"' && i + 25 < bytes.len() && bytes[i + 25] == b'"' {
             let text = &report[i + 1..i + 25];
             match u64::from_str_radix(text, 16) {
-                Ok(n) if n >= MIN_TIMESTAMP => tokens.push((i + 1, i + 25, Some(n))),
-                _ => {}
+                Ok(n) if n >= MIN_TIMESTAMP => {
+                    tokens.push((i + 1, i + 25, Some(n)));
+                    // Past the id: its leading digits (`0000000034480abac…`) are not a number
+                    // of their own, and would overlap this token.
+                    i += 25;
+                }
+                _ => i += 1,
             }
-            i += 1;
         } else {
             i += 1;
         }
@@ -673,4 +677,16 @@ fn normalize_timestamps(report: &str) -> String {
     }
     out.push_str(&report[last..]);
     out
+}
+
+#[test]
+fn normalizing_keeps_an_id_whole_whatever_digits_it_starts_with() {
+    // 13 leading digits, the length of epoch milliseconds: once taken for one, overlapping
+    // the id (a flaky slicing panic, depending on the clock).
+    let report =
+        "{\"id\":\"0000000034480abac6000000\"} => {\"created\":1796375696944,\"timestamp\":3767272885597503488}";
+    assert_eq!(
+        normalize_timestamps(report),
+        "{\"id\":\"<id 1>\"} => {\"created\":<epoch>,\"timestamp\":<ts 1>}"
+    );
 }
