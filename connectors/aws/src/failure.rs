@@ -90,10 +90,10 @@ impl Failure {
             // credential provider fails for a moment while an instance role is refreshed):
             // the network or the service.
             SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => Kind::Transient,
-            // The request could not be built. Retried like the rest, as the Kinesis source
-            // and sink always have; a caller that would rather fail at once (the DynamoDB
-            // scan) checks for `SdkError::ConstructionFailure` before classifying.
-            SdkError::ConstructionFailure(_) => Kind::Transient,
+            // The request could not be built (serializing it, resolving its endpoint): the
+            // same request fails the same way every time, so waiting cannot help. (A missing
+            // region or credentials surface as dispatch failures, above.)
+            SdkError::ConstructionFailure(_) => Kind::Fatal,
             // Kinds a later SDK adds: assume they pass, as most failures do.
             _ => Kind::Transient,
         };
@@ -136,6 +136,14 @@ mod tests {
         assert_eq!(Kind::of_code("KMSDisabledException"), Kind::Fatal);
         assert!(Kind::Throttled.retryable() && Kind::Transient.retryable());
         assert!(!Kind::Fatal.retryable() && !Kind::NotFound.retryable() && !Kind::ExpiredIterator.retryable());
+    }
+
+    #[test]
+    fn a_request_that_cannot_be_built_is_not_retried() {
+        let err: SdkError<ErrorMetadata, HttpResponse> = SdkError::construction_failure("no endpoint for this stream");
+        assert_eq!(Failure::of(&err).kind, Kind::Fatal);
+        let err: SdkError<ErrorMetadata, HttpResponse> = SdkError::timeout_error("took too long");
+        assert_eq!(Failure::of(&err).kind, Kind::Transient);
     }
 
     /// A service error with `code` (none: unnamed) answered with `status`.
