@@ -223,7 +223,28 @@ impl ShardTask {
             Resume::After(s) | Resume::Checked(s) => (ShardIteratorType::AfterSequenceNumber, Some(s.clone()), None),
         };
         let asked_at = SystemTime::now();
-        let result = retries
+        match self.shard_iterator(retries, kind, after, at).await {
+            Ok(it) => {
+                if self.resume == Resume::Latest {
+                    self.resume = Resume::AtTimestamp(asked_at);
+                }
+                Ok(it)
+            }
+            Err(f) => Err(Stop::Failed(self.fatal("GetShardIterator", &f))),
+        }
+    }
+
+    /// This shard's `GetShardIterator` of `kind` (after a sequence number, or at a time),
+    /// retried like every call; `None` if the service has none (a closed shard read to its
+    /// end).
+    async fn shard_iterator(
+        &self,
+        retries: &mut Retries,
+        kind: ShardIteratorType,
+        after: Option<String>,
+        at: Option<DateTime>,
+    ) -> Result<Option<String>, Failure> {
+        retries
             .call(&self.shard, "GetShardIterator", || {
                 classified(
                     self.client
@@ -237,34 +258,20 @@ impl ShardTask {
                         .send(),
                 )
             })
-            .await;
-        match result.map(|out| iterator_of(&out)) {
-            Ok(it) => {
-                if self.resume == Resume::Latest {
-                    self.resume = Resume::AtTimestamp(asked_at);
-                }
-                Ok(it)
-            }
-            Err(f) => Err(Stop::Failed(self.fatal("GetShardIterator", &f))),
-        }
+            .await
+            .map(|out| iterator_of(&out))
     }
 
     /// Checks a resume position from an earlier run against the shard's retention; returns
     /// where to resume.
     async fn check_resume(&mut self, retries: &mut Retries, sequence: String) -> Result<Resume, Stop> {
-        let after = retries
-            .call(&self.shard, "GetShardIterator", || {
-                classified(
-                    self.client
-                        .get_shard_iterator()
-                        .set_stream_name(self.stream.name())
-                        .set_stream_arn(self.stream.arn())
-                        .shard_id(&self.shard)
-                        .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
-                        .starting_sequence_number(&sequence)
-                        .send(),
-                )
-            })
+        let after = self
+            .shard_iterator(
+                retries,
+                ShardIteratorType::AfterSequenceNumber,
+                Some(sequence.clone()),
+                None,
+            )
             .await;
         match after {
             Ok(_) => {}
@@ -301,20 +308,9 @@ impl ShardTask {
     /// The sequence number of the oldest record the shard retains, if one is found within
     /// [`PROBE_CALLS`] calls.
     async fn oldest_retained(&mut self, retries: &mut Retries) -> Result<Option<String>, Stop> {
-        let mut iterator = match retries
-            .call(&self.shard, "GetShardIterator", || {
-                classified(
-                    self.client
-                        .get_shard_iterator()
-                        .set_stream_name(self.stream.name())
-                        .set_stream_arn(self.stream.arn())
-                        .shard_id(&self.shard)
-                        .shard_iterator_type(ShardIteratorType::TrimHorizon)
-                        .send(),
-                )
-            })
+        let mut iterator = match self
+            .shard_iterator(retries, ShardIteratorType::TrimHorizon, None, None)
             .await
-            .map(|out| iterator_of(&out))
         {
             Ok(Some(it)) => it,
             Ok(None) => return Ok(None),
