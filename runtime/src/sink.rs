@@ -68,6 +68,55 @@ pub trait Sink {
     }
 }
 
+/// The commits of a sink whose writes are acknowledged later (Kafka, Kinesis): each commit's
+/// frontier with the number of sends before it. A commit is durable once every send before
+/// it is acknowledged, and acknowledgements arrive in no particular relation to commits.
+#[derive(Debug)]
+pub struct PendingCommits {
+    pending: std::collections::VecDeque<(Option<Time>, u64)>,
+    durable: Option<Time>,
+}
+
+impl Default for PendingCommits {
+    /// Nothing committed: nothing is durable (the frontier is the start of time).
+    fn default() -> Self {
+        PendingCommits {
+            pending: std::collections::VecDeque::new(),
+            durable: Some(0),
+        }
+    }
+}
+
+impl PendingCommits {
+    /// Records a commit of everything before `frontier` (`None`: all), after `sent` sends.
+    pub fn commit(&mut self, frontier: Option<Time>, sent: u64) {
+        self.pending.push_back((frontier, sent));
+    }
+
+    /// The durable frontier once the first `acked` sends are acknowledged, without forgetting
+    /// the commits it passes (for a look between commits).
+    pub fn durable(&self, acked: u64) -> Option<Time> {
+        self.passed(acked)
+            .checked_sub(1)
+            .and_then(|i| self.pending.get(i))
+            .map_or(self.durable, |(frontier, _)| *frontier)
+    }
+
+    /// Moves the durable frontier past every commit whose sends are all acknowledged.
+    pub fn advance(&mut self, acked: u64) {
+        let done = self.passed(acked);
+        if let Some(&(frontier, _)) = done.checked_sub(1).and_then(|i| self.pending.get(i)) {
+            self.durable = frontier;
+            self.pending.drain(..done);
+        }
+    }
+
+    /// How many of the oldest commits have every send before them acknowledged.
+    fn passed(&self, acked: u64) -> usize {
+        self.pending.iter().take_while(|(_, sent)| *sent <= acked).count()
+    }
+}
+
 /// Encodes rows in a format other than the sinks' own JSON (`format = "cds-update"`).
 ///
 /// Formats live with the connectors; sinks take an encoder from the wiring, so a file, Kafka
@@ -337,6 +386,23 @@ fn consolidate_rows(updates: &mut Vec<(Row, Diff)>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_commit_is_durable_once_every_send_before_it_is_acknowledged() {
+        let mut c = PendingCommits::default();
+        assert_eq!(c.durable(0), Some(0), "nothing committed: nothing durable");
+        c.commit(Some(10), 3);
+        c.commit(Some(20), 5);
+        c.commit(None, 9);
+        assert_eq!(c.durable(2), Some(0));
+        assert_eq!(c.durable(4), Some(10), "a look does not forget");
+        assert_eq!(c.durable(4), Some(10));
+        c.advance(5);
+        assert_eq!(c.durable(5), Some(20));
+        assert_eq!(c.durable(0), Some(20), "advanced commits stay durable");
+        c.advance(9);
+        assert_eq!(c.durable(9), None, "everything");
+    }
     use crate::Value;
 
     #[test]

@@ -38,7 +38,7 @@
 //! output, with Kafka transactions committed together with the pipeline's checkpoint, is
 //! the goal for brokers that support transactions once checkpoints exist.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -48,7 +48,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use sluice_runtime::record::{Diff, Row, Time};
-use sluice_runtime::sink::{Encode, Record, Sink, SinkError, for_each_record};
+use sluice_runtime::sink::{Encode, PendingCommits, Record, Sink, SinkError, for_each_record};
 use sluice_runtime::spec::{KafkaSinkSpec, SinkMode};
 use sluice_runtime::value::Json;
 
@@ -125,10 +125,8 @@ pub struct KafkaSink {
     encoder: Option<Arc<dyn Encode>>,
     /// Records handed to the producer so far (the next record's number).
     sent: u64,
-    /// Commits not yet known durable: the frontier, and the records produced before it.
-    pending: VecDeque<(Option<Time>, u64)>,
-    /// The newest frontier known durable.
-    durable: Option<Time>,
+    /// Commits not yet known durable, with the records produced before each.
+    commits: PendingCommits,
     key: Vec<u8>,
 }
 
@@ -165,8 +163,7 @@ impl KafkaSink {
             mode,
             encoder,
             sent: 0,
-            pending: VecDeque::new(),
-            durable: Some(0),
+            commits: PendingCommits::default(),
             key: Vec::with_capacity(64),
         })
     }
@@ -223,24 +220,13 @@ impl KafkaSink {
         Ok(())
     }
 
-    /// Moves the durable frontier past every commit whose records are all acknowledged.
-    fn advance_durable(&mut self) {
-        let done = self.acknowledged_commits();
-        if let Some(&(frontier, _)) = done.checked_sub(1).and_then(|i| self.pending.get(i)) {
-            self.durable = frontier;
-            self.pending.drain(..done);
-        }
-    }
-
-    /// How many of the oldest pending commits have every record before them acknowledged.
-    fn acknowledged_commits(&self) -> usize {
-        let Ok(acks) = self.producer.context().acks.lock() else {
-            return 0;
-        };
-        self.pending
-            .iter()
-            .take_while(|(_, sent)| *sent <= acks.lowest_unacked)
-            .count()
+    /// Records acknowledged so far: every record numbered below is.
+    fn acknowledged(&self) -> u64 {
+        self.producer
+            .context()
+            .acks
+            .lock()
+            .map_or(0, |acks| acks.lowest_unacked)
     }
 }
 
@@ -258,7 +244,7 @@ impl Sink for KafkaSink {
     }
 
     fn commit(&mut self, frontier: Option<Time>) -> Result<(), SinkError> {
-        self.pending.push_back((frontier, self.sent));
+        self.commits.commit(frontier, self.sent);
         if frontier.is_none() {
             // The end of the run: wait until every record is acknowledged (or fails).
             while self.producer.in_flight_count() > 0 {
@@ -269,16 +255,13 @@ impl Sink for KafkaSink {
             self.producer.poll(Duration::ZERO);
         }
         self.check()?;
-        self.advance_durable();
+        self.commits.advance(self.acknowledged());
         Ok(())
     }
 
     fn durable(&self) -> Option<Time> {
         // Acknowledgements arrive between commits: look at them without waiting for one.
-        let done = self.acknowledged_commits();
-        done.checked_sub(1)
-            .and_then(|i| self.pending.get(i))
-            .map_or(self.durable, |(frontier, _)| *frontier)
+        self.commits.durable(self.acknowledged())
     }
 }
 

@@ -47,7 +47,7 @@
 //! key, a `changelog` consumer deduplicates by (key, time), and `append` records carry their
 //! source position or a delivery id for consumers that must deduplicate.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -57,7 +57,7 @@ use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use sha2::{Digest, Sha256};
 use sluice_aws::{Backoff, Failure, Kind, LogLimit, StreamRef};
 use sluice_runtime::record::{Diff, Row, Time};
-use sluice_runtime::sink::{Encode, Record, Sink, SinkError, for_each_record};
+use sluice_runtime::sink::{Encode, PendingCommits, Record, Sink, SinkError, for_each_record};
 use sluice_runtime::spec::{KinesisSinkSpec, SinkMode};
 use sluice_runtime::value::Value;
 use tokio::sync::mpsc;
@@ -205,10 +205,8 @@ pub struct KinesisSink {
     shared: Arc<Shared>,
     /// Batches handed to the task so far.
     sent: u64,
-    /// Commits not yet known durable: the frontier, and the batches sent before it.
-    pending: VecDeque<(Option<Time>, u64)>,
-    /// The newest frontier known durable.
-    durable: Option<Time>,
+    /// Commits not yet known durable, with the batches sent before each.
+    commits: PendingCommits,
 }
 
 impl KinesisSink {
@@ -247,9 +245,7 @@ impl KinesisSink {
             tx: Some(tx),
             shared,
             sent: 0,
-            pending: VecDeque::new(),
-            // Before the first commit nothing is durable: the frontier is the start of time.
-            durable: Some(0),
+            commits: PendingCommits::default(),
         })
     }
 
@@ -269,8 +265,7 @@ impl KinesisSink {
             tx: Some(tx),
             shared: Arc::default(),
             sent: 0,
-            pending: VecDeque::new(),
-            durable: Some(0),
+            commits: PendingCommits::default(),
         };
         (sink, rx)
     }
@@ -335,21 +330,9 @@ impl KinesisSink {
         Ok(())
     }
 
-    /// How many of the oldest pending commits have every batch before them taken.
-    fn acknowledged_commits(&self) -> usize {
-        let Ok(p) = self.shared.progress.lock() else {
-            return 0;
-        };
-        self.pending.iter().take_while(|(_, sent)| *sent <= p.acked).count()
-    }
-
-    /// Moves the durable frontier past every commit whose batches are all taken.
-    fn advance_durable(&mut self) {
-        let done = self.acknowledged_commits();
-        if let Some(&(frontier, _)) = done.checked_sub(1).and_then(|i| self.pending.get(i)) {
-            self.durable = frontier;
-            self.pending.drain(..done);
-        }
+    /// Batches Kinesis has taken so far, in order.
+    fn acknowledged(&self) -> u64 {
+        self.shared.progress.lock().map_or(0, |p| p.acked)
     }
 
     /// Waits until every batch sent is taken, or the task failed.
@@ -377,22 +360,19 @@ impl Sink for KinesisSink {
 
     fn commit(&mut self, frontier: Option<Time>) -> Result<(), SinkError> {
         self.flush()?;
-        self.pending.push_back((frontier, self.sent));
+        self.commits.commit(frontier, self.sent);
         if frontier.is_none() {
             // The end of the run: wait until every record is taken (or refused).
             self.wait_all_taken()?;
         }
         self.check()?;
-        self.advance_durable();
+        self.commits.advance(self.acknowledged());
         Ok(())
     }
 
     fn durable(&self) -> Option<Time> {
         // Batches are taken between commits: look without waiting for one.
-        let done = self.acknowledged_commits();
-        done.checked_sub(1)
-            .and_then(|i| self.pending.get(i))
-            .map_or(self.durable, |(frontier, _)| *frontier)
+        self.commits.durable(self.acknowledged())
     }
 }
 
