@@ -39,7 +39,7 @@ mod account_stream;
 mod auth;
 mod follow;
 mod http;
-pub mod jwt;
+pub use sluice_auth::jwt;
 mod messages;
 mod outbox;
 pub mod token;

@@ -1,9 +1,9 @@
-//! HS256 JSON Web Token verification: who is calling the messages feed.
+//! HS256 JSON Web Token verification: who is calling the messages feed, who may publish.
 //!
-//! Only what the feed needs, written out so the rules are visible: the header's `alg` must be
-//! `HS256` (never `none`, never whatever the token claims), the signature is checked in
-//! constant time before any claim is trusted, `exp` and `nbf` (when present) bound the
-//! validity in seconds since the epoch with no leeway, and `sub` names the user.
+//! Written out so the rules are visible: the header's `alg` must be `HS256` (never `none`,
+//! never whatever the token claims), the signature is checked in constant time before any
+//! claim is trusted, and `exp` and `nbf` (when present) bound the validity in seconds since
+//! the epoch with no leeway. [`verify`] also requires `sub`, which names the user.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -41,8 +41,22 @@ pub fn verify(secret: &[u8], token: &str) -> Result<String, JwtError> {
     verify_at(secret, token, now_seconds())
 }
 
+/// The claims of a valid HS256 `token` signed with `secret`, whatever they name.
+pub fn verify_claims(secret: &[u8], token: &str) -> Result<serde_json::Map<String, Json>, JwtError> {
+    claims_at(secret, token, now_seconds())
+}
+
 /// [`verify`] at a given time (seconds since the epoch), for tests.
 fn verify_at(secret: &[u8], token: &str, now: f64) -> Result<String, JwtError> {
+    let claims = claims_at(secret, token, now)?;
+    match claims.get("sub").and_then(Json::as_str) {
+        Some(sub) if !sub.is_empty() => Ok(sub.to_owned()),
+        _ => Err(JwtError::Subject),
+    }
+}
+
+/// [`verify_claims`] at a given time (seconds since the epoch).
+fn claims_at(secret: &[u8], token: &str, now: f64) -> Result<serde_json::Map<String, Json>, JwtError> {
     let mut parts = token.split('.');
     let (Some(header), Some(payload), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next())
     else {
@@ -74,10 +88,7 @@ fn verify_at(secret: &[u8], token: &str, now: f64) -> Result<String, JwtError> {
     if seconds("nbf")?.is_some_and(|nbf| nbf > now) {
         return Err(JwtError::NotYetValid);
     }
-    match claims.get("sub").and_then(Json::as_str) {
-        Some(sub) if !sub.is_empty() => Ok(sub.to_owned()),
-        _ => Err(JwtError::Subject),
-    }
+    Ok(claims)
 }
 
 fn decode_object(part: &str) -> Result<serde_json::Map<String, Json>, JwtError> {
@@ -101,7 +112,9 @@ pub fn sign(secret: &[u8], claims: &Json) -> String {
     sign_with_header(secret, r#"{"alg":"HS256","typ":"JWT"}"#, claims)
 }
 
-fn sign_with_header(secret: &[u8], header: &str, claims: &Json) -> String {
+/// Signs `claims` with `secret` under any header, even one naming another algorithm: for
+/// tests that a verifier refuses what it must.
+pub fn sign_with_header(secret: &[u8], header: &str, claims: &Json) -> String {
     let mut token = format!(
         "{}.{}",
         URL_SAFE_NO_PAD.encode(header),
@@ -175,6 +188,14 @@ mod tests {
         assert_eq!(verify_at(SECRET, &hs512, NOW), Err(JwtError::Algorithm("HS512".into())));
         let no_alg = sign_with_header(SECRET, r#"{"typ":"JWT"}"#, &claims);
         assert_eq!(verify_at(SECRET, &no_alg, NOW), Err(JwtError::Algorithm(String::new())));
+    }
+
+    #[test]
+    fn claims_need_no_subject() {
+        let token = sign(SECRET, &json!({"exp": NOW + 60.0, "scope": "publish"}));
+        let claims = claims_at(SECRET, &token, NOW).expect("valid");
+        assert_eq!(claims.get("scope"), Some(&json!("publish")));
+        assert_eq!(claims_at(SECRET, &token, NOW + 61.0), Err(JwtError::Expired));
     }
 
     #[test]
