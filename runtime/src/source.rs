@@ -9,6 +9,7 @@
 //! | kinesis       | shard (with parents)     | last sequence number (decimal string) |
 //! | dynamodb scan | scan segment             | last evaluated key                    |
 //! | http ingest   | segment of the local log | byte offset                           |
+//! | table file    | the file                 | key and content hash of every row     |
 //!
 //! A partition may name **parents** that must be read to their end before it starts (Kinesis
 //! child shards after a split or merge), and may **finish** (a file in a bounded run, a
@@ -48,6 +49,8 @@ pub enum Position {
     Sequence(String),
     /// The last evaluated key of a scan segment (DynamoDB).
     ScanKey(Value),
+    /// The keys and content hashes of a table file as last read (a reloaded table file).
+    Table(Value),
     /// The partition has been read to its end and will not grow.
     End,
 }
@@ -118,8 +121,10 @@ pub trait PartitionReader: Send {
     /// The position after the last record returned: resuming there reads what follows it.
     fn position(&self) -> Position;
     /// Records that everything before `position` is reflected in durable output, for the
-    /// source's own bookkeeping (a Kafka consumer group's committed offsets). Called only
-    /// with positions the sinks have made durable. It does not block, except when `last`
+    /// source's own bookkeeping (a Kafka consumer group's committed offsets, the publish log's
+    /// old segments). Called only with positions the sinks have made durable and, when the
+    /// pipeline takes checkpoints, that a written checkpoint holds: a source may forget what
+    /// lies before them. It does not block, except when `last`
     /// (the run is ending), when it waits until the commit is recorded.
     fn commit(&mut self, _position: &Position, _last: bool) -> Result<(), SourceError> {
         Ok(())
@@ -142,6 +147,10 @@ impl fmt::Display for Position {
             Position::Offset(o) => write!(f, "offset {o}"),
             Position::Sequence(s) => write!(f, "sequence {s}"),
             Position::ScanKey(k) => write!(f, "after key {k}"),
+            Position::Table(rows) => match rows.as_list() {
+                Some(rows) => write!(f, "table of {} rows", rows.len()),
+                None => f.write_str("table"),
+            },
             Position::End => f.write_str("end"),
         }
     }

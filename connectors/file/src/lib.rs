@@ -1,4 +1,5 @@
-//! The `file` source: JSON lines from one file or a glob of files.
+//! The `file` source: JSON lines from one file or a glob of files; and the table file source
+//! ([`TableFileSource`], in [`table`]): a whole table in one file, re-read when it changes.
 //!
 //! ```text
 //!  path/glob ──discover──▶ one partition per file (sorted) ──▶ workers (assign)
@@ -39,6 +40,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use sluice_runtime::source::{PartitionInfo, PartitionReader, Position, RawRecord, ReadState, Source, SourceError};
+
+pub mod table;
+
+pub use table::{TableFileSource, TableFormat};
 
 /// Files above this size are read as several chunks when chunking is on.
 pub const CHUNK_BYTES: u64 = 32 * 1024 * 1024;
