@@ -295,6 +295,17 @@ fn the_account_stream_serves_snapshot_changes_and_tokens_that_survive_a_restart(
     ]);
     assert_eq!(error_of(&refused).map(|e| e.0).as_deref(), Some("INVALID_ARGUMENT"));
 
+    // Checkpoints are taken every 200 ms while the view is served, not only at the stop.
+    let state = d.join("state");
+    let seen = serve_support::newest_checkpoint(&state).unwrap_or(0);
+    wait_for(20, "a newer checkpoint", || {
+        serve_support::newest_checkpoint(&state).is_some_and(|t| t > seen)
+    });
+    let seen = serve_support::newest_checkpoint(&state).unwrap_or(0);
+    wait_for(20, "another checkpoint", || {
+        serve_support::newest_checkpoint(&state).is_some_and(|t| t > seen)
+    });
+
     // After a restart (from the checkpoint) the same token resumes the same way.
     serving.stop();
     let serving = Serving::start(d, grpc_port, http_port);

@@ -61,9 +61,10 @@ pub trait Sink {
     }
 
     /// Makes everything written so far durable and returns what a restart needs to continue
-    /// right after it (a file's length), for a checkpoint. `None`: the sink cannot resume
-    /// exactly, and a restart writes again what came after the checkpoint.
-    fn checkpoint(&mut self) -> Result<Option<Vec<u8>>, SinkError> {
+    /// right after it (a file's length), for the checkpoint at `frontier`: every time before
+    /// it has been written, none after (its commit may not have come yet). `None`: the sink
+    /// cannot resume exactly, and a restart writes again what came after the checkpoint.
+    fn checkpoint(&mut self, _frontier: Time) -> Result<Option<Vec<u8>>, SinkError> {
         Ok(None)
     }
 }
@@ -309,7 +310,7 @@ pub fn sink_rows<'s>(
                 .filter(|t| *t > last_cut);
             let cut = |target: &mut Box<dyn Sink>, at: Time| -> Result<(), SinkError> {
                 if let Some(r) = &recovery {
-                    let position = target.checkpoint()?;
+                    let position = target.checkpoint(at)?;
                     r.checkpointer.sink_part(at, &label, position);
                 }
                 Ok(())

@@ -208,3 +208,15 @@ pub fn wait_for(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The frontier of the newest checkpoint in `dir` (from its manifests' names), if any.
+pub fn newest_checkpoint(dir: &Path) -> Option<u64> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix("MANIFEST-")?.strip_suffix(".json")?.parse().ok()
+        })
+        .max()
+}

@@ -177,7 +177,7 @@ impl<W: Write> Sink for JsonLinesSink<W> {
         self.durable.unwrap_or(Some(0))
     }
 
-    fn checkpoint(&mut self) -> Result<Option<Vec<u8>>, SinkError> {
+    fn checkpoint(&mut self, _frontier: Time) -> Result<Option<Vec<u8>>, SinkError> {
         // Standard output cannot be cut back: it is written again after a restart.
         let Some(file) = &self.sync else {
             return Ok(None);
@@ -292,7 +292,7 @@ mod tests {
         let path = dir.path().join("out.jsonl");
         let mut sink = JsonLinesSink::create(&path, SinkMode::Append).expect("create");
         sink.write(1, &[(row("a", 1), 1)]).expect("write");
-        let position = sink.checkpoint().expect("checkpoint").expect("a file has a position");
+        let position = sink.checkpoint(1).expect("checkpoint").expect("a file has a position");
         // Written after the checkpoint, then the process dies.
         sink.write(2, &[(row("b", 2), 1)]).expect("write");
         sink.commit(Some(3)).expect("commit");

@@ -563,9 +563,11 @@ impl Sink for ServedSink {
         (!self.view.read().ended).then_some(self.saved)
     }
 
-    fn checkpoint(&mut self) -> Result<Option<Vec<u8>>, SinkError> {
-        let (bytes, frontier) = self.view.save()?;
-        self.saved = frontier;
+    fn checkpoint(&mut self, frontier: Time) -> Result<Option<Vec<u8>>, SinkError> {
+        let (bytes, view_frontier) = self.view.save()?;
+        // The view holds every time before the checkpoint's frontier, though its own
+        // frontier moves there only at the next commit: durable as far as the checkpoint.
+        self.saved = view_frontier.max(frontier);
         Ok(Some(bytes))
     }
 }

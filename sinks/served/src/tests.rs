@@ -198,7 +198,7 @@ fn a_checkpointed_view_restores_entries_tombstones_and_progress() {
     let mut sink = view.sink(None).expect("sink");
     step(&mut sink, 10, vec![(row(1, "a"), 1), (row(2, "b"), 1)]);
     step(&mut sink, 20, vec![(row(2, "b"), -1)]);
-    let saved = sink.checkpoint().expect("checkpoint").expect("a view");
+    let saved = sink.checkpoint(0).expect("checkpoint").expect("a view");
     let before = read_all(&view, &Value::Null, Cursor::Start, 10).0;
     let progress = view.progress();
 
@@ -221,7 +221,7 @@ fn the_view_is_durable_only_through_its_last_checkpoint() {
     let mut sink = view.sink(None).expect("sink");
     step(&mut sink, 10, vec![(row(1, "a"), 1)]);
     assert_eq!(sink.durable(), Some(0), "nothing saved yet");
-    sink.checkpoint().expect("checkpoint");
+    sink.checkpoint(0).expect("checkpoint");
     step(&mut sink, 20, vec![(row(2, "b"), 1)]);
     assert_eq!(sink.durable(), Some(11));
     sink.commit(None).expect("end");
