@@ -1,0 +1,84 @@
+//! The source's configuration and its defaults.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::IngestError;
+
+/// The largest request body accepted by default: 1 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+/// The number of partitions (logs) by default.
+pub const DEFAULT_PARTITIONS: u32 = 1;
+/// The size at which a segment is closed and the next one started, by default: 64 MiB.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
+
+/// What an `http-ingest` source needs to run.
+#[derive(Clone)]
+pub struct IngestConfig {
+    /// The source's name, for logs.
+    pub name: String,
+    /// Where the endpoint listens, `host:port` (`127.0.0.1:8088`; port 0 picks a free one).
+    pub listen: String,
+    /// The directory holding one log per partition (`p0/`, `p1/`, …); created if missing.
+    pub log_dir: PathBuf,
+    /// The HS256 secret publishers' tokens are signed with (not empty).
+    pub jwt_secret: Vec<u8>,
+    /// The largest request body accepted, in bytes; larger ones get `413`.
+    pub max_body_bytes: usize,
+    /// Logs events are spread over by topic (at least 1).
+    pub partitions: u32,
+    /// A segment at or past this size is closed before the next write, in bytes (at least 1).
+    pub segment_bytes: u64,
+}
+
+impl IngestConfig {
+    /// A configuration with the default body limit, partition count and segment size.
+    pub fn new(
+        name: impl Into<String>,
+        listen: impl Into<String>,
+        log_dir: impl Into<PathBuf>,
+        jwt_secret: impl Into<Vec<u8>>,
+    ) -> Self {
+        IngestConfig {
+            name: name.into(),
+            listen: listen.into(),
+            log_dir: log_dir.into(),
+            jwt_secret: jwt_secret.into(),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            partitions: DEFAULT_PARTITIONS,
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+        }
+    }
+
+    /// Refuses values the source cannot run with.
+    pub(crate) fn check(&self) -> Result<(), IngestError> {
+        let problem = if self.jwt_secret.is_empty() {
+            // HMAC accepts an empty key, so anyone could sign a valid token.
+            "jwt_secret must not be empty"
+        } else if self.partitions == 0 {
+            "partitions must be at least 1"
+        } else if self.segment_bytes == 0 {
+            "segment_bytes must be at least 1"
+        } else if self.max_body_bytes == 0 {
+            "max_body_bytes must be at least 1"
+        } else {
+            return Ok(());
+        };
+        Err(IngestError::Config(format!("source `{}`: {problem}", self.name)))
+    }
+}
+
+// By hand, so the secret never reaches a log line.
+impl fmt::Debug for IngestConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IngestConfig")
+            .field("name", &self.name)
+            .field("listen", &self.listen)
+            .field("log_dir", &self.log_dir)
+            .field("jwt_secret", &"<redacted>")
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("partitions", &self.partitions)
+            .field("segment_bytes", &self.segment_bytes)
+            .finish()
+    }
+}

@@ -1,0 +1,188 @@
+//! The endpoint: authentication, bounded body reading, and the append that answers `200`.
+
+use std::future::poll_fn;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, HttpBody};
+use axum::extract::{Path, State};
+use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tokio::sync::watch;
+
+use crate::event::{BadEvent, check_object, event_line, parse_publish};
+use crate::log::PartitionLog;
+use crate::partition_of;
+
+/// How long open connections may take to finish after shutdown before they are cut.
+const DRAIN: Duration = Duration::from_secs(2);
+
+/// What every request needs.
+pub(crate) struct Endpoint {
+    pub(crate) name: String,
+    pub(crate) secret: Vec<u8>,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) partitions: Vec<Arc<PartitionLog>>,
+}
+
+/// The routes of the endpoint.
+pub(crate) fn router(endpoint: Arc<Endpoint>) -> Router {
+    Router::new()
+        .route("/publish", post(publish))
+        .route("/v1/topics/{topic}/events", post(topic_events))
+        .route("/health", get(|| async { "ok" }))
+        .with_state(endpoint)
+}
+
+/// Serves `router` on `listener` until `shutdown`, then lets connections drain for at most
+/// [`DRAIN`].
+pub(crate) async fn serve(listener: tokio::net::TcpListener, router: Router, shutdown: watch::Receiver<bool>) {
+    let signal = |mut shutdown: watch::Receiver<bool>| async move {
+        // A dropped sender (the source is gone) also means stop.
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    };
+    let serving = async {
+        if let Err(error) = axum::serve(listener, router)
+            .with_graceful_shutdown(signal(shutdown.clone()))
+            .await
+        {
+            tracing::error!(%error, "the publish endpoint failed");
+        }
+    };
+    let drained = async {
+        signal(shutdown.clone()).await;
+        tokio::time::sleep(DRAIN).await;
+    };
+    tokio::select! {
+        () = serving => {}
+        () = drained => tracing::warn!("publish connections still open {DRAIN:?} after shutdown; closing them"),
+    }
+}
+
+/// `POST /publish`: `{"Topic": …, "Payload": <base64 of the data object>}`.
+async fn publish(State(endpoint): State<Arc<Endpoint>>, headers: HeaderMap, body: Body) -> Response {
+    if let Err(refused) = authorize(&endpoint.secret, &headers) {
+        return refused;
+    }
+    let body = match read_body(&headers, body, endpoint.max_body_bytes).await {
+        Ok(body) => body,
+        Err(refused) => return refused,
+    };
+    match parse_publish(&body) {
+        Ok(event) => endpoint.append(&event.topic, &event.data).await,
+        Err(BadEvent(reason)) => error(StatusCode::BAD_REQUEST, &reason),
+    }
+}
+
+/// `POST /v1/topics/{topic}/events`: the data object itself.
+async fn topic_events(
+    State(endpoint): State<Arc<Endpoint>>,
+    Path(topic): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if let Err(refused) = authorize(&endpoint.secret, &headers) {
+        return refused;
+    }
+    if topic.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "the topic is empty");
+    }
+    let body = match read_body(&headers, body, endpoint.max_body_bytes).await {
+        Ok(body) => body,
+        Err(refused) => return refused,
+    };
+    match check_object(&body) {
+        Ok(()) => endpoint.append(&topic, &body).await,
+        Err(reason) => error(StatusCode::BAD_REQUEST, &format!("the body {reason}")),
+    }
+}
+
+impl Endpoint {
+    /// Appends the event to its topic's partition; `200` once it is synced to disk.
+    async fn append(&self, topic: &str, data: &[u8]) -> Response {
+        let index = partition_of(topic, self.partitions.len() as u32) as usize;
+        let Some(log) = self.partitions.get(index) else {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "no partition for the topic");
+        };
+        let line = match event_line(topic, data) {
+            Ok(line) => line,
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        };
+        match log.append(line).await {
+            Ok(offset) => json(
+                StatusCode::OK,
+                &serde_json::json!({"partition": log.id, "offset": offset}),
+            ),
+            Err(e) => {
+                tracing::warn!(source = %self.name, partition = %log.id, error = %e, "publish not accepted");
+                error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
+            }
+        }
+    }
+}
+
+/// Checks the `Authorization: Bearer <HS256 JWT>` header (scheme in any case); `401` if not.
+#[allow(clippy::result_large_err)] // the error is the response itself, built once per refusal
+fn authorize(secret: &[u8], headers: &HeaderMap) -> Result<(), Response> {
+    let token = headers
+        .get(AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    let reason = match token {
+        None => "missing bearer token".to_owned(),
+        Some(token) => match sluice_auth::jwt::verify_claims(secret, token) {
+            Ok(_) => return Ok(()),
+            Err(e) => e.to_string(),
+        },
+    };
+    Err((StatusCode::UNAUTHORIZED, [(WWW_AUTHENTICATE, "Bearer")], reason).into_response())
+}
+
+/// The whole body, refused with `413` as soon as it is known to exceed `limit`: from
+/// `Content-Length` before reading any of it, or when the bytes received pass the limit, so
+/// an oversized body is never buffered.
+#[allow(clippy::result_large_err)] // the error is the response itself, built once per refusal
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, Response> {
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("the body is larger than {limit} bytes"),
+        )
+    };
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    // Capacity for what is declared, up to a point: a declared length is only a promise.
+    let mut bytes = Vec::with_capacity(declared.map_or(16 * 1024, |n| n.min(1 << 20) as usize));
+    let mut body = pin!(body);
+    while let Some(frame) = poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+        let frame = frame.map_err(|e| error(StatusCode::BAD_REQUEST, &format!("cannot read the body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            if bytes.len() + data.len() > limit {
+                return Err(too_large());
+            }
+            bytes.extend_from_slice(&data);
+        }
+    }
+    Ok(bytes)
+}
+
+/// A JSON response.
+fn json(status: StatusCode, value: &serde_json::Value) -> Response {
+    (status, [(CONTENT_TYPE, "application/json")], value.to_string()).into_response()
+}
+
+/// `{"error": reason}` with `status`.
+fn error(status: StatusCode, reason: &str) -> Response {
+    json(status, &serde_json::json!({ "error": reason }))
+}
