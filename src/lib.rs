@@ -127,7 +127,12 @@ pub enum Failure {
 /// Runs a validated pipeline, serving its served views while it runs.
 pub fn run(plan: Plan, options: RunOptions) -> Result<RunReport, Failure> {
     let pipeline = plan.pipeline.clone();
-    let wiring = Arc::new(render::SluiceWiring::new(plan.pipeline, plan.graph, plan.compiled));
+    let wiring = Arc::new(render::SluiceWiring::new(
+        plan.pipeline,
+        plan.graph,
+        plan.compiled,
+        Arc::clone(&options.stop),
+    ));
     // Listening before the dataflow starts: clients may connect at once, and wait for data.
     let server = match &pipeline.server {
         Some(spec) => Some(sluice_server::start(server_config(spec, &wiring.views))?),

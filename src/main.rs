@@ -31,6 +31,7 @@ const EXAMPLES: &str = "Examples:
   sluice run --workers 4 examples/delivery/pipeline.toml
   sluice validate my-pipeline.toml
   sluice graph examples/delivery/pipeline.toml | dot -Tsvg > graph.svg
+  SLUICE_PUBLISH_SECRET=… sluice token --ttl 600
 
 Exit codes: 0 success, 1 the run failed, 2 the pipeline file is invalid.
 Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=sluice=debug) for more.";
@@ -63,6 +64,20 @@ enum Command {
         /// The pipeline file.
         pipeline: PathBuf,
     },
+    /// Print an HS256 bearer token for a publish endpoint (`http-ingest`) or the messages
+    /// feed, signed with the secret held in an environment variable (never on the command
+    /// line, where other users of the machine could read it).
+    Token {
+        /// The environment variable holding the secret.
+        #[arg(long, value_name = "VAR", default_value = "SLUICE_PUBLISH_SECRET")]
+        secret_env: String,
+        /// The token's subject (`sub`): the publisher or user it names.
+        #[arg(long, default_value = "publisher")]
+        sub: String,
+        /// How long the token is valid, in seconds (its `exp`).
+        #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
+        ttl: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -93,6 +108,17 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Err(e) => invalid(e),
         }),
+        Command::Token { secret_env, sub, ttl } => {
+            let secret = std::env::var(&secret_env)
+                .with_context(|| format!("the secret is read from ${secret_env}, which is not set"))?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .context("the clock is before 1970")?
+                .as_secs();
+            let claims = serde_json::json!({"sub": sub, "iat": now, "exp": now.saturating_add(ttl)});
+            println!("{}", sluice_auth::jwt::sign(secret.as_bytes(), &claims));
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run {
             pipeline,
             workers,

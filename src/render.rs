@@ -4,10 +4,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::time::Duration;
 
 use sluice_connector_dynamodb::ScanSource;
-use sluice_connector_file::FileSource;
+use sluice_connector_file::{FileSource, TableFileSource, TableFormat};
+use sluice_connector_http_ingest::{HttpIngestSource, IngestConfig};
 use sluice_connector_kafka::KafkaSource;
 use sluice_connector_kinesis::KinesisSource;
 use sluice_delivery::DeliveryConfig;
@@ -26,6 +28,7 @@ use sluice_served::{ServedView, ViewConfig};
 use sluice_sink_file::JsonLinesSink;
 use sluice_sink_kafka::KafkaSink;
 use sluice_sink_kinesis::KinesisSink;
+use sluice_sink_webhook::WebhookConfig;
 
 use crate::formats;
 use timely::dataflow::Scope;
@@ -108,13 +111,21 @@ pub struct SluiceWiring {
     pub fanout_counters: BTreeMap<String, Arc<sluice_fanout::Counters>>,
     /// Per served sink, the view its sink feeds and the server reads.
     pub views: BTreeMap<String, ServedView>,
+    /// Set when the run is asked to stop: a webhook sink then leaves its pending retries to
+    /// the checkpoint instead of waiting for them.
+    stop: Arc<AtomicBool>,
     /// Whether the sources are caught up, reported by the workers, read by the views.
     caught_up: Arc<CaughtUp>,
 }
 
 impl SluiceWiring {
     /// Wiring for a validated plan.
-    pub fn new(pipeline: Arc<Pipeline>, graph: Graph, compiled: BTreeMap<String, Compiled>) -> Self {
+    pub fn new(
+        pipeline: Arc<Pipeline>,
+        graph: Graph,
+        compiled: BTreeMap<String, Compiled>,
+        stop: Arc<AtomicBool>,
+    ) -> Self {
         let filter_errors = pipeline
             .nodes
             .iter()
@@ -160,6 +171,7 @@ impl SluiceWiring {
             filter_errors,
             fanout_counters,
             views,
+            stop,
             caught_up,
         }
     }
@@ -179,6 +191,29 @@ impl Wiring for SluiceWiring {
             SourceSpec::Kafka(k) => Ok(Arc::new(KafkaSource::new(k, &decl.name.value)?)),
             SourceSpec::DynamodbScan(d) => Ok(Arc::new(ScanSource::new(d, &decl.name.value)?)),
             SourceSpec::Kinesis(k) => Ok(Arc::new(KinesisSource::new(k, &decl.name.value)?)),
+            SourceSpec::HttpIngest(h) => {
+                let config = IngestConfig {
+                    name: decl.name.value.clone(),
+                    listen: h.listen.value.clone(),
+                    log_dir: h.log_dir.clone(),
+                    jwt_secret: h.jwt_secret.clone().into_bytes(),
+                    max_body_bytes: usize::try_from(h.max_body_bytes).unwrap_or(usize::MAX),
+                    partitions: h.partitions,
+                    segment_bytes: h.segment_bytes,
+                };
+                // The address or the log: nothing a retry fixes.
+                let source = HttpIngestSource::start(config).map_err(|e| SourceError::Config(e.to_string()))?;
+                Ok(Arc::new(source))
+            }
+            SourceSpec::File(f) if f.reload => {
+                let key = match &decl.envelope {
+                    Envelope::Upsert { key: Some(k), .. } => k.fields.iter().map(|f| f.join(".")).collect(),
+                    _ => Vec::new(),
+                };
+                let path = f.path.value.clone();
+                let format = TableFormat::from_path(&path);
+                Ok(Arc::new(TableFileSource::new(path, format, key, f.poll_ms)))
+            }
             SourceSpec::File(f) => {
                 let source = FileSource::new(f.path.value.clone(), f.follow);
                 // Events may be read in parallel chunks; upserts must apply in file order.
@@ -225,6 +260,26 @@ impl Wiring for SluiceWiring {
             SinkTarget::Discard => Ok(Box::new(Discard)),
             SinkTarget::Kafka(k) => Ok(Box::new(KafkaSink::new(k, mode, encoder, &k.topic)?)),
             SinkTarget::Kinesis(k) => Ok(Box::new(KinesisSink::new(k, mode, encoder)?)),
+            SinkTarget::Webhook(w) => {
+                // The dead letters' own sink resumes from its part of the webhook's checkpoint.
+                let inner_resume = resume.map(sluice_sink_webhook::inner_resume).transpose()?.flatten();
+                let dead_letters =
+                    self.open_sink(&w.dead_letters, SinkMode::Append, Format::Json, inner_resume.as_deref())?;
+                let config = WebhookConfig {
+                    name: w.name.clone(),
+                    timeout: Duration::from_millis(w.timeout_ms),
+                    max_attempts: w.max_attempts,
+                    max_age: Duration::from_millis(w.max_age_ms),
+                    initial_backoff: Duration::from_millis(w.initial_backoff_ms),
+                    max_backoff: Duration::from_millis(w.max_backoff_ms),
+                    per_target_concurrency: w.per_target_concurrency as usize,
+                    max_in_flight: w.max_in_flight as usize,
+                    max_queued: w.max_queued as usize,
+                    allow_private_targets: w.allow_private_targets,
+                };
+                let sink = sluice_sink_webhook::open(config, dead_letters, resume, Arc::clone(&self.stop))?;
+                Ok(Box::new(sink))
+            }
             SinkTarget::Served(s) => {
                 let view = self
                     .views

@@ -92,7 +92,7 @@ fn every_example_pipeline_is_valid() {
     for entry in std::fs::read_dir(root().join("examples")).expect("examples dir") {
         let dir = entry.expect("entry").path();
         // Each example's pipeline, and the loaders of the Kafka examples.
-        for path in ["pipeline.toml", "load.toml", "serve.toml"].map(|f| dir.join(f)) {
+        for path in ["pipeline.toml", "load.toml", "serve.toml", "hub.toml"].map(|f| dir.join(f)) {
             if !path.exists() {
                 continue;
             }
@@ -103,6 +103,7 @@ fn every_example_pipeline_is_valid() {
                 .env("AWS_DYNAMODB_ENDPOINT", "http://127.0.0.1:4568")
                 .env("SLUICE_TOKEN_KEY", "a-key-of-sixteen-bytes")
                 .env("CDS_AUTH_TOKEN", "secret")
+                .env("SLUICE_PUBLISH_SECRET", "a-publish-secret-of-32-bytes-....")
                 .output()
                 .expect("run sluice");
             assert_eq!(
@@ -126,4 +127,9 @@ fn graph_prints_the_pipeline_as_dot() {
     let out = sluice(&["graph", "examples/delivery/pipeline.toml"]);
     assert_eq!(out.status.code(), Some(0));
     assert_golden("graph/delivery.dot", &String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn publish_endpoints_reloaded_tables_and_webhook_sinks_are_checked() {
+    assert_golden("validate/hub.txt", &problems_of("hub"));
 }

@@ -927,7 +927,7 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
             input.flush();
         }
         dead_input.flush();
-        let durable = ctx.status.durable_frontier();
+        let durable = commit_frontier(ctx);
         for a in &mut assigned {
             commit_or_fail(a, durable, false, p)?;
         }
@@ -995,11 +995,25 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
         }
         worker.step_or_park(Some(Duration::from_millis(10)));
     }
-    // Every sink has closed, so everything read is durable: record the final positions.
+    // Every sink has closed, so everything read is durable — unless a sink holds work it
+    // could not finish (a webhook's pending retries at a stop): record the final positions.
+    let durable = commit_frontier(ctx);
     for a in &mut assigned {
-        commit_or_fail(a, None, true, p)?;
+        commit_or_fail(a, durable, true, p)?;
     }
     Ok(())
+}
+
+/// The frontier before which sources may record their positions as done: the sinks' durable
+/// frontier, and with checkpoints no further than the newest checkpoint written, because a
+/// restart resumes from that checkpoint, and a source may delete what it holds before a
+/// committed position (the publish log's segments).
+fn commit_frontier<W: Wiring>(ctx: &Ctx<W>) -> Option<Time> {
+    let durable = ctx.status.durable_frontier();
+    match &ctx.checkpoints {
+        None => durable,
+        Some(c) => Some(durable.map_or(c.written(), |d| d.min(c.written()))),
+    }
 }
 
 /// One worker's turn at checkpoints: send its part of the checkpoint in progress once it
@@ -1088,6 +1102,9 @@ fn idle_poll_ms(p: &Pipeline, source: usize) -> u64 {
         // Readers fetch in the background (Kinesis GetRecords, scan pages): polling drains
         // what arrived.
         crate::spec::SourceSpec::Kinesis(_) | crate::spec::SourceSpec::DynamodbScan(_) => 5,
+        // The reader looks at the log's durable end, a number in memory: asking often is cheap,
+        // and a published event waits for it.
+        crate::spec::SourceSpec::HttpIngest(_) => 2,
     }
 }
 

@@ -568,7 +568,9 @@ fn check_start_after(p: &Pipeline, problems: &mut Vec<Problem>) {
                         "`{}` never ends ({}), so a source started after it would never start",
                         after.value,
                         match &other.spec {
+                            crate::spec::SourceSpec::File(f) if f.reload => "it is a table reloaded when it changes",
                             crate::spec::SourceSpec::File(_) => "it follows its files",
+                            crate::spec::SourceSpec::HttpIngest(_) => "it takes events published over HTTP",
                             crate::spec::SourceSpec::Kafka(_) => "a Kafka source is unbounded unless `bounded = true`",
                             crate::spec::SourceSpec::Kinesis(_) =>
                                 "a Kinesis source is unbounded unless `bounded = true`",

@@ -138,6 +138,8 @@ pub enum SourceSpec {
     Kinesis(KinesisSourceSpec),
     /// Items of a DynamoDB table, read by a parallel scan (always bounded).
     DynamodbScan(DynamodbScanSpec),
+    /// Events published over HTTP (`POST /publish`), kept in a local append-only log.
+    HttpIngest(HttpIngestSpec),
 }
 
 impl SourceSpec {
@@ -148,16 +150,18 @@ impl SourceSpec {
             SourceSpec::Kafka(_) => "kafka",
             SourceSpec::Kinesis(_) => "kinesis",
             SourceSpec::DynamodbScan(_) => "dynamodb-scan",
+            SourceSpec::HttpIngest(_) => "http-ingest",
         }
     }
 
     /// Whether the source ends by itself (files not followed, Kafka with `bounded = true`).
     pub fn bounded(&self) -> bool {
         match self {
-            SourceSpec::File(f) => !f.follow,
+            SourceSpec::File(f) => !f.follow && !f.reload,
             SourceSpec::Kafka(k) => k.bounded,
             SourceSpec::Kinesis(k) => k.bounded,
             SourceSpec::DynamodbScan(_) => true,
+            SourceSpec::HttpIngest(_) => false,
         }
     }
 }
@@ -169,8 +173,29 @@ pub struct FileSourceSpec {
     pub path: Spanned<String>,
     /// Keep reading lines appended to the files (an unbounded source).
     pub follow: bool,
-    /// How often a followed file is checked for new lines, in milliseconds.
+    /// The file is a whole table (JSON lines, or TOML arrays of tables), read again when it
+    /// changes: what changed is emitted as upserts and tombstones (an unbounded source).
+    pub reload: bool,
+    /// How often a followed or reloaded file is checked for changes, in milliseconds.
     pub poll_ms: u64,
+}
+
+/// Configuration of an `http-ingest` source: the publish endpoint and the local log that
+/// makes an accepted event durable before it is acknowledged.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HttpIngestSpec {
+    /// Where the endpoint listens (`host:port`).
+    pub listen: Spanned<String>,
+    /// The directory of the log, resolved against the pipeline's directory.
+    pub log_dir: PathBuf,
+    /// The HS256 secret publishers' tokens are signed with.
+    pub jwt_secret: String,
+    /// The largest request body accepted, in bytes; larger ones get `413`.
+    pub max_body_bytes: u64,
+    /// Logs (partitions) events are spread over by topic.
+    pub partitions: u32,
+    /// The size at which a log segment is closed and a new one started, in bytes.
+    pub segment_bytes: u64,
 }
 
 /// Configuration of a `kafka` source.
@@ -295,6 +320,34 @@ pub struct KafkaSinkSpec {
     pub delivery_timeout_ms: u64,
     /// Extra librdkafka properties, applied last.
     pub options: Vec<(String, String)>,
+}
+
+/// Configuration of a `webhook` sink: its retry policy, limits, and where deliveries that
+/// failed for good go.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WebhookSinkSpec {
+    /// The sink's name, for logs: set from the sink's table.
+    pub name: String,
+    /// How long one request may take, in milliseconds.
+    pub timeout_ms: u64,
+    /// Attempts per delivery before it is dead-lettered.
+    pub max_attempts: u32,
+    /// How long after its first attempt a delivery may still be retried, in milliseconds.
+    pub max_age_ms: u64,
+    /// The delay before the first retry, in milliseconds; it doubles with each attempt.
+    pub initial_backoff_ms: u64,
+    /// The longest delay between attempts, in milliseconds.
+    pub max_backoff_ms: u64,
+    /// Requests in flight to one target (scheme, host and port) at most.
+    pub per_target_concurrency: u32,
+    /// Requests in flight overall at most.
+    pub max_in_flight: u32,
+    /// Deliveries not yet attempted at most; above it the sink holds the pipeline back.
+    pub max_queued: u64,
+    /// Whether targets on loopback, private, link-local or metadata addresses are allowed.
+    pub allow_private_targets: bool,
+    /// Where deliveries that failed for good are written (the spec's `dead_letters` output).
+    pub dead_letters: Box<SinkTarget>,
 }
 
 /// Configuration of a `served` sink: how its view is partitioned, versioned and pruned.
@@ -736,6 +789,8 @@ pub enum SinkTarget {
     Served(ServedSinkSpec),
     /// Records of a Kinesis data stream.
     Kinesis(KinesisSinkSpec),
+    /// HTTP requests, one per delivery row, with retries and dead letters.
+    Webhook(WebhookSinkSpec),
 }
 
 impl SinkTarget {
@@ -748,6 +803,7 @@ impl SinkTarget {
             SinkTarget::Kafka(_) => "kafka",
             SinkTarget::Served(_) => "served",
             SinkTarget::Kinesis(_) => "kinesis",
+            SinkTarget::Webhook(_) => "webhook",
         }
     }
 

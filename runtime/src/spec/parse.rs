@@ -8,10 +8,10 @@ use toml_edit::{Document, TableLike};
 use super::walk::{Walker, join};
 use super::{
     AccountStreamSpec, AggFunc, AggregateDecl, AwsSpec, CdsSpec, ContactsSpec, DeliverySpec, DynamodbScanSpec,
-    Envelope, FanoutSpec, FileSourceSpec, Format, JoinKind, KafkaSinkSpec, KafkaSourceSpec, KafkaStart, KeyFields,
-    KinesisSinkSpec, KinesisSourceSpec, KinesisStart, Loc, MessagesServiceSpec, MessagesSpec, NodeDecl, NodeSpec,
-    Pipeline, Problem, ServedSinkSpec, ServerSpec, SinkDecl, SinkMode, SinkTarget, SourceDecl, SourceSpec, Spanned,
-    TrimmedPolicy,
+    Envelope, FanoutSpec, FileSourceSpec, Format, HttpIngestSpec, JoinKind, KafkaSinkSpec, KafkaSourceSpec, KafkaStart,
+    KeyFields, KinesisSinkSpec, KinesisSourceSpec, KinesisStart, Loc, MessagesServiceSpec, MessagesSpec, NodeDecl,
+    NodeSpec, Pipeline, Problem, ServedSinkSpec, ServerSpec, SinkDecl, SinkMode, SinkTarget, SourceDecl, SourceSpec,
+    Spanned, TrimmedPolicy, WebhookSinkSpec,
 };
 
 const TOP_KEYS: &[&str] = &["pipeline", "dead_letters", "sources", "nodes", "sinks", "server"];
@@ -22,7 +22,16 @@ const PIPELINE_KEYS: &[&str] = &[
     "checkpoint_dir",
     "checkpoint_interval_ms",
 ];
-const SOURCE_TYPES: &[&str] = &["file", "kafka", "kinesis", "dynamodb-scan"];
+const SOURCE_TYPES: &[&str] = &["file", "kafka", "kinesis", "dynamodb-scan", "http-ingest"];
+/// Keys of an `http-ingest` source besides the common ones.
+const INGEST_SOURCE_KEYS: &[&str] = &[
+    "listen",
+    "log_dir",
+    "jwt_secret",
+    "max_body_bytes",
+    "partitions",
+    "segment_bytes",
+];
 /// Keys of a `kinesis` source besides the common ones.
 const KINESIS_SOURCE_KEYS: &[&str] = &[
     "stream",
@@ -52,7 +61,20 @@ const NODE_TYPES: &[&str] = &[
     "fanout",
     "messages",
 ];
-const SINK_TYPES: &[&str] = &["file", "stdout", "discard", "kafka", "served", "kinesis"];
+const SINK_TYPES: &[&str] = &["file", "stdout", "discard", "kafka", "served", "kinesis", "webhook"];
+/// Keys of a `webhook` sink target.
+const WEBHOOK_SINK_KEYS: &[&str] = &[
+    "timeout_ms",
+    "max_attempts",
+    "max_age_ms",
+    "initial_backoff_ms",
+    "max_backoff_ms",
+    "per_target_concurrency",
+    "max_in_flight",
+    "max_queued",
+    "allow_private_targets",
+    "dead_letters",
+];
 /// Keys of a `served` sink target.
 const SERVED_SINK_KEYS: &[&str] = &["partition_by", "version_field", "retention_ms"];
 /// Keys of the `[server]` section.
@@ -337,18 +359,44 @@ fn source(
     let common = ["type", "format", "envelope", "key", "deleted_field", "start_after"];
     let spec = match ty.as_deref() {
         Some("file") => {
-            w.deny_unknown(t, &path, &[&common[..], &["path", "follow", "poll_ms"]].concat());
+            w.deny_unknown(
+                t,
+                &path,
+                &[&common[..], &["path", "follow", "reload", "poll_ms"]].concat(),
+            );
             let file = required(w, t, "path", &path, loc);
             let follow = w.bool(t, "follow", &path).is_some_and(|b| b.value);
+            let reload = w.bool(t, "reload", &path);
+            if let Some(r) = reload.as_ref().filter(|r| r.value) {
+                if follow {
+                    w.problem_at(
+                        r.loc,
+                        &r.path,
+                        "`reload` and `follow` exclude each other: a reloaded file is a whole table, a followed one a log",
+                    );
+                }
+                if w.string(t, "envelope", &path).is_none_or(|e| e.value != "upsert") {
+                    w.problem_at(
+                        r.loc,
+                        &r.path,
+                        "a reloaded file is a table: it needs `envelope = \"upsert\"` and `key`",
+                    );
+                }
+            }
             let poll_ms = w.uint(t, "poll_ms", &path, 1..=600_000).map_or(100, |p| p.value);
             file.map(|mut f| {
                 f.value = resolve(base, &f.value).to_string_lossy().into_owned();
                 SourceSpec::File(FileSourceSpec {
                     path: f,
                     follow,
+                    reload: reload.is_some_and(|r| r.value),
                     poll_ms,
                 })
             })
+        }
+        Some("http-ingest") => {
+            w.deny_unknown(t, &path, &[&common[..], INGEST_SOURCE_KEYS].concat());
+            http_ingest_source(w, t, &path, loc, base).map(SourceSpec::HttpIngest)
         }
         Some("kafka") => {
             w.deny_unknown(t, &path, &[&common[..], KAFKA_SOURCE_KEYS].concat());
@@ -813,6 +861,7 @@ fn sink(w: &mut Walker, name: Spanned<String>, t: &dyn TableLike, loc: Option<Lo
             KAFKA_SINK_KEYS,
             SERVED_SINK_KEYS,
             KINESIS_SINK_KEYS,
+            WEBHOOK_SINK_KEYS,
         ]
         .concat(),
     );
@@ -842,8 +891,19 @@ fn sink(w: &mut Walker, name: Spanned<String>, t: &dyn TableLike, loc: Option<Lo
         None => None,
     };
     let mut target = target;
-    if let Some(SinkTarget::Served(spec)) = &mut target {
-        spec.name = name.value.clone();
+    match &mut target {
+        Some(SinkTarget::Served(spec)) => spec.name = name.value.clone(),
+        Some(SinkTarget::Webhook(spec)) => spec.name = name.value.clone(),
+        _ => {}
+    }
+    if let (Some(SinkTarget::Webhook(_)), Some(m)) = (&target, &mode)
+        && m.value != SinkMode::Append
+    {
+        w.problem_at(
+            m.loc,
+            &m.path,
+            "a webhook sink sends each delivery once: its mode must be `append`",
+        );
     }
     if let (Some(SinkTarget::Served(_)), Some(m)) = (&target, &mode)
         && m.value != SinkMode::Upsert
@@ -866,11 +926,12 @@ fn sink(w: &mut Walker, name: Spanned<String>, t: &dyn TableLike, loc: Option<Lo
 fn sink_target(w: &mut Walker, t: &dyn TableLike, path: &str, loc: Option<Loc>, base: &Path) -> Option<SinkTarget> {
     let ty = kind(w, t, path, loc, SINK_TYPES)?;
     // Keys of the other kinds are refused by name, so a `path` on a Kafka sink is not ignored.
-    let owned: [(&str, &[&str]); 4] = [
+    let owned: [(&str, &[&str]); 5] = [
         ("file", &["path"]),
         ("kafka", KAFKA_SINK_KEYS),
         ("served", SERVED_SINK_KEYS),
         ("kinesis", KINESIS_SINK_KEYS),
+        ("webhook", WEBHOOK_SINK_KEYS),
     ];
     let own: &[&str] = owned
         .iter()
@@ -915,6 +976,7 @@ fn sink_target(w: &mut Walker, t: &dyn TableLike, path: &str, loc: Option<Loc>, 
                 aws,
             }))
         }
+        "webhook" => webhook_sink(w, t, path, loc, base).map(SinkTarget::Webhook),
         "served" => Some(SinkTarget::Served(ServedSinkSpec {
             // Set by `sink`, which knows the name.
             name: String::new(),
@@ -924,6 +986,109 @@ fn sink_target(w: &mut Walker, t: &dyn TableLike, path: &str, loc: Option<Loc>, 
         })),
         _ => Some(SinkTarget::Stdout),
     }
+}
+
+/// The keys of an `http-ingest` source.
+fn http_ingest_source(
+    w: &mut Walker,
+    t: &dyn TableLike,
+    path: &str,
+    loc: Option<Loc>,
+    base: &Path,
+) -> Option<HttpIngestSpec> {
+    let listen = required(w, t, "listen", path, loc);
+    let log_dir = required(w, t, "log_dir", path, loc);
+    let secret = required(w, t, "jwt_secret", path, loc);
+    if let Some(s) = secret.as_ref().filter(|s| s.value.len() < 16) {
+        w.problem_at(
+            s.loc,
+            &s.path,
+            "a publish secret needs at least 16 bytes: tokens signed with a short one can be guessed",
+        );
+    }
+    let max_body_bytes = w
+        .uint(t, "max_body_bytes", path, 1024..=(256 << 20))
+        .map_or(1 << 20, |n| n.value);
+    let partitions = w.uint(t, "partitions", path, 1..=256).map_or(1, |n| n.value as u32);
+    let segment_bytes = w
+        .uint(t, "segment_bytes", path, 4096..=(1 << 40))
+        .map_or(64 << 20, |n| n.value);
+    Some(HttpIngestSpec {
+        listen: listen?,
+        log_dir: resolve(base, &log_dir?.value),
+        jwt_secret: secret?.value,
+        max_body_bytes,
+        partitions,
+        segment_bytes,
+    })
+}
+
+/// The keys of a `webhook` sink, with its `dead_letters` table.
+fn webhook_sink(
+    w: &mut Walker,
+    t: &dyn TableLike,
+    path: &str,
+    loc: Option<Loc>,
+    base: &Path,
+) -> Option<WebhookSinkSpec> {
+    let ms = |w: &mut Walker, key: &str, range: std::ops::RangeInclusive<u64>, default: u64| {
+        w.uint(t, key, path, range).map_or(default, |n| n.value)
+    };
+    let timeout_ms = ms(w, "timeout_ms", 1..=600_000, 10_000);
+    let max_attempts = ms(w, "max_attempts", 1..=1000, 25) as u32;
+    let max_age_ms = ms(w, "max_age_ms", 1..=30 * 86_400_000, 3 * 86_400_000);
+    let initial_backoff_ms = ms(w, "initial_backoff_ms", 1..=86_400_000, 1000);
+    let max_backoff_ms = ms(w, "max_backoff_ms", 1..=7 * 86_400_000, 6 * 3_600_000);
+    let per_target_concurrency = ms(w, "per_target_concurrency", 1..=1024, 8) as u32;
+    let max_in_flight = ms(w, "max_in_flight", 1..=65_536, 256) as u32;
+    let max_queued = ms(w, "max_queued", 1..=100_000_000, 100_000);
+    let allow_private_targets = w.bool(t, "allow_private_targets", path).is_some_and(|b| b.value);
+    let dl_path = join(path, "dead_letters");
+    let dead_letters = match w.table(t, "dead_letters", path) {
+        Some(d) => {
+            let at = w.key_loc(t, "dead_letters");
+            w.deny_unknown(
+                d,
+                &dl_path,
+                &[&["type", "path"][..], KAFKA_SINK_KEYS, KINESIS_SINK_KEYS].concat(),
+            );
+            match sink_target(w, d, &dl_path, at, base)? {
+                SinkTarget::Served(_) | SinkTarget::Webhook(_) => {
+                    let at = w.key_loc(d, "type").unwrap_or_default();
+                    w.problem_at(
+                        at,
+                        &join(&dl_path, "type"),
+                        "failed deliveries go to a file, stdout, kafka or kinesis",
+                    );
+                    // Reported; the rest of the sink is still checked.
+                    SinkTarget::Stdout
+                }
+                target => target,
+            }
+        }
+        None => {
+            w.problem_at(
+                loc.unwrap_or_default(),
+                &dl_path,
+                "missing required table `dead_letters`: where deliveries that failed for good are written (e.g. `{ type = \"file\", path = \"failed.jsonl\" }`)",
+            );
+            return None;
+        }
+    };
+    Some(WebhookSinkSpec {
+        // Set by `sink`, which knows the name.
+        name: String::new(),
+        timeout_ms,
+        max_attempts,
+        max_age_ms,
+        initial_backoff_ms,
+        max_backoff_ms,
+        per_target_concurrency,
+        max_in_flight,
+        max_queued,
+        allow_private_targets,
+        dead_letters: Box::new(dead_letters),
+    })
 }
 
 /// `region` and `endpoint` of an AWS source or sink.
