@@ -419,6 +419,12 @@ fn source(
             Some(_) if w.key_loc(t, "format").is_none() => Some(Format::DynamodbItem),
             f => f.map(|f| f.value),
         },
+        // The publish log holds JSON lines `{"topic", "data"}`, and a reloaded table is read
+        // into JSON rows, whatever its file's syntax.
+        Some("http-ingest") => format(w, t, &path, &[Format::Json]).map(|f| f.value),
+        Some("file") if w.bool(t, "reload", &path).is_some_and(|r| r.value) => {
+            format(w, t, &path, &[Format::Json]).map(|f| f.value)
+        }
         _ => format(w, t, &path, Format::ALL.as_slice()).map(|f| f.value),
     };
     let key = key_fields(w, t, "key", &path);
