@@ -372,7 +372,7 @@ pub fn sink_rows<'s>(
 /// As differential's `consolidate`, but with an unstable sort (equal rows are merged, so
 /// their order is moot): rows are maps, each comparison walks them, and the sink sorts every
 /// update it writes.
-fn consolidate_rows(updates: &mut Vec<(Row, Diff)>) {
+pub fn consolidate_rows(updates: &mut Vec<(Row, Diff)>) {
     updates.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     updates.dedup_by(|later, kept| {
         let same = later.0 == kept.0;

@@ -319,7 +319,7 @@ impl WebhookSink {
         if !rows.is_empty() {
             let at = now.max(self.inner_time);
             if self.inner.ordered() {
-                consolidate(&mut rows);
+                sluice_runtime::sink::consolidate_rows(&mut rows);
             }
             self.inner.write(at, &rows)?;
             self.inner.commit(Some(at + 1))?;
@@ -394,18 +394,6 @@ impl WebhookSink {
             let _ = self.shared.changed.wait_timeout(state, WAKE_EVERY);
         }
     }
-}
-
-/// Sorts rows and merges equal ones, as an ordered sink expects its updates.
-fn consolidate(rows: &mut Vec<(Row, Diff)>) {
-    rows.sort_by(|a, b| a.0.cmp(&b.0));
-    rows.dedup_by(|later, kept| {
-        let same = later.0 == kept.0;
-        if same {
-            kept.1 += later.1;
-        }
-        same
-    });
 }
 
 impl Sink for WebhookSink {
