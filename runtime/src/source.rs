@@ -129,6 +129,40 @@ pub trait PartitionReader: Send {
     fn commit(&mut self, _position: &Position, _last: bool) -> Result<(), SourceError> {
         Ok(())
     }
+    /// How far this reader is behind the partition's end, if the source can tell (for lag
+    /// metrics). Called about once a second from the worker loop: it must not block.
+    fn lag(&self) -> Option<Lag> {
+        None
+    }
+}
+
+/// How far a reader is behind its partition's end, in the unit its source knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lag {
+    /// Records not read yet (Kafka: high watermark minus the next offset).
+    Records(u64),
+    /// How old the newest record read is against the partition's tip (Kinesis).
+    Millis(u64),
+    /// Bytes not read yet (a file, the publish log).
+    Bytes(u64),
+}
+
+impl Lag {
+    /// The unit, as a metric label.
+    pub fn unit(&self) -> &'static str {
+        match self {
+            Lag::Records(_) => "records",
+            Lag::Millis(_) => "milliseconds",
+            Lag::Bytes(_) => "bytes",
+        }
+    }
+
+    /// The amount, in [`Lag::unit`]s.
+    pub fn value(&self) -> u64 {
+        match self {
+            Lag::Records(n) | Lag::Millis(n) | Lag::Bytes(n) => *n,
+        }
+    }
 }
 
 /// The worker that reads partition number `index` of source number `source`.

@@ -39,7 +39,9 @@ use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use sluice_runtime::source::{PartitionInfo, PartitionReader, Position, RawRecord, ReadState, Source, SourceError};
+use sluice_runtime::source::{
+    Lag, PartitionInfo, PartitionReader, Position, RawRecord, ReadState, Source, SourceError,
+};
 
 pub mod table;
 
@@ -355,6 +357,15 @@ impl PartitionReader for FileReader {
             byte: self.byte,
             line: self.line,
         }
+    }
+
+    /// The bytes between the read position and the end of the file (of the chunk, for a
+    /// chunk), from an `fstat` of the open file: no read, and the file being read even after
+    /// its path was replaced. `None` if that fails.
+    fn lag(&self) -> Option<Lag> {
+        let len = self.reader.get_ref().metadata().ok()?.len();
+        let end = self.end.map_or(len, |end| end.min(len));
+        Some(Lag::Bytes(end.saturating_sub(self.byte)))
     }
 }
 

@@ -143,3 +143,35 @@ fn a_chunk_resumes_from_its_position() {
     let (rest, _) = read_all(resumed.as_mut());
     assert_eq!(rest, rest_fresh);
 }
+
+#[test]
+fn lag_is_the_bytes_after_the_position_up_to_the_file_or_chunk_end() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("a.jsonl");
+    std::fs::write(&path, "1\n2").expect("write");
+    let source = FileSource::new(path.to_string_lossy(), true);
+    let parts = source.discover().expect("discover");
+    let mut reader = source.open(&parts[0], &Position::Start).expect("open");
+    assert_eq!(reader.lag(), Some(Lag::Bytes(3)));
+    read_all(reader.as_mut());
+    assert_eq!(reader.lag(), Some(Lag::Bytes(1)), "the partial line is not read yet");
+    let mut f = std::fs::OpenOptions::new().append(true).open(&path).expect("open");
+    f.write_all(b"2\n3\n").expect("append");
+    assert_eq!(reader.lag(), Some(Lag::Bytes(5)));
+    read_all(reader.as_mut());
+    assert_eq!(reader.lag(), Some(Lag::Bytes(0)));
+
+    let path = dir.path().join("big.jsonl");
+    std::fs::write(&path, "aaaa\nbbbb\ncccc\ndddd\neeee\nffff\n").expect("write");
+    let source = FileSource::new(path.to_string_lossy(), false).with_chunks(12);
+    let parts = source.discover().expect("discover");
+    let mut first = source.open(&parts[0], &Position::Start).expect("open");
+    assert_eq!(
+        first.lag(),
+        Some(Lag::Bytes(12)),
+        "up to the chunk's end, not the file's"
+    );
+    let (_, state) = read_all(first.as_mut());
+    assert_eq!(state, ReadState::Finished);
+    assert_eq!(first.lag(), Some(Lag::Bytes(0)), "its last line ends past the chunk");
+}

@@ -4,7 +4,7 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::sync::Arc;
 
-use sluice_runtime::source::{PartitionReader, Position, RawRecord, ReadState, SourceError};
+use sluice_runtime::source::{Lag, PartitionReader, Position, RawRecord, ReadState, SourceError};
 
 use crate::commit::{Committed, read_committed};
 use crate::log::{PartitionLog, list_segments, read_base, segment_path};
@@ -172,6 +172,12 @@ impl PartitionReader for LogReader {
             )));
         }
         self.log.committer.commit(committed, last)
+    }
+
+    /// The bytes between the last line returned and the log's durable end: what a reader may
+    /// read next (lines past the durable end are not readable yet). Both are in memory.
+    fn lag(&self) -> Option<Lag> {
+        Some(Lag::Bytes(self.log.durable.end().saturating_sub(self.byte)))
     }
 }
 

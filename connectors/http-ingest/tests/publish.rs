@@ -11,7 +11,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use common::*;
 use serde_json::json;
 use sluice_connector_http_ingest::partition_of;
-use sluice_runtime::source::{Position, Source};
+use sluice_runtime::source::{Lag, Position, Source};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -366,5 +366,29 @@ async fn topics_keep_to_their_partition() {
         }
     }
     assert_eq!(total, 36);
+    drop(client);
+}
+
+#[tokio::test]
+async fn a_readers_lag_is_the_bytes_published_and_not_yet_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let source = start(config(dir.path()));
+    let client = reqwest::Client::new();
+    let mut reader = source.open(&partition("p0"), &Position::Start).expect("open");
+    assert_eq!(reader.lag(), Some(Lag::Bytes(0)), "an empty log");
+    let mut bytes = 0;
+    for n in 0..3 {
+        let answer = publish(&client, source.local_addr(), "orders", &json!({"n": n})).await;
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        // The line the log holds, with its newline.
+        bytes += format!(r#"{{"topic":"orders","data":{{"n":{n}}}}}"#).len() as u64 + 1;
+    }
+    assert_eq!(reader.lag(), Some(Lag::Bytes(bytes)));
+    let mut out = Vec::new();
+    reader.poll(&mut out, 1).expect("poll");
+    assert_eq!(out.len(), 1);
+    assert_eq!(reader.lag(), Some(Lag::Bytes(bytes - text(&out[0]).len() as u64 - 1)));
+    assert_eq!(drain(reader.as_mut(), 10).len(), 2);
+    assert_eq!(reader.lag(), Some(Lag::Bytes(0)));
     drop(client);
 }

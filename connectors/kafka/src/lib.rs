@@ -23,6 +23,10 @@
 //! **Bounded runs.** With `bounded = true` each partition is read up to the high watermark
 //! it had when it was opened, then finishes, so a Kafka backfill ends by itself.
 //!
+//! **Lag.** A reader's lag is the records between its next offset and the partition's end as
+//! the last fetch response gave it, read from librdkafka's statistics (every second; every
+//! 100 ms in bounded runs), so asking costs no broker request.
+//!
 //! One consumer serves all partitions of a source in a process: librdkafka fetches for all
 //! of them over one connection per broker, and each partition's messages go to their own
 //! queue, polled by the worker that owns the partition.
@@ -39,18 +43,44 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use sluice_runtime::source::{PartitionInfo, PartitionReader, Position, RawRecord, ReadState, Source, SourceError};
+use sluice_runtime::source::{
+    Lag, PartitionInfo, PartitionReader, Position, RawRecord, ReadState, Source, SourceError,
+};
 use sluice_runtime::spec::{KafkaSourceSpec, KafkaStart};
 use sluice_runtime::value::Value;
 
 /// How long a metadata or watermark request may take before it counts as an outage.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How often librdkafka reports its statistics when the source is unbounded: they carry the
+/// high watermarks lag is measured against, and the engine asks for lag about once a second.
+const STATISTICS_INTERVAL_MS: &str = "1000";
+
 /// Forwards librdkafka's logs and errors to `tracing`, naming the source, and keeps the
-/// high watermarks its statistics report (see [`KafkaReader::done`]).
+/// partition offsets its statistics report (for [`KafkaReader::done`] and lag).
 pub struct Logged {
     name: String,
-    high_watermarks: Mutex<HashMap<(String, i32), i64>>,
+    partitions: Mutex<HashMap<(String, i32), PartitionStats>>,
+}
+
+/// What librdkafka's last statistics said about one partition; its offsets are negative while
+/// unknown (`-1001`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PartitionStats {
+    /// The high watermark, from the last fetch response.
+    high: i64,
+    /// The end this consumer can read to, from the last fetch response: the last stable
+    /// offset with `isolation.level` `read_committed` (librdkafka's default), else the high
+    /// watermark.
+    stable: i64,
+    /// The log start offset, from the last fetch response.
+    low: i64,
+    /// The offset after the last message or transaction marker the reader was given.
+    app: i64,
+    /// The next offset librdkafka will fetch.
+    fetch: i64,
+    /// Messages fetched and queued for the reader.
+    queued: i64,
 }
 
 impl Logged {
@@ -58,13 +88,17 @@ impl Logged {
     pub fn new(name: &str) -> Self {
         Logged {
             name: name.to_owned(),
-            high_watermarks: Mutex::default(),
+            partitions: Mutex::default(),
         }
     }
 
+    fn partition(&self, topic: &str, partition: i32) -> Option<PartitionStats> {
+        let partitions = self.partitions.lock().ok()?;
+        partitions.get(&(topic.to_owned(), partition)).copied()
+    }
+
     fn high_watermark(&self, topic: &str, partition: i32) -> Option<i64> {
-        let marks = self.high_watermarks.lock().ok()?;
-        marks.get(&(topic.to_owned(), partition)).copied().filter(|h| *h >= 0)
+        self.partition(topic, partition).map(|p| p.high).filter(|h| *h >= 0)
     }
 }
 
@@ -88,12 +122,20 @@ impl ClientContext for Logged {
     }
 
     fn stats(&self, statistics: Statistics) {
-        let Ok(mut marks) = self.high_watermarks.lock() else {
+        let Ok(mut partitions) = self.partitions.lock() else {
             return;
         };
         for (topic, t) in statistics.topics {
             for (p, partition) in t.partitions {
-                marks.insert((topic.clone(), p), partition.hi_offset);
+                let seen = PartitionStats {
+                    high: partition.hi_offset,
+                    stable: partition.ls_offset,
+                    low: partition.lo_offset,
+                    app: partition.app_offset,
+                    fetch: partition.next_offset,
+                    queued: partition.fetchq_cnt,
+                };
+                partitions.insert((topic.clone(), p), seen);
             }
         }
     }
@@ -139,11 +181,11 @@ impl KafkaSource {
             .set("queued.max.messages.kbytes", "2048")
             .set("fetch.queue.backoff.ms", "5")
             .set("reconnect.backoff.max.ms", "2000");
-        if spec.bounded {
-            // Where a bounded partition ends is also read from the high watermarks that fetch
-            // responses carry, which the statistics report (see `KafkaReader::done`).
-            config.set("statistics.interval.ms", "100");
-        }
+        // The statistics report the high watermarks that fetch responses carry: where a
+        // bounded partition ends (see `KafkaReader::done`, which wants them soon), and what
+        // lag is measured against without a request to the broker.
+        let interval = if spec.bounded { "100" } else { STATISTICS_INTERVAL_MS };
+        config.set("statistics.interval.ms", interval);
         for (key, value) in &spec.options {
             config.set(key, value);
         }
@@ -267,6 +309,7 @@ impl Source for KafkaSource {
             end: None,
             committed: None,
             last_error_warning: None,
+            start,
             start_is_end: matches!(start, Offset::End),
         }))
     }
@@ -302,6 +345,8 @@ struct KafkaReader {
     /// The last offset committed to the group.
     committed: Option<i64>,
     last_error_warning: Option<Instant>,
+    /// Where reading started (for lag until the first record is read).
+    start: Offset,
     /// A bounded partition that starts at `latest` has nothing to read.
     start_is_end: bool,
 }
@@ -373,6 +418,25 @@ impl KafkaReader {
             .and_then(|tpl| tpl.find_partition(&self.topic, self.partition).map(|e| e.offset()))
             .is_some_and(|o| matches!(o, Offset::Offset(n) if n >= end))
     }
+
+    /// The next offset this reader returns, as far as `seen` and its own records tell.
+    fn next_offset(&self, seen: &PartitionStats) -> Option<i64> {
+        // librdkafka's position also moves past transaction markers, which never arrive as
+        // records; it is as old as the statistics, so the reader's own may be ahead of it.
+        let read = self.next.unwrap_or(-1).max(seen.app);
+        if read >= 0 {
+            return Some(read);
+        }
+        match self.start {
+            Offset::Offset(n) => Some(n),
+            Offset::Beginning if seen.low >= 0 => Some(seen.low),
+            // Where librdkafka resolved `latest` or the group's offset to: its fetch position
+            // less what it fetched and queued for the reader. Only until the first record is
+            // read, and approximate: offsets may have gaps (compaction, transaction markers),
+            // and the queue also counts a marker of the fetch start until the reader polls.
+            _ => (seen.fetch >= 0).then(|| (seen.fetch - seen.queued.max(0)).max(seen.low.max(0))),
+        }
+    }
 }
 
 impl PartitionReader for KafkaReader {
@@ -442,6 +506,29 @@ impl PartitionReader for KafkaReader {
             .map_err(|e| SourceError::Transient(format!("commit of {}/{}: {e}", self.topic, self.partition)))?;
         self.committed = Some(n);
         Ok(())
+    }
+
+    /// Records between the reader's next offset and the partition's end, from librdkafka's
+    /// last statistics: no broker request, so at most a statistics interval old. The end is
+    /// the high watermark of the last fetch response (the last stable offset when reading
+    /// only committed transactions, as librdkafka's own `consumer_lag` does). Statistics
+    /// arrive as the source's readers poll, and fetching stops once the partition's queue is
+    /// full, so the lag of a reader that is not polled stops changing; `None` until a fetch
+    /// response reported an end.
+    fn lag(&self) -> Option<Lag> {
+        // A bounded partition that starts at `latest` reads nothing.
+        if self.start_is_end && self.listed_end.is_some() {
+            return Some(Lag::Records(0));
+        }
+        let seen = self.consumer.context().partition(&self.topic, self.partition)?;
+        let end = if seen.stable >= 0 { seen.stable } else { seen.high };
+        if end < 0 {
+            return None;
+        }
+        // A bounded partition ends where it was found to end, whatever is appended later.
+        let end = self.end.map_or(end, |bound| bound.min(end));
+        let next = self.next_offset(&seen)?;
+        Some(Lag::Records(u64::try_from(end - next).unwrap_or(0)))
     }
 }
 

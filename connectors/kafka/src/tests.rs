@@ -153,3 +153,111 @@ fn a_partition_created_while_running_is_read_from_its_start_even_with_latest() {
         "a new partition is read whole"
     );
 }
+
+/// Serves the consumer's shared queue, where librdkafka's statistics arrive (readers serve it
+/// as they poll), until `reader`'s lag is `want`; the last lag seen. With `poll`, the reader
+/// is polled too (as the engine does), which must find nothing to read.
+fn lag_until(source: &KafkaSource, reader: &mut dyn PartitionReader, want: Lag, poll: bool) -> Option<Lag> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        while source.consumer.poll(Duration::from_millis(50)).is_some() {}
+        if poll {
+            let mut out = Vec::new();
+            assert_eq!(reader.poll(&mut out, 10).ok(), Some(ReadState::Idle));
+            assert!(out.is_empty());
+        }
+        let lag = reader.lag();
+        if lag == Some(want) || Instant::now() > deadline {
+            return lag;
+        }
+    }
+}
+
+fn produce(brokers: &str, topic: &str, n: usize) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("producer");
+    for i in 0..n {
+        let payload = format!("{i}");
+        producer
+            .send(BaseRecord::<(), _>::to(topic).partition(0).payload(&payload))
+            .expect("enqueue");
+    }
+    producer.flush(Duration::from_secs(10)).expect("flush");
+}
+
+#[test]
+fn lag_counts_the_records_between_the_reader_and_the_high_watermark() {
+    let c = cluster("lagging", 1, 5);
+    let source = KafkaSource::new(
+        &spec(&c.bootstrap_servers(), "lagging", KafkaStart::Earliest, false),
+        "s",
+    )
+    .expect("source");
+    let part = &source.discover().expect("discover")[0];
+    let mut reader = source.open(part, &Position::Start).expect("open");
+    assert_eq!(reader.lag(), None, "no statistics yet");
+    // Fetched and queued, but not read: all five are behind.
+    assert_eq!(
+        lag_until(&source, reader.as_mut(), Lag::Records(5), false),
+        Some(Lag::Records(5))
+    );
+    let (records, _) = read(reader.as_mut(), 5);
+    assert_eq!(records.len(), 5);
+    assert_eq!(
+        reader.lag(),
+        Some(Lag::Records(0)),
+        "the reader's own offset counts at once"
+    );
+    produce(&c.bootstrap_servers(), "lagging", 3);
+    assert_eq!(
+        lag_until(&source, reader.as_mut(), Lag::Records(3), false),
+        Some(Lag::Records(3))
+    );
+    read(reader.as_mut(), 3);
+    assert_eq!(reader.lag(), Some(Lag::Records(0)));
+}
+
+#[test]
+fn lag_before_the_first_record_starts_where_the_reader_does() {
+    let c = cluster("resumed", 1, 10);
+    let brokers = c.bootstrap_servers();
+    let resumed = KafkaSource::new(&spec(&brokers, "resumed", KafkaStart::Earliest, false), "s").expect("source");
+    let part = &resumed.discover().expect("discover")[0];
+    let mut reader = resumed.open(part, &Position::Offset(7)).expect("open");
+    assert_eq!(
+        lag_until(&resumed, reader.as_mut(), Lag::Records(3), false),
+        Some(Lag::Records(3))
+    );
+
+    let latest = KafkaSource::new(&spec(&brokers, "resumed", KafkaStart::Latest, false), "s").expect("source");
+    let part = &latest.discover().expect("discover")[0];
+    let mut reader = latest.open(part, &Position::Start).expect("open");
+    assert_eq!(
+        // Polled, as the engine polls it: that also takes the markers librdkafka queues with
+        // the messages, which the statistics count as queued until then.
+        lag_until(&latest, reader.as_mut(), Lag::Records(0), true),
+        Some(Lag::Records(0))
+    );
+    produce(&brokers, "resumed", 2);
+    assert_eq!(
+        lag_until(&latest, reader.as_mut(), Lag::Records(2), false),
+        Some(Lag::Records(2))
+    );
+}
+
+#[test]
+fn a_bounded_reader_has_no_lag_once_finished() {
+    let c = cluster("bounded-lag", 1, 4);
+    let source = KafkaSource::new(
+        &spec(&c.bootstrap_servers(), "bounded-lag", KafkaStart::Earliest, true),
+        "s",
+    )
+    .expect("source");
+    let part = &source.discover().expect("discover")[0];
+    let mut reader = source.open(part, &Position::Start).expect("open");
+    let (records, state) = read(reader.as_mut(), usize::MAX);
+    assert_eq!((records.len(), state), (4, ReadState::Finished));
+    assert_eq!(reader.lag(), Some(Lag::Records(0)));
+}

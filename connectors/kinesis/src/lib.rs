@@ -50,15 +50,17 @@
 //! during a bounded run are not read by it.
 //!
 //! **Lag.** Every reader publishes the `MillisBehindLatest` of its last `GetRecords` in a map
-//! shared by the source's readers in this process: [`KinesisSource::lag`] and
-//! [`KinesisSource::caught_up`].
+//! shared by the source's readers in this process: [`KinesisSource::lag`],
+//! [`KinesisSource::caught_up`], and each reader's own [`PartitionReader::lag`].
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_sdk_kinesis::Client;
-use sluice_runtime::source::{PartitionInfo, PartitionReader, Position, RawRecord, ReadState, Source, SourceError};
+use sluice_runtime::source::{
+    Lag, PartitionInfo, PartitionReader, Position, RawRecord, ReadState, Source, SourceError,
+};
 use sluice_runtime::spec::{KinesisSourceSpec, KinesisStart};
 use sluice_runtime::value::Value;
 use tokio::sync::mpsc;
@@ -75,14 +77,14 @@ const PAGES_AHEAD: usize = 4;
 
 /// The shards' `MillisBehindLatest`, shared by a source's readers.
 #[derive(Debug, Default)]
-pub(crate) struct Lag {
+pub(crate) struct ShardLags {
     /// Per open shard, the last `MillisBehindLatest` (`None` before the first answer).
     shards: Mutex<BTreeMap<String, Option<i64>>>,
     /// Whether any shard has answered yet.
     reported: std::sync::atomic::AtomicBool,
 }
 
-impl Lag {
+impl ShardLags {
     fn open(&self, shard: &str) {
         if let Ok(mut m) = self.shards.lock() {
             m.insert(shard.to_owned(), None);
@@ -99,9 +101,12 @@ impl Lag {
     }
 
     fn at_tip(&self, shard: &str) -> bool {
-        self.shards
-            .lock()
-            .is_ok_and(|m| m.get(shard).is_some_and(|millis| *millis == Some(0)))
+        self.millis(shard) == Some(0)
+    }
+
+    /// The shard's last `MillisBehindLatest`, if it has answered one.
+    fn millis(&self, shard: &str) -> Option<i64> {
+        self.shards.lock().ok()?.get(shard).copied().flatten()
     }
 
     pub(crate) fn close(&self, shard: &str) {
@@ -122,7 +127,7 @@ pub struct KinesisSource {
     spec: KinesisSourceSpec,
     stream: StreamRef,
     client: Client,
-    lag: Arc<Lag>,
+    lag: Arc<ShardLags>,
     listing: Mutex<Option<Listing>>,
     /// The shards of the first discovery; any other was created while the pipeline ran.
     initial: Mutex<Option<BTreeSet<String>>>,
@@ -349,7 +354,7 @@ struct KinesisReader {
     /// A failure the task reported, returned once the records before it are.
     failure: Option<String>,
     task: Option<tokio::task::JoinHandle<()>>,
-    lag: Option<Arc<Lag>>,
+    lag: Option<Arc<ShardLags>>,
 }
 
 impl KinesisReader {
@@ -456,6 +461,15 @@ impl PartitionReader for KinesisReader {
 
     fn position(&self) -> Position {
         self.position.clone()
+    }
+
+    /// The `MillisBehindLatest` of the shard's last `GetRecords`, kept by its task: no request
+    /// of its own. It measures where the task fetched to, so records fetched ahead and not yet
+    /// returned (up to [`PAGES_AHEAD`] pages) are not in it, and it is as old as that answer:
+    /// a task waiting for its reader to take a page asks nothing and the value stays put.
+    fn lag(&self) -> Option<Lag> {
+        let millis = self.lag.as_ref()?.millis(&self.shard)?;
+        Some(Lag::Millis(u64::try_from(millis).unwrap_or(0)))
     }
 }
 

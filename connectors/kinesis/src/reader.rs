@@ -14,7 +14,7 @@ use aws_sdk_kinesis::types::ShardIteratorType;
 use sluice_runtime::spec::TrimmedPolicy;
 use tokio::sync::mpsc;
 
-use crate::{Lag, sequence};
+use crate::{ShardLags, sequence};
 use sluice_aws::{Backoff, Failure, Kind, LogLimit, StreamRef};
 
 /// Records per `GetRecords` call (the service's maximum).
@@ -76,7 +76,7 @@ pub(crate) struct ShardTask {
     pub(crate) on_trimmed: TrimmedPolicy,
     pub(crate) bounded: bool,
     pub(crate) tx: mpsc::Sender<Event>,
-    pub(crate) lag: Arc<Lag>,
+    pub(crate) lag: Arc<ShardLags>,
 }
 
 /// Why reading stopped before the shard ended.

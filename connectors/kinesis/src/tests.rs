@@ -236,3 +236,22 @@ fn an_empty_stream_name_is_a_configuration_error() {
         Err(SourceError::Config(_))
     ));
 }
+
+#[test]
+fn a_reader_reports_the_last_millis_behind_latest_of_its_shard() {
+    let lags = Arc::new(ShardLags::default());
+    let (mut reader, _tx) = fed_reader(Position::Start);
+    reader.lag = Some(lags.clone());
+    let shard = reader.shard.clone();
+    lags.open(&shard);
+    assert_eq!(reader.lag(), None, "no answer yet");
+    lags.set(&shard, Some(1500));
+    lags.set("shardId-000000000001", Some(9));
+    assert_eq!(reader.lag(), Some(Lag::Millis(1500)), "its own shard's");
+    lags.set(&shard, Some(0));
+    assert_eq!(reader.lag(), Some(Lag::Millis(0)));
+    lags.set(&shard, Some(-3));
+    assert_eq!(reader.lag(), Some(Lag::Millis(0)), "never negative");
+    lags.close(&shard);
+    assert_eq!(reader.lag(), None, "the task ended");
+}

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use fake::{Fake, error, ok};
 use serde_json::json;
 use sluice_connector_kinesis::KinesisSource;
-use sluice_runtime::source::{PartitionInfo, PartitionReader, Position, RawRecord, ReadState, Source, SourceError};
+use sluice_runtime::source::{
+    Lag, PartitionInfo, PartitionReader, Position, RawRecord, ReadState, Source, SourceError,
+};
 use sluice_runtime::spec::{KinesisSourceSpec, KinesisStart, TrimmedPolicy};
 
 fn source(fake: &Fake, on_trimmed: TrimmedPolicy) -> KinesisSource {
@@ -165,4 +167,27 @@ fn access_denied_fails_the_reader() {
         (_, Err(SourceError::Config(m))) => assert!(m.contains("not allowed"), "{m}"),
         other => panic!("expected a configuration error, got {other:?}"),
     }
+}
+
+#[test]
+fn a_reader_reports_the_millis_behind_latest_of_its_last_get_records() {
+    // After the one page, the script runs out: the service fails, the task retries, and the
+    // page's answer stays the last.
+    let fake = Fake::start(vec![
+        ok(json!({"ShardIterator": "it-1"})),
+        ok(
+            json!({"Records": [record("11", "a"), record("12", "b")], "NextShardIterator": "it-2", "MillisBehindLatest": 1500}),
+        ),
+    ]);
+    let source = source(&fake, TrimmedPolicy::Fail);
+    let mut reader = source.open(&shard0(), &Position::Start).expect("open");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut out = Vec::new();
+    while out.len() < 2 {
+        assert!(Instant::now() < deadline, "the page never came");
+        let state = reader.poll(&mut out, 100).expect("poll");
+        assert_ne!(state, ReadState::Idle, "1500 ms behind is not caught up");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(reader.lag(), Some(Lag::Millis(1500)));
 }
