@@ -105,6 +105,8 @@ pub struct RunOptions {
     pub workers: Option<usize>,
     /// Set to request a clean stop (drain, flush, exit).
     pub stop: Arc<AtomicBool>,
+    /// Where the run publishes its metrics and readiness (the admin endpoint reads them).
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// Why a run failed.
@@ -193,7 +195,18 @@ pub struct RunStatus {
     /// Per sink instance, the frontier its output is durable up to; [`ALL_DURABLE`] once
     /// everything is. A source commits a position only when every slot has passed it.
     durable: Vec<AtomicU64>,
+    /// Dead letters per stage (`source x`, `node y`), for metrics.
+    dead_by_stage: Mutex<BTreeMap<String, u64>>,
+    /// Per sink, the frontier it last committed (`None`: its input ended), for metrics.
+    frontiers: Mutex<BTreeMap<String, Option<Time>>>,
+    /// Worker 0's epoch: the time new input is read at.
+    epoch: AtomicU64,
+    /// Per (source, partition), how far its reader is behind, with the unit.
+    lags: Mutex<BTreeMap<(String, String), Lagging>>,
 }
+
+/// A reader's lag: the amount and its unit.
+type Lagging = (u64, &'static str);
 
 /// A durable-frontier slot's value once a sink has made all of its output durable.
 const ALL_DURABLE: u64 = u64::MAX;
@@ -245,6 +258,148 @@ impl RunStatus {
             *c.records_in.entry(source.to_owned()).or_default() += read as u64;
             if dropped > 0 {
                 *c.records_dropped.entry(source.to_owned()).or_default() += dropped as u64;
+            }
+        }
+    }
+
+    /// Counts a dead letter of `stage`.
+    pub fn count_dead(&self, stage: &str) {
+        if let Ok(mut d) = self.dead_by_stage.lock() {
+            match d.get_mut(stage) {
+                Some(n) => *n += 1,
+                None => {
+                    d.insert(stage.to_owned(), 1);
+                }
+            }
+        }
+    }
+
+    /// Records the frontier sink `sink` committed.
+    pub fn set_frontier(&self, sink: &str, frontier: Option<Time>) {
+        if let Ok(mut f) = self.frontiers.lock() {
+            match f.get_mut(sink) {
+                Some(slot) => *slot = frontier,
+                None => {
+                    f.insert(sink.to_owned(), frontier);
+                }
+            }
+        }
+    }
+
+    fn set_lag(&self, source: &str, partition: &str, lag: Option<crate::source::Lag>) {
+        let Ok(mut lags) = self.lags.lock() else {
+            return;
+        };
+        let key = (source.to_owned(), partition.to_owned());
+        match lag {
+            Some(l) => {
+                lags.insert(key, (l.value(), l.unit()));
+            }
+            None => {
+                lags.remove(&key);
+            }
+        }
+    }
+
+    /// The counters so far, and the largest delay of a sink's frontier behind the wall clock
+    /// (milliseconds; sinks whose input ended do not count), for a status line.
+    pub fn progress(&self) -> (RunReport, Option<u64>) {
+        let counters = self.counters.lock().map(|c| c.clone()).unwrap_or_default();
+        let now = now_ms();
+        let delay = self
+            .frontiers
+            .lock()
+            .ok()
+            .and_then(|f| f.values().flatten().map(|t| now.saturating_sub(*t)).max());
+        (counters, delay)
+    }
+
+    /// Writes the run's counters, frontiers and lags into a scrape.
+    pub fn expose(&self, x: &mut crate::metrics::Exposition) {
+        use crate::metrics::Kind::{Counter, Gauge};
+        let counters = self.counters.lock().map(|c| c.clone()).unwrap_or_default();
+        x.family(
+            "sluice_records_in_total",
+            Counter,
+            "Records read per source, dead-lettered ones included.",
+        );
+        for (source, n) in &counters.records_in {
+            x.sample("sluice_records_in_total", &[("source", source)], *n as f64);
+        }
+        x.family(
+            "sluice_records_dropped_total",
+            Counter,
+            "Records per source its decoder dropped early as irrelevant to every reader.",
+        );
+        for (source, n) in &counters.records_dropped {
+            x.sample("sluice_records_dropped_total", &[("source", source)], *n as f64);
+        }
+        x.family(
+            "sluice_updates_out_total",
+            Counter,
+            "Updates written per sink (dead_letters is the dead-letter output).",
+        );
+        for (sink, n) in &counters.updates_out {
+            x.sample("sluice_updates_out_total", &[("sink", sink)], *n as f64);
+        }
+        x.family(
+            "sluice_dead_letters_total",
+            Counter,
+            "Records dead-lettered, per stage that refused them (source or node).",
+        );
+        if let Ok(dead) = self.dead_by_stage.lock() {
+            for (stage, n) in dead.iter() {
+                x.sample("sluice_dead_letters_total", &[("stage", stage)], *n as f64);
+            }
+        }
+        let now = now_ms();
+        x.single(
+            "sluice_epoch_ms",
+            Gauge,
+            "The time new input is read at (worker 0's epoch), in epoch milliseconds.",
+            &[],
+            self.epoch.load(Ordering::Relaxed) as f64,
+        );
+        x.family(
+            "sluice_output_frontier_ms",
+            Gauge,
+            "Per sink, the frontier it last committed: every earlier time is final there.",
+        );
+        x.family(
+            "sluice_output_delay_seconds",
+            Gauge,
+            "Per sink, how far its frontier is behind the wall clock (0 once its input ended).",
+        );
+        x.family(
+            "sluice_output_durable_ms",
+            Gauge,
+            "The frontier every sink's output is durable up to, in epoch milliseconds.",
+        );
+        if let Ok(frontiers) = self.frontiers.lock() {
+            for (sink, f) in frontiers.iter() {
+                let labels = [("sink", sink.as_str())];
+                if let Some(f) = f {
+                    x.sample("sluice_output_frontier_ms", &labels, *f as f64);
+                }
+                let delay = f.map_or(0, |f| now.saturating_sub(f));
+                x.sample("sluice_output_delay_seconds", &labels, delay as f64 / 1000.0);
+            }
+        }
+        if let Some(d) = self.durable_frontier() {
+            x.sample("sluice_output_durable_ms", &[], d as f64);
+        }
+        x.family(
+            "sluice_source_lag",
+            Gauge,
+            "How far each partition's reader is behind its end, in the unit the source knows.",
+        );
+        if let Ok(lags) = self.lags.lock() {
+            for ((source, partition), (value, unit)) in lags.iter() {
+                x.sample(
+                    "sluice_source_lag",
+                    &[("source", source), ("partition", partition), ("unit", unit)],
+                    *value as f64,
+                );
             }
         }
     }
@@ -377,6 +532,9 @@ pub fn run<W: Wiring>(pipeline: Arc<Pipeline>, wiring: Arc<W>, options: RunOptio
         });
         sources.push(source);
     }
+    if let Some(m) = &options.metrics {
+        m.sources_listed();
+    }
     let catalog = Arc::new(Catalog {
         sources: entries,
         finished: Mutex::default(),
@@ -408,6 +566,14 @@ pub fn run<W: Wiring>(pipeline: Arc<Pipeline>, wiring: Arc<W>, options: RunOptio
         )),
         None => None,
     };
+    if let Some(m) = &options.metrics {
+        m.attach(status.clone());
+        m.restored();
+        if let Some(c) = &checkpoints {
+            let c = Arc::clone(c);
+            m.register(Box::new(move |x| expose_checkpoints(&c, x)));
+        }
+    }
     let ctx = Arc::new(Ctx {
         pipeline,
         wiring,
@@ -422,6 +588,7 @@ pub fn run<W: Wiring>(pipeline: Arc<Pipeline>, wiring: Arc<W>, options: RunOptio
         last_read_epoch: AtomicU64::new(0),
         final_requested: AtomicBool::new(false),
         workers,
+        metrics: options.metrics.clone(),
     });
 
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
@@ -464,6 +631,7 @@ pub fn run<W: Wiring>(pipeline: Arc<Pipeline>, wiring: Arc<W>, options: RunOptio
 }
 
 struct Ctx<W> {
+    metrics: Option<Arc<crate::metrics::Metrics>>,
     pipeline: Arc<Pipeline>,
     wiring: Arc<W>,
     sources: Vec<Arc<dyn Source>>,
@@ -647,7 +815,8 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
-fn now_ms() -> Time {
+/// The wall clock in epoch milliseconds: the unit of sluice's times.
+pub fn now_ms() -> Time {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as Time)
@@ -724,9 +893,13 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
         }
 
         let catalog = ctx.catalog.clone();
+        let counted = ctx.status.clone();
         let dead =
             differential_dataflow::collection::concatenate(scope, built.dead_letters.into_iter().chain([dead_rows]))
-                .map(move |d| catalog.dead_letter_row(&d))
+                .map(move |d| {
+                    counted.count_dead(&d.stage);
+                    catalog.dead_letter_row(&d)
+                })
                 .probe_with(&probe);
         attach_sink(
             ctx,
@@ -745,6 +918,7 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
     let mut known: Vec<usize> = vec![0; ctx.sources.len()];
     let mut waiting: Vec<(usize, u32, PartitionInfo)> = Vec::new();
     let mut last_discover = Instant::now();
+    let mut last_lag = Instant::now();
     open_new_partitions(ctx, index, peers, &mut known, &mut waiting, false);
     // Nothing has finished yet, so no source started after another opens here.
     open_ready_partitions(ctx, &mut waiting, &mut assigned)?;
@@ -754,6 +928,9 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
     dead_input.advance_to(epoch);
 
     let all_bounded = ctx.sources.iter().all(|s| s.bounded());
+    if let Some(m) = &ctx.metrics {
+        m.running();
+    }
     let mut next_tick = Instant::now() + Duration::from_millis(p.epoch_ms);
     let mut buf: Vec<RawRecord> = Vec::with_capacity(POLL_BATCH);
     let ingesters: Vec<Ingester> = p
@@ -931,6 +1108,16 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
         for a in &mut assigned {
             commit_or_fail(a, durable, false, p)?;
         }
+        if index == 0 {
+            ctx.status.epoch.store(epoch, Ordering::Relaxed);
+        }
+        if last_lag.elapsed() >= COMMIT_EVERY {
+            last_lag = Instant::now();
+            for a in &assigned {
+                let lag = if a.finished { None } else { a.reader.lag() };
+                ctx.status.set_lag(&p.sources[a.source].name.value, &a.id, lag);
+            }
+        }
         if let Some(c) = &checkpoints {
             checkpoint_step(
                 ctx,
@@ -1002,6 +1189,51 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
         commit_or_fail(a, durable, true, p)?;
     }
     Ok(())
+}
+
+/// The checkpoints' cost and age, for a scrape.
+fn expose_checkpoints(c: &Checkpointer, x: &mut crate::metrics::Exposition) {
+    use crate::metrics::Kind::{Counter, Gauge};
+    let s = c.stats();
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+    x.single(
+        "sluice_checkpoints_total",
+        Counter,
+        "Checkpoints written by this process.",
+        &[],
+        load(&s.written),
+    );
+    x.single(
+        "sluice_checkpoint_duration_seconds",
+        Gauge,
+        "How long the last checkpoint took to encode and write.",
+        &[],
+        load(&s.last_ms) / 1000.0,
+    );
+    x.single(
+        "sluice_checkpoint_bytes",
+        Gauge,
+        "The size of the last checkpoint written.",
+        &[],
+        load(&s.last_bytes),
+    );
+    x.single(
+        "sluice_checkpoint_frontier_ms",
+        Gauge,
+        "The frontier of the newest checkpoint written or restored from.",
+        &[],
+        c.written() as f64,
+    );
+    let last = s.last_at_ms.load(Ordering::Relaxed);
+    if last > 0 {
+        x.single(
+            "sluice_checkpoint_age_seconds",
+            Gauge,
+            "Time since the last checkpoint was written.",
+            &[],
+            now_ms().saturating_sub(last) as f64 / 1000.0,
+        );
+    }
 }
 
 /// The frontier before which sources may record their positions as done: the sinks' durable

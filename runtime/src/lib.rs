@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod envelope;
 pub mod exec;
 pub mod ingest;
+pub mod metrics;
 pub mod operators;
 pub mod progress;
 pub mod record;

@@ -124,6 +124,20 @@ pub struct Checkpointer {
     last_started: Mutex<Instant>,
     workers: usize,
     sink_instances: usize,
+    stats: CheckpointStats,
+}
+
+/// What the checkpoints of this run cost, for metrics.
+#[derive(Debug, Default)]
+pub struct CheckpointStats {
+    /// Checkpoints written by this process.
+    pub written: AtomicU64,
+    /// How long the last one took to encode and write, in milliseconds.
+    pub last_ms: AtomicU64,
+    /// The size of the last one, in bytes.
+    pub last_bytes: AtomicU64,
+    /// When the last one was written (or the one restored from was), in epoch milliseconds.
+    pub last_at_ms: AtomicU64,
 }
 
 impl Checkpointer {
@@ -149,7 +163,13 @@ impl Checkpointer {
             last_started: Mutex::new(Instant::now()),
             workers,
             sink_instances,
+            stats: CheckpointStats::default(),
         })
+    }
+
+    /// The cost of this run's checkpoints so far.
+    pub fn stats(&self) -> &CheckpointStats {
+        &self.stats
     }
 
     /// What the run restarts from, if anything.
@@ -262,6 +282,11 @@ impl Checkpointer {
         self.store.write(frontier, &parts)?;
         self.store.prune(2)?;
         self.written.fetch_max(frontier, Ordering::SeqCst);
+        let ms = started.elapsed().as_millis() as u64;
+        self.stats.written.fetch_add(1, Ordering::Relaxed);
+        self.stats.last_ms.store(ms, Ordering::Relaxed);
+        self.stats.last_bytes.store(bytes as u64, Ordering::Relaxed);
+        self.stats.last_at_ms.store(crate::exec::now_ms(), Ordering::Relaxed);
         tracing::info!(
             frontier,
             bytes,

@@ -349,6 +349,9 @@ pub fn sink_rows<'s>(
             if result.is_ok() && last_frontier != Some(current) {
                 last_frontier = Some(current);
                 result = target.commit(current);
+                if result.is_ok() {
+                    status.set_frontier(&label, current);
+                }
                 if result.is_ok() && current.is_none() {
                     status.sink_closed();
                 }

@@ -160,6 +160,7 @@ fn a_child_partition_starts_after_its_parents_finish() {
     let options = RunOptions {
         workers: Some(2),
         stop: Arc::new(AtomicBool::new(false)),
+        metrics: None,
     };
     let report = run(pipeline, wiring, options).expect("run");
     assert_eq!(report.records_in.get("s"), Some(&10));
@@ -193,6 +194,7 @@ fn a_parallel_sink_gets_every_update_once_across_its_instances() {
     let options = RunOptions {
         workers: Some(3),
         stop: Arc::new(AtomicBool::new(false)),
+        metrics: None,
     };
     let report = run(pipeline, wiring, options).expect("run ends once every instance has closed");
     assert_eq!(report.records_in.get("s"), Some(&10));
@@ -223,6 +225,7 @@ fn a_source_started_after_another_reads_only_once_it_ended_and_never_at_an_earli
     let options = RunOptions {
         workers: Some(2),
         stop: Arc::new(AtomicBool::new(false)),
+        metrics: None,
     };
     let report = run(pipeline, wiring, options).expect("run");
     assert_eq!(report.records_in.get("events"), Some(&10));
@@ -353,6 +356,7 @@ fn positions_are_committed_only_behind_the_sinks_durable_frontier_and_finally_al
     let options = RunOptions {
         workers: Some(1),
         stop: Arc::new(AtomicBool::new(false)),
+        metrics: None,
     };
     let (for_source, for_sink) = (ledger.clone(), ledger.clone());
     let wiring = TestWiring {
@@ -454,6 +458,7 @@ fn new_partitions_are_picked_up_and_transient_read_errors_are_retried() {
     let options = RunOptions {
         workers: Some(2),
         stop: stop.clone(),
+        metrics: None,
     };
     let sink_to = written.clone();
     let wiring = Arc::new(TestWiring {

@@ -36,6 +36,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 mod account_stream;
+mod admin;
 mod auth;
 mod follow;
 mod http;
@@ -46,8 +47,10 @@ pub mod token;
 mod views;
 
 pub use account_stream::MAX_RECORDS;
+pub use admin::start_admin;
 pub use http::MESSAGE_UPDATES;
 pub use messages::{DEFAULT_LIMIT, MAX_LIMIT};
+pub use outbox::client_counts;
 
 /// The generated protobuf messages, server traits and clients.
 pub mod proto {

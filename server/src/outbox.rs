@@ -18,6 +18,7 @@
 //! full exactly when a stall has to be reported.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -25,6 +26,16 @@ use tokio::sync::mpsc::error::SendTimeoutError;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::Stream;
 use tonic::Status;
+
+/// Client streams open now, in this process (every server).
+static OPEN: AtomicU64 = AtomicU64::new(0);
+/// Client streams ended for falling behind, in this process.
+static CUT_OFF: AtomicU64 = AtomicU64::new(0);
+
+/// Client streams open now and streams cut off so far for being too slow, for metrics.
+pub fn client_counts() -> (u64, u64) {
+    (OPEN.load(Ordering::Relaxed), CUT_OFF.load(Ordering::Relaxed))
+}
 
 /// What the client is told when it fell behind.
 const TOO_SLOW: &str = "client too slow; resume with the last continuation token";
@@ -50,7 +61,8 @@ pub(crate) enum Stop {
 /// The producer's end of a client stream.
 pub(crate) struct Outbox<T> {
     tx: mpsc::Sender<Result<T, Status>>,
-    end: oneshot::Sender<Status>,
+    /// Taken by [`Outbox::finish`] (an `Option` because `Outbox` counts itself out on drop).
+    end: Option<oneshot::Sender<Status>>,
     stall: Duration,
     shutdown: watch::Receiver<bool>,
 }
@@ -66,9 +78,10 @@ pub(crate) fn channel<T>(limits: Limits, shutdown: watch::Receiver<bool>) -> (Ou
     // `max(1)`: a zero-capacity channel panics; the config check refuses 0 before this.
     let (tx, rx) = mpsc::channel(limits.buffer.max(1));
     let (end_tx, end_rx) = oneshot::channel();
+    OPEN.fetch_add(1, Ordering::Relaxed);
     let outbox = Outbox {
         tx,
-        end: end_tx,
+        end: Some(end_tx),
         stall: limits.stall,
         shutdown,
     };
@@ -110,15 +123,26 @@ impl<T> Outbox<T> {
     }
 
     /// Ends the stream for `stop`: after the buffered messages, the client gets the status.
-    pub fn finish(self, stop: Stop) {
+    pub fn finish(mut self, stop: Stop) {
         let status = match stop {
             Stop::Gone => return,
-            Stop::Stalled => Status::resource_exhausted(TOO_SLOW),
+            Stop::Stalled => {
+                CUT_OFF.fetch_add(1, Ordering::Relaxed);
+                Status::resource_exhausted(TOO_SLOW)
+            }
             Stop::Shutdown => Status::unavailable("server shutting down; resume with the last continuation token"),
         };
         // The status is set before the sender drops, so the stream sees it when the channel
         // closes. A client already gone does not need it.
-        let _ = self.end.send(status);
+        if let Some(end) = self.end.take() {
+            let _ = end.send(status);
+        }
+    }
+}
+
+impl<T> Drop for Outbox<T> {
+    fn drop(&mut self) {
+        OPEN.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

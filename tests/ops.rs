@@ -1,0 +1,135 @@
+//! Operating a run: the admin endpoint's metrics checked against a known input, health and
+//! readiness, and JSON logs.
+
+mod common;
+mod serve_support;
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+
+use serve_support::{free_port, get, wait_for};
+
+/// The samples of a scrape, as `name{labels}` → value.
+fn scrape(admin: &str) -> BTreeMap<String, f64> {
+    get(&format!("{admin}/metrics"), &[])
+        .body
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn metrics_account_for_every_record_and_lag_reaches_zero() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    let mut lines: Vec<String> = (0..90).map(|i| format!(r#"{{"id": {i}, "v": {}}}"#, i * 2)).collect();
+    for i in 0..10 {
+        lines.insert(i * 9, format!("not json {i}"));
+    }
+    std::fs::write(d.join("events.jsonl"), lines.join("\n") + "\n").expect("input");
+    std::fs::write(
+        d.join("pipeline.toml"),
+        "[pipeline]\nname = \"ops\"\nworkers = 2\nepoch_ms = 20\n\n\
+         [dead_letters]\ntype = \"file\"\npath = \"dead.jsonl\"\n\n\
+         [sources.events]\ntype = \"file\"\npath = \"events.jsonl\"\nfollow = true\npoll_ms = 10\n\n\
+         [nodes.big]\ntype = \"filter\"\ninput = \"events\"\nexpr = \"v >= 100\"\n\n\
+         [sinks.all]\ntype = \"file\"\npath = \"all.jsonl\"\ninput = \"events\"\nmode = \"append\"\n\n\
+         [sinks.big]\ntype = \"file\"\npath = \"big.jsonl\"\ninput = \"big\"\nmode = \"append\"\n",
+    )
+    .expect("pipeline");
+    let port = free_port();
+    let admin = format!("http://127.0.0.1:{port}");
+    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "run",
+            "--quiet",
+            "--admin",
+            &format!("127.0.0.1:{port}"),
+            "pipeline.toml",
+        ])
+        .current_dir(d)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn sluice");
+    let child = scopeguard(child);
+    wait_for(30, "the admin endpoint", || {
+        get(&format!("{admin}/healthz"), &[]).status == 200
+    });
+    wait_for(30, "readiness", || get(&format!("{admin}/readyz"), &[]).status == 200);
+    let p = "pipeline=\"ops\"";
+    let records_in = format!("sluice_records_in_total{{{p},source=\"events\"}}");
+    let all = format!("sluice_updates_out_total{{{p},sink=\"all\"}}");
+    wait_for(30, "every record counted", || {
+        let m = scrape(&admin);
+        m.get(&records_in) == Some(&100.0) && m.get(&all) == Some(&90.0)
+    });
+    // The file's partition (its path as the pipeline names it), in bytes left to read.
+    let lag = format!("sluice_source_lag{{{p},source=\"events\",partition=\"events.jsonl\",unit=\"bytes\"}}");
+    wait_for(30, "lag 0", || scrape(&admin).get(&lag) == Some(&0.0));
+    let m = scrape(&admin);
+    let dead = m[&format!("sluice_dead_letters_total{{{p},stage=\"source events\"}}")];
+    // Records in = records out + dead-lettered, for a sink that takes every good record.
+    assert_eq!(m[&records_in], m[&all] + dead, "{m:?}");
+    assert_eq!(dead, 10.0);
+    assert_eq!(
+        m[&format!("sluice_updates_out_total{{{p},sink=\"dead_letters\"}}")],
+        10.0
+    );
+    // 40 of the 90 have v >= 100.
+    assert_eq!(m[&format!("sluice_updates_out_total{{{p},sink=\"big\"}}")], 40.0);
+    assert_eq!(m[&format!("sluice_ready{{{p}}}")], 1.0);
+    assert!(m[&format!("sluice_output_delay_seconds{{{p},sink=\"all\"}}")] < 30.0);
+    stop(child);
+}
+
+#[test]
+fn logs_are_json_lines_with_log_format_json() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "--log-format",
+            "json",
+            "run",
+            "--quiet",
+            "examples/fanout/pipeline.toml",
+        ])
+        .current_dir(common::root())
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run sluice");
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(lines.len() >= 2, "{stderr}");
+    for line in lines {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+    }
+}
+
+/// Kills the child if the test fails before stopping it.
+struct Guard(Option<std::process::Child>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn scopeguard(child: std::process::Child) -> Guard {
+    Guard(Some(child))
+}
+
+fn stop(mut guard: Guard) {
+    if let Some(child) = guard.0.take() {
+        common::stop_cleanly(child);
+    }
+}
