@@ -132,12 +132,44 @@ pub fn run(plan: Plan, options: RunOptions) -> Result<RunReport, Failure> {
         plan.graph,
         plan.compiled,
         Arc::clone(&options.stop),
+        options.metrics.clone(),
     ));
+    if let Some(m) = &options.metrics
+        && !wiring.views.is_empty()
+    {
+        // Served views answer `dataset_current` once the sources are caught up; a client sent
+        // to this process before then would get an incomplete snapshot.
+        let caught_up = sluice_runtime::exec::Wiring::caught_up(wiring.as_ref());
+        m.require(
+            "served views caught up",
+            Box::new(move || caught_up.as_ref().is_some_and(|c| c.since().is_some())),
+        );
+    }
     // Listening before the dataflow starts: clients may connect at once, and wait for data.
     let server = match &pipeline.server {
         Some(spec) => Some(sluice_server::start(server_config(spec, &wiring.views))?),
         None => None,
     };
+    if let (Some(m), Some(_)) = (&options.metrics, &server) {
+        m.register(Box::new(|x| {
+            use sluice_runtime::metrics::Kind;
+            let (open, cut_off) = sluice_server::client_counts();
+            x.single(
+                "sluice_server_streams",
+                Kind::Gauge,
+                "Client streams (gRPC subscriptions) open now.",
+                &[],
+                open as f64,
+            );
+            x.single(
+                "sluice_server_streams_cut_off_total",
+                Kind::Counter,
+                "Client streams ended with RESOURCE_EXHAUSTED for falling behind.",
+                &[],
+                cut_off as f64,
+            );
+        }));
+    }
     let report = sluice_runtime::exec::run(pipeline, wiring.clone(), options);
     if let Some(server) = server {
         server.stop();

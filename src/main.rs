@@ -24,6 +24,19 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How log lines are written to stderr: `text` for people, `json` (one object per line)
+    /// for log collectors. Levels come from RUST_LOG (default `warn`, plus the status line).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// The form of log lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines (coloured on a terminal).
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 const EXAMPLES: &str = "Examples:
@@ -52,6 +65,14 @@ enum Command {
         /// before sluice exits with status 1 anyway (the previous checkpoint stays in force).
         #[arg(long, value_name = "SECONDS", default_value_t = 60)]
         stop_timeout: u64,
+        /// Serve `/metrics` (Prometheus), `/healthz` and `/readyz` on this address
+        /// (`127.0.0.1:9100`; port 0 picks one, logged at info).
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<std::net::SocketAddr>,
+        /// Log a one-line status (records in and out, dead letters, rate, output delay) every
+        /// this many seconds at info level; 0: never.
+        #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+        status_every: u64,
     },
     /// Check a pipeline file offline (keys, references, cycles, expressions, shapes) and
     /// report every problem with file, line, column and key path.
@@ -81,8 +102,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    init_logging();
     let cli = Cli::parse();
+    init_logging(cli.log_format);
     match execute(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -124,6 +145,8 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             workers,
             quiet,
             stop_timeout,
+            admin,
+            status_every,
         } => {
             let plan = match sluice::load(&pipeline) {
                 Ok(plan) => plan,
@@ -138,11 +161,29 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             stop_watchdog(stop.clone(), std::time::Duration::from_secs(stop_timeout));
             let started = std::time::Instant::now();
+            let metrics = sluice_runtime::metrics::Metrics::new(&plan.pipeline().name);
+            // Up before the run: a probe may ask while sources connect and state loads.
+            let admin = admin
+                .map(|addr| sluice_server::start_admin(addr, metrics.clone()))
+                .transpose()
+                .context("starting the admin endpoint")?;
+            if status_every > 0 {
+                status_line(
+                    metrics.clone(),
+                    stop.clone(),
+                    std::time::Duration::from_secs(status_every),
+                );
+            }
             let options = RunOptions {
                 workers: workers.map(usize::from),
                 stop,
+                metrics: Some(metrics),
             };
-            let report = sluice::run(plan, options).with_context(|| format!("running {}", pipeline.display()))?;
+            let report = sluice::run(plan, options).with_context(|| format!("running {}", pipeline.display()));
+            if let Some(admin) = admin {
+                admin.stop();
+            }
+            let report = report?;
             if !quiet {
                 let _ = writeln!(std::io::stderr(), "{}", report.summary(started.elapsed()));
             }
@@ -185,14 +226,55 @@ fn invalid(e: LoadError) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn init_logging() {
+/// Logs the run's progress every `every` at info level until a stop is requested: a live
+/// view for whoever tails the log, without a metrics stack.
+fn status_line(metrics: Arc<sluice_runtime::metrics::Metrics>, stop: Arc<AtomicBool>, every: std::time::Duration) {
+    std::thread::spawn(move || {
+        let mut last: Option<(u64, std::time::Instant)> = None;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(every);
+            let Some((report, delay)) = metrics.progress() else {
+                continue;
+            };
+            let read: u64 = report.records_in.values().sum();
+            let written: u64 = report
+                .updates_out
+                .iter()
+                .filter(|(s, _)| *s != "dead_letters")
+                .map(|(_, n)| n)
+                .sum();
+            let dead = report.updates_out.get("dead_letters").copied().unwrap_or(0);
+            let now = std::time::Instant::now();
+            let rate = last.map_or(0.0, |(n, at)| {
+                (read - n) as f64 / now.duration_since(at).as_secs_f64().max(1e-3)
+            });
+            last = Some((read, now));
+            tracing::info!(
+                target: "sluice::status",
+                records_in = read,
+                updates_out = written,
+                dead_letters = dead,
+                records_per_s = rate.round() as u64,
+                output_delay_ms = delay.unwrap_or(0),
+                ready = metrics.readiness().is_ok(),
+                "status"
+            );
+        }
+    });
+}
+
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    // Colours only for a terminal: logs redirected to a file stay plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
+        // Warnings, and the periodic status line.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,sluice::status=info"));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        // Colours only for a terminal: logs redirected to a file stay plain text.
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
 }

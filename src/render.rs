@@ -16,6 +16,7 @@ use sluice_delivery::DeliveryConfig;
 use sluice_expr::Expr;
 use sluice_runtime::exec::{Built, Wiring};
 use sluice_runtime::ingest::{Decode, JsonDecoder};
+use sluice_runtime::metrics::{Exposition, Kind, Metrics};
 use sluice_runtime::progress::CaughtUp;
 use sluice_runtime::recovery::StateRegistry;
 use sluice_runtime::sink::{Sink, SinkError};
@@ -28,7 +29,7 @@ use sluice_served::{ServedView, ViewConfig};
 use sluice_sink_file::JsonLinesSink;
 use sluice_sink_kafka::KafkaSink;
 use sluice_sink_kinesis::KinesisSink;
-use sluice_sink_webhook::WebhookConfig;
+use sluice_sink_webhook::{WebhookConfig, WebhookStats};
 
 use crate::formats;
 use timely::dataflow::Scope;
@@ -114,6 +115,8 @@ pub struct SluiceWiring {
     /// Set when the run is asked to stop: a webhook sink then leaves its pending retries to
     /// the checkpoint instead of waiting for them.
     stop: Arc<AtomicBool>,
+    /// Where sinks with counters of their own (webhooks) register them for `/metrics`.
+    metrics: Option<Arc<Metrics>>,
     /// Whether the sources are caught up, reported by the workers, read by the views.
     caught_up: Arc<CaughtUp>,
 }
@@ -125,6 +128,7 @@ impl SluiceWiring {
         graph: Graph,
         compiled: BTreeMap<String, Compiled>,
         stop: Arc<AtomicBool>,
+        metrics: Option<Arc<Metrics>>,
     ) -> Self {
         let filter_errors = pipeline
             .nodes
@@ -172,6 +176,7 @@ impl SluiceWiring {
             fanout_counters,
             views,
             stop,
+            metrics,
             caught_up,
         }
     }
@@ -278,6 +283,10 @@ impl Wiring for SluiceWiring {
                     allow_private_targets: w.allow_private_targets,
                 };
                 let sink = sluice_sink_webhook::open(config, dead_letters, resume, Arc::clone(&self.stop))?;
+                if let Some(m) = &self.metrics {
+                    let (stats, name) = (sink.stats(), w.name.clone());
+                    m.register(Box::new(move |x| expose_webhook(&name, &stats, x)));
+                }
                 Ok(Box::new(sink))
             }
             SinkTarget::Served(s) => {
@@ -470,4 +479,44 @@ fn insert_outputs<'s>(
 
 fn split_path(path: &str) -> Vec<String> {
     path.split('.').map(str::to_owned).collect()
+}
+
+/// A webhook sink's counters, for a scrape.
+fn expose_webhook(sink: &str, stats: &WebhookStats, x: &mut Exposition) {
+    let load = |a: &AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed) as f64;
+    let labels = [("sink", sink)];
+    for (name, kind, help, value) in [
+        (
+            "sluice_webhook_attempts_total",
+            Kind::Counter,
+            "Requests sent, retries included.",
+            &stats.attempts,
+        ),
+        (
+            "sluice_webhook_successes_total",
+            Kind::Counter,
+            "Deliveries answered with 2xx.",
+            &stats.successes,
+        ),
+        (
+            "sluice_webhook_retries_total",
+            Kind::Counter,
+            "Attempts scheduled again after a retryable failure.",
+            &stats.retries,
+        ),
+        (
+            "sluice_webhook_dead_letters_total",
+            Kind::Counter,
+            "Deliveries that failed for good.",
+            &stats.dead_lettered,
+        ),
+        (
+            "sluice_webhook_in_flight",
+            Kind::Gauge,
+            "Requests waiting for an answer now.",
+            &stats.in_flight,
+        ),
+    ] {
+        x.single(name, kind, help, &labels, load(value));
+    }
 }
