@@ -422,6 +422,9 @@ pub struct Catalog {
     finished: Mutex<std::collections::BTreeSet<(usize, String)>>,
     /// Per source, the latest epoch in which one of its partitions was read to its end.
     finished_at: Mutex<BTreeMap<usize, Time>>,
+    /// Partitions of unbounded sources that have been caught up at least once (their first
+    /// `Idle`): a source started after one waits for this, not for an end that never comes.
+    caught_up: Mutex<std::collections::BTreeSet<(usize, String)>>,
 }
 
 struct CatalogEntry {
@@ -441,15 +444,35 @@ impl Catalog {
         }
     }
 
-    /// If every partition of every source in `sources` has been read to its end, the latest
-    /// epoch in which one was: records read after them must not be at an earlier time.
+    /// Notes that a partition of an unbounded source has nothing more to read for now, for
+    /// the first time or again: it counts as read to its end for `start_after`.
+    fn mark_caught_up(&self, source: usize, id: &str, epoch: Time) {
+        let Ok(mut caught) = self.caught_up.lock() else {
+            return;
+        };
+        if caught.insert((source, id.to_owned()))
+            && let Ok(mut at) = self.finished_at.lock()
+        {
+            let latest = at.entry(source).or_insert(epoch);
+            *latest = (*latest).max(epoch);
+        }
+    }
+
+    /// If every partition of every source in `sources` has been read to its end — or, for an
+    /// unbounded source, caught up once — the latest epoch in which one was: records read
+    /// after them must not be at an earlier time.
     fn sources_done(&self, sources: &[usize]) -> Option<Time> {
         let finished = self.finished.lock().ok()?;
+        let caught = self.caught_up.lock().ok()?;
         let at = self.finished_at.lock().ok()?;
         let mut latest = 0;
         for &s in sources {
             let listed = self.sources.get(s)?.partitions.read().ok()?;
-            if !listed.iter().all(|p| finished.contains(&(s, p.id.clone()))) {
+            let done = |p: &PartitionInfo| {
+                let key = (s, p.id.clone());
+                finished.contains(&key) || caught.contains(&key)
+            };
+            if !listed.iter().all(done) {
                 return None;
             }
             latest = latest.max(at.get(&s).copied().unwrap_or(0));
@@ -539,6 +562,7 @@ pub fn run<W: Wiring>(pipeline: Arc<Pipeline>, wiring: Arc<W>, options: RunOptio
         sources: entries,
         finished: Mutex::default(),
         finished_at: Mutex::default(),
+        caught_up: Mutex::default(),
     });
     // Indices of the sources each source starts after (validation checked the names).
     let start_after = pipeline
@@ -910,6 +934,9 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
         );
         (inputs, dead_session)
     });
+    if let Some(a) = attached {
+        a.built(worker);
+    }
 
     let mut assigned: Vec<Assigned> = Vec::new();
     let caught_up = ctx.wiring.caught_up();
@@ -1063,6 +1090,9 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
                     ReadState::More => busy = true,
                     ReadState::Idle | ReadState::Waiting if a.idle_until.is_some_and(|t| t > now) => {}
                     ReadState::Idle | ReadState::Waiting => {
+                        if state == ReadState::Idle {
+                            ctx.catalog.mark_caught_up(a.source, &a.id, epoch);
+                        }
                         a.idle_until = Some(now + Duration::from_millis(idle_poll_ms(p, a.source)))
                     }
                     ReadState::Finished => {

@@ -253,6 +253,7 @@ key = ["id"]
 
 [sources.events]
 type = "http-ingest"
+start_after = ["subscribers"]
 listen = "127.0.0.1:{port}"
 log_dir = "publish-log"
 jwt_secret = "{PUBLISH_SECRET}"

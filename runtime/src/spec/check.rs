@@ -535,8 +535,8 @@ fn check_checkpoint_coverage(p: &Pipeline, shapes: &BTreeMap<String, Shape>, pro
     }
 }
 
-/// `start_after` names other bounded sources, without cycles: an unbounded source never ends,
-/// and a cycle never starts.
+/// `start_after` names other sources, without cycles (a cycle never starts). A bounded source
+/// is waited for until it ends, an unbounded one until it has first caught up.
 fn check_start_after(p: &Pipeline, problems: &mut Vec<Problem>) {
     let file = p.file.as_path();
     let index: BTreeMap<&str, usize> = p
@@ -557,28 +557,8 @@ fn check_start_after(p: &Pipeline, problems: &mut Vec<Problem>) {
                 continue;
             };
             let other = &p.sources[i];
-            let bounded = other.spec.bounded();
             if other.name.value == s.name.value {
                 problems.push(Problem::at(file, after, "a source cannot start after itself"));
-            } else if !bounded {
-                problems.push(Problem::at(
-                    file,
-                    after,
-                    format!(
-                        "`{}` never ends ({}), so a source started after it would never start",
-                        after.value,
-                        match &other.spec {
-                            crate::spec::SourceSpec::File(f) if f.reload => "it is a table reloaded when it changes",
-                            crate::spec::SourceSpec::File(_) => "it follows its files",
-                            crate::spec::SourceSpec::HttpIngest(_) => "it takes events published over HTTP",
-                            crate::spec::SourceSpec::Kafka(_) => "a Kafka source is unbounded unless `bounded = true`",
-                            crate::spec::SourceSpec::Kinesis(_) =>
-                                "a Kinesis source is unbounded unless `bounded = true`",
-                            // Always bounded: never reached.
-                            crate::spec::SourceSpec::DynamodbScan(_) => "",
-                        }
-                    ),
-                ));
             }
         }
     }
