@@ -934,9 +934,6 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
         );
         (inputs, dead_session)
     });
-    if let Some(a) = attached {
-        a.built(worker);
-    }
 
     let mut assigned: Vec<Assigned> = Vec::new();
     let caught_up = ctx.wiring.caught_up();
