@@ -89,6 +89,85 @@ fn metrics_account_for_every_record_and_lag_reaches_zero() {
 }
 
 #[test]
+fn metrics_count_the_updates_each_arrangement_holds() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    // One row per key on both sides and no updates: each side's arrangement holds exactly one
+    // update per row, however its batches were merged.
+    let customers = |from: usize, to: usize| -> Vec<String> {
+        (from..to)
+            .map(|i| format!(r#"{{"customer": "c{i}", "name": "n{i}"}}"#))
+            .collect()
+    };
+    let accounts: Vec<String> = (0..30)
+        .map(|i| format!(r#"{{"customer": "c{}", "plan": "p{i}"}}"#, i * 2))
+        .collect();
+    serve_support::append(&d.join("customers.jsonl"), &customers(0, 40));
+    serve_support::append(&d.join("accounts.jsonl"), &accounts);
+    std::fs::write(
+        d.join("pipeline.toml"),
+        "[pipeline]\nname = \"arr\"\nworkers = 2\nepoch_ms = 20\n\n\
+         [dead_letters]\ntype = \"file\"\npath = \"dead.jsonl\"\n\n\
+         [sources.customers]\ntype = \"file\"\npath = \"customers.jsonl\"\nfollow = true\npoll_ms = 10\n\
+         envelope = \"upsert\"\nkey = [\"customer\"]\n\n\
+         [sources.accounts]\ntype = \"file\"\npath = \"accounts.jsonl\"\nfollow = true\npoll_ms = 10\n\
+         envelope = \"upsert\"\nkey = [\"customer\"]\n\n\
+         [nodes.joined]\ntype = \"join\"\nleft = \"accounts\"\nright = \"customers\"\nkind = \"inner\"\n\n\
+         [sinks.joined]\ntype = \"file\"\npath = \"joined.jsonl\"\ninput = \"joined\"\nmode = \"upsert\"\n",
+    )
+    .expect("pipeline");
+    let port = free_port();
+    let admin = format!("http://127.0.0.1:{port}");
+    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "run",
+            "--quiet",
+            "--admin",
+            &format!("127.0.0.1:{port}"),
+            "pipeline.toml",
+        ])
+        .current_dir(d)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn sluice");
+    let child = scopeguard(child);
+    wait_for(30, "readiness", || get(&format!("{admin}/readyz"), &[]).status == 200);
+    let p = "pipeline=\"arr\"";
+    let records = |name: &str| format!("sluice_arrangement_records{{{p},arrangement=\"{name}\"}}");
+    let pending = |name: &str| format!("sluice_arrangement_pending_records{{{p},arrangement=\"{name}\"}}");
+    let (left, right) = (records("Join left: joined"), records("Join right: joined"));
+    // Accounts of c0, c2, .., c58 meet customers c0..c39.
+    let joined = format!("sluice_updates_out_total{{{p},sink=\"joined\"}}");
+    wait_for(30, "both sides arranged", || {
+        let m = scrape(&admin);
+        m.get(&left) == Some(&30.0) && m.get(&right) == Some(&40.0) && m.get(&joined) == Some(&20.0)
+    });
+    // Epochs keep passing (and empty batches keep merging) without changing what is held.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let m = scrape(&admin);
+    assert_eq!((m[&left], m[&right]), (30.0, 40.0), "{m:?}");
+    for name in ["Join left: joined", "Join right: joined"] {
+        assert_eq!(m.get(&pending(name)).copied().unwrap_or(0.0), 0.0, "{m:?}");
+    }
+    let arrangements: Vec<_> = m
+        .iter()
+        .filter(|(series, _)| series.starts_with("sluice_arrangement_records{"))
+        .collect();
+    assert!(arrangements.iter().all(|(_, n)| **n >= 0.0), "{arrangements:?}");
+
+    // New rows reach the arrangement while the run goes on.
+    serve_support::append(&d.join("customers.jsonl"), &customers(40, 50));
+    wait_for(30, "the new customers arranged", || {
+        let m = scrape(&admin);
+        m.get(&right) == Some(&50.0) && m.get(&joined) == Some(&25.0)
+    });
+    assert_eq!(scrape(&admin)[&left], 30.0);
+    stop(child);
+}
+
+#[test]
 fn logs_are_json_lines_with_log_format_json() {
     let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args([

@@ -598,6 +598,13 @@ pub fn run<W: Wiring>(pipeline: Arc<Pipeline>, wiring: Arc<W>, options: RunOptio
             m.register(Box::new(move |x| expose_checkpoints(&c, x)));
         }
     }
+    // One collector for the process; each worker adds its own tallies when it builds.
+    let arrangements = options.metrics.as_ref().map(|m| {
+        let arrangements = crate::arrangements::Arrangements::new();
+        let exposed = Arc::clone(&arrangements);
+        m.register(Box::new(move |x| exposed.expose(x)));
+        arrangements
+    });
     let ctx = Arc::new(Ctx {
         pipeline,
         wiring,
@@ -613,6 +620,7 @@ pub fn run<W: Wiring>(pipeline: Arc<Pipeline>, wiring: Arc<W>, options: RunOptio
         final_requested: AtomicBool::new(false),
         workers,
         metrics: options.metrics.clone(),
+        arrangements,
     });
 
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
@@ -656,6 +664,8 @@ pub fn run<W: Wiring>(pipeline: Arc<Pipeline>, wiring: Arc<W>, options: RunOptio
 
 struct Ctx<W> {
     metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// Where workers tally their arrangements' sizes, when metrics are on.
+    arrangements: Option<Arc<crate::arrangements::Arrangements>>,
     pipeline: Arc<Pipeline>,
     wiring: Arc<W>,
     sources: Vec<Arc<dyn Source>>,
@@ -868,6 +878,8 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
     let n_sinks =
         p.sinks.iter().map(|s| instances(s.target.parallel())).sum::<usize>() + instances(p.dead_letters.parallel());
 
+    // Operators take their loggers when they are built, so the logs are subscribed to first.
+    let attached = ctx.arrangements.as_ref().map(|a| a.attach(worker));
     let (mut inputs, mut dead_input) = worker.dataflow::<Time, _, _>(|scope| {
         let mut inputs = Vec::new();
         let mut collections = BTreeMap::new();
@@ -934,6 +946,9 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
         );
         (inputs, dead_session)
     });
+    if let Some(a) = attached {
+        a.built(worker);
+    }
 
     let mut assigned: Vec<Assigned> = Vec::new();
     let caught_up = ctx.wiring.caught_up();

@@ -1,6 +1,7 @@
 //! The sluice engine: values, pipeline specs, planning, timely execution, and the contracts
 //! that sources and sinks implement.
 
+pub mod arrangements;
 pub mod checkpoint;
 pub mod envelope;
 pub mod exec;
