@@ -5,6 +5,7 @@ mod common;
 mod serve_support;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use serve_support::{free_port, get, wait_for};
@@ -41,23 +42,7 @@ fn metrics_account_for_every_record_and_lag_reaches_zero() {
          [sinks.big]\ntype = \"file\"\npath = \"big.jsonl\"\ninput = \"big\"\nmode = \"append\"\n",
     )
     .expect("pipeline");
-    let port = free_port();
-    let admin = format!("http://127.0.0.1:{port}");
-    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args([
-            "run",
-            "--quiet",
-            "--admin",
-            &format!("127.0.0.1:{port}"),
-            "pipeline.toml",
-        ])
-        .current_dir(d)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn sluice");
-    let child = scopeguard(child);
+    let (child, admin) = run_with_admin(d);
     wait_for(30, "the admin endpoint", || {
         get(&format!("{admin}/healthz"), &[]).status == 200
     });
@@ -116,23 +101,7 @@ fn metrics_count_the_updates_each_arrangement_holds() {
          [sinks.joined]\ntype = \"file\"\npath = \"joined.jsonl\"\ninput = \"joined\"\nmode = \"upsert\"\n",
     )
     .expect("pipeline");
-    let port = free_port();
-    let admin = format!("http://127.0.0.1:{port}");
-    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args([
-            "run",
-            "--quiet",
-            "--admin",
-            &format!("127.0.0.1:{port}"),
-            "pipeline.toml",
-        ])
-        .current_dir(d)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn sluice");
-    let child = scopeguard(child);
+    let (child, admin) = run_with_admin(d);
     wait_for(30, "readiness", || get(&format!("{admin}/readyz"), &[]).status == 200);
     let p = "pipeline=\"arr\"";
     let records = |name: &str| format!("sluice_arrangement_records{{{p},arrangement=\"{name}\"}}");
@@ -203,8 +172,25 @@ impl Drop for Guard {
     }
 }
 
-fn scopeguard(child: std::process::Child) -> Guard {
-    Guard(Some(child))
+/// `sluice run` of `dir/pipeline.toml` with the admin endpoint on a free port: the guard
+/// that kills it, and the endpoint's base URL.
+fn run_with_admin(dir: &Path) -> (Guard, String) {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "run",
+            "--quiet",
+            "--admin",
+            &format!("127.0.0.1:{port}"),
+            "pipeline.toml",
+        ])
+        .current_dir(dir)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn sluice");
+    (Guard(Some(child)), format!("http://127.0.0.1:{port}"))
 }
 
 fn stop(mut guard: Guard) {
