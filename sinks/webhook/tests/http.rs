@@ -525,7 +525,9 @@ fn a_restored_checkpoint_sends_pending_deliveries_again_with_their_ids_and_attem
     assert_eq!(inner.as_deref(), Some(&b"inner:0"[..]));
     let stop = Arc::new(AtomicBool::new(false));
     let mut sink = sluice_sink_webhook::open(settings, letters.boxed(), Some(&bytes), stop).expect("open");
-    assert_eq!(sink.pending(), 2);
+    // Not `pending() == 2`: the restored deliveries are sent at once, and `a` may already
+    // have accepted its one.
+    assert!(sink.pending() <= 2);
     assert_eq!(sink.durable(), Some(2), "the restored checkpoint's frontier");
     sink.commit(None).expect("commit");
 
