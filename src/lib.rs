@@ -146,8 +146,14 @@ pub fn run(plan: Plan, options: RunOptions) -> Result<RunReport, Failure> {
         );
     }
     // Listening before the dataflow starts: clients may connect at once, and wait for data.
+    // In a cluster the served sinks write on worker 0, so process 0 alone has the views.
+    let serves = options.cluster.as_ref().is_none_or(|c| c.process == 0);
     let server = match &pipeline.server {
-        Some(spec) => Some(sluice_server::start(server_config(spec, &wiring.views))?),
+        Some(spec) if serves => Some(sluice_server::start(server_config(spec, &wiring.views))?),
+        Some(_) => {
+            tracing::info!("[server] runs in process 0 of the cluster, where the served views are; not here");
+            None
+        }
         None => None,
     };
     if let (Some(m), Some(_)) = (&options.metrics, &server) {

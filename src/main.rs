@@ -42,6 +42,7 @@ enum LogFormat {
 const EXAMPLES: &str = "Examples:
   sluice run examples/quickstart/pipeline.toml
   sluice run --workers 4 examples/delivery/pipeline.toml
+  sluice run --workers 2 --processes 2 --process 0 --hostfile hosts.txt pipeline.toml
   sluice validate my-pipeline.toml
   sluice graph examples/delivery/pipeline.toml | dot -Tsvg > graph.svg
   SLUICE_PUBLISH_SECRET=… sluice token --ttl 600
@@ -73,6 +74,21 @@ enum Command {
         /// this many seconds at info level; 0: never.
         #[arg(long, value_name = "SECONDS", default_value_t = 10)]
         status_every: u64,
+        /// Run as one of this many processes (timely's cluster mode): partitions and state are
+        /// spread over the workers of every process. Needs --process and --hostfile.
+        #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+        processes: u16,
+        /// This process's index in the cluster, from 0; process 0 writes checkpoints and serves
+        /// clients.
+        #[arg(long, value_name = "I", default_value_t = 0, requires = "hostfile")]
+        process: u16,
+        /// The cluster's addresses: one `host:port` line per process, in process order, the
+        /// same file for every process.
+        #[arg(long, value_name = "FILE")]
+        hostfile: Option<PathBuf>,
+        /// How long the processes wait for each other to connect before giving up.
+        #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+        cluster_timeout: u64,
     },
     /// Check a pipeline file offline (keys, references, cycles, expressions, shapes) and
     /// report every problem with file, line, column and key path.
@@ -147,10 +163,30 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             stop_timeout,
             admin,
             status_every,
+            processes,
+            process,
+            hostfile,
+            cluster_timeout,
         } => {
             let plan = match sluice::load(&pipeline) {
                 Ok(plan) => plan,
                 Err(e) => return Ok(invalid(e)),
+            };
+            let cluster = match (processes, hostfile) {
+                (1, None) => None,
+                (_, None) => {
+                    anyhow::bail!("--processes {processes} needs --hostfile with the address of every process")
+                }
+                (n, Some(hosts)) => {
+                    let mut spec = sluice_runtime::cluster::ClusterSpec::from_hostfile(
+                        &hosts,
+                        usize::from(n),
+                        usize::from(process),
+                    )?;
+                    spec.form_within = std::time::Duration::from_secs(cluster_timeout);
+                    quiet_lost_peers();
+                    Some(spec)
+                }
             };
             let stop = Arc::new(AtomicBool::new(false));
             for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -178,6 +214,7 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 workers: workers.map(usize::from),
                 stop,
                 metrics: Some(metrics),
+                cluster,
             };
             let report = sluice::run(plan, options).with_context(|| format!("running {}", pipeline.display()));
             if let Some(admin) = admin {
@@ -210,6 +247,35 @@ fn stop_watchdog(stop: Arc<AtomicBool>, limit: std::time::Duration) {
         );
         std::process::exit(1);
     });
+}
+
+/// When another process of the cluster dies, timely's network threads panic and poison the
+/// channels of every worker, which panic in turn: fail-stop by design. One log line says what
+/// happened instead of a backtrace per thread; other panics are reported as before.
+fn quiet_lost_peers() {
+    let previous = std::panic::take_hook();
+    let told = AtomicBool::new(false);
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let lost = [
+            "timely communication error",
+            "MergeQueue poisoned",
+            "Send thread panic",
+            "Recv thread panic",
+        ]
+        .iter()
+        .any(|m| message.contains(m));
+        if !lost {
+            previous(info);
+        } else if !told.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            tracing::error!(cause = %message, "lost the connection to another process of the cluster; stopping");
+        }
+    }));
 }
 
 fn invalid(e: LoadError) -> ExitCode {

@@ -9,7 +9,8 @@
 //! Partitions: partition `i` of source `s` goes to worker `(s + i) % workers`. A partition
 //! with parents (a Kinesis child shard) is opened only once every parent has been read to
 //! its end by whichever worker owns it; a parent no longer listed counts as done. The
-//! record of finished partitions is shared by the threads of one process.
+//! record of finished partitions is shared by the threads of a process, and told to the
+//! other processes of a cluster (see [`crate::cluster`]).
 //!
 //! Commits: every sink instance publishes its durable frontier; a partition's position is
 //! committed to its source (Kafka group offsets) only once every sink's output is durable
@@ -29,10 +30,13 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use differential_dataflow::input::{Input, InputSession};
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Input as TimelyInput;
 use timely::dataflow::operators::vec::input::Handle;
 use timely::dataflow::{ProbeHandle, Scope};
 
+use crate::cluster::{ClusterSpec, Control, Outbox, To};
 use crate::envelope;
 use crate::ingest::{Decode, Ingested, Ingester};
 use crate::record::{DeadLetter, DeadLetters, Diff, Pos, Row, Rows, Time};
@@ -107,6 +111,8 @@ pub struct RunOptions {
     pub stop: Arc<AtomicBool>,
     /// Where the run publishes its metrics and readiness (the admin endpoint reads them).
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// This process's place in a cluster of processes (`None`: the run is this process alone).
+    pub cluster: Option<ClusterSpec>,
 }
 
 /// Why a run failed.
@@ -129,6 +135,9 @@ pub enum RunError {
     /// Checkpoints could not be read or written.
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    /// The processes of a cluster could not form it, or the pipeline cannot run in one.
+    #[error("cluster: {0}")]
+    Cluster(String),
 }
 
 /// What a finished run did.
@@ -203,6 +212,8 @@ pub struct RunStatus {
     epoch: AtomicU64,
     /// Per (source, partition), how far its reader is behind, with the unit.
     lags: Mutex<BTreeMap<(String, String), Lagging>>,
+    /// Where the other processes of a cluster hear of failures and sink progress.
+    outbox: Option<Arc<Outbox>>,
 }
 
 /// A reader's lag: the amount and its unit.
@@ -220,10 +231,39 @@ impl RunStatus {
         }
     }
 
+    /// The status of a run whose sinks have `slots` instances in all, telling the other
+    /// processes of a cluster through `outbox`.
+    fn shared(slots: usize, outbox: Option<Arc<Outbox>>) -> Self {
+        RunStatus {
+            outbox,
+            ..RunStatus::new(slots)
+        }
+    }
+
     /// Publishes how far sink instance `slot`'s output is durable (`None`: all of it).
     pub fn set_durable(&self, slot: usize, frontier: Option<Time>) {
         if let Some(d) = self.durable.get(slot) {
-            d.store(frontier.unwrap_or(ALL_DURABLE), Ordering::SeqCst);
+            let new = frontier.unwrap_or(ALL_DURABLE);
+            if d.swap(new, Ordering::SeqCst) != new
+                && let Some(o) = &self.outbox
+            {
+                o.push(
+                    To::Others,
+                    Control::Durable {
+                        slot: slot as u32,
+                        frontier,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Another process's sink instance made its output durable up to `frontier`.
+    fn durable_elsewhere(&self, slot: usize, frontier: Option<Time>) {
+        if let Some(d) = self.durable.get(slot) {
+            // Events may overtake each other only across processes, never per slot; the
+            // maximum keeps a slot from going back all the same.
+            d.fetch_max(frontier.unwrap_or(ALL_DURABLE), Ordering::SeqCst);
         }
     }
 
@@ -238,8 +278,22 @@ impl RunStatus {
         (min != ALL_DURABLE).then_some(min)
     }
 
-    /// Records a fatal error; the first one wins and every worker stops.
+    /// Records a fatal error; the first one wins and every worker (of every process) stops.
     pub fn fail(&self, message: String) {
+        if let Some(o) = &self.outbox
+            && !self.aborted()
+        {
+            o.push(
+                To::Others,
+                Control::Failed {
+                    message: message.clone(),
+                },
+            );
+        }
+        self.fail_here(message);
+    }
+
+    fn fail_here(&self, message: String) {
         if let Ok(mut e) = self.error.lock() {
             e.get_or_insert(message);
         }
@@ -407,6 +461,9 @@ impl RunStatus {
     /// Notes that a sink has seen the empty frontier and committed everything.
     pub fn sink_closed(&self) {
         self.sinks_closed.fetch_add(1, Ordering::SeqCst);
+        if let Some(o) = &self.outbox {
+            o.push(To::Others, Control::SinkClosed);
+        }
     }
 
     fn aborted(&self) -> bool {
@@ -434,28 +491,32 @@ struct CatalogEntry {
 }
 
 impl Catalog {
-    fn mark_finished(&self, source: usize, id: &str, epoch: Time) {
-        if let Ok(mut f) = self.finished.lock() {
-            f.insert((source, id.to_owned()));
-        }
+    /// Notes that a partition was read to its end; returns whether that is news.
+    fn mark_finished(&self, source: usize, id: &str, epoch: Time) -> bool {
+        let new = self
+            .finished
+            .lock()
+            .is_ok_and(|mut f| f.insert((source, id.to_owned())));
         if let Ok(mut at) = self.finished_at.lock() {
             let latest = at.entry(source).or_insert(epoch);
             *latest = (*latest).max(epoch);
         }
+        new
     }
 
     /// Notes that a partition of an unbounded source has nothing more to read for now, for
-    /// the first time or again: it counts as read to its end for `start_after`.
-    fn mark_caught_up(&self, source: usize, id: &str, epoch: Time) {
+    /// the first time or again: it counts as read to its end for `start_after`. Returns
+    /// whether it is the first time.
+    fn mark_caught_up(&self, source: usize, id: &str, epoch: Time) -> bool {
         let Ok(mut caught) = self.caught_up.lock() else {
-            return;
+            return false;
         };
-        if caught.insert((source, id.to_owned()))
-            && let Ok(mut at) = self.finished_at.lock()
-        {
+        let new = caught.insert((source, id.to_owned()));
+        if new && let Ok(mut at) = self.finished_at.lock() {
             let latest = at.entry(source).or_insert(epoch);
             *latest = (*latest).max(epoch);
         }
+        new
     }
 
     /// If every partition of every source in `sources` has been read to its end — or, for an
@@ -536,6 +597,18 @@ impl Catalog {
 
 /// Runs a pipeline to completion (bounded sources) or until `options.stop` is set.
 pub fn run<W: Wiring>(pipeline: Arc<Pipeline>, wiring: Arc<W>, options: RunOptions) -> Result<RunReport, RunError> {
+    let cluster = options.cluster.clone().filter(|c| c.processes() > 1);
+    if cluster.is_some()
+        && let Some(s) = pipeline
+            .sources
+            .iter()
+            .find(|s| matches!(s.spec, crate::spec::SourceSpec::HttpIngest(_)))
+    {
+        return Err(RunError::Cluster(format!(
+            "source {}: an http-ingest source keeps its log on the machine that received the events, so it runs in one process only",
+            s.name.value
+        )));
+    }
     let mut sources = Vec::new();
     let mut entries = Vec::new();
     for (i, decl) in pipeline.sources.iter().enumerate() {
@@ -575,19 +648,29 @@ pub fn run<W: Wiring>(pipeline: Arc<Pipeline>, wiring: Arc<W>, options: RunOptio
                 .collect()
         })
         .collect();
-    let workers = options.workers.unwrap_or(pipeline.workers).max(1);
+    // Threads of this process; every process of a cluster runs as many.
+    let threads = options.workers.unwrap_or(pipeline.workers).max(1);
+    let processes = cluster.as_ref().map_or(1, ClusterSpec::processes);
+    let workers = threads * processes;
+    let outbox = cluster
+        .as_ref()
+        .map(|c| Arc::new(Outbox::new(c.process, processes, threads)));
     let slots = SinkSlots::new(&pipeline, workers);
-    let status = Arc::new(RunStatus::new(slots.total()));
+    let status = Arc::new(RunStatus::shared(slots.total(), outbox.clone()));
     let checkpoints = match &pipeline.checkpoint_dir {
-        Some(dir) => Some(Arc::new(
-            Checkpointer::open(
+        Some(dir) => {
+            let c = Checkpointer::open(
                 dir,
                 &pipeline.name,
                 Duration::from_millis(pipeline.checkpoint_interval_ms),
                 (workers, slots.total()),
             )
-            .map_err(|e| RunError::Checkpoint(e.to_string()))?,
-        )),
+            .map_err(|e| RunError::Checkpoint(e.to_string()))?;
+            Some(Arc::new(match &outbox {
+                Some(o) => c.in_cluster(o),
+                None => c,
+            }))
+        }
         None => None,
     };
     if let Some(m) = &options.metrics {
@@ -605,6 +688,7 @@ pub fn run<W: Wiring>(pipeline: Arc<Pipeline>, wiring: Arc<W>, options: RunOptio
         m.register(Box::new(move |x| exposed.expose(x)));
         arrangements
     });
+    let wiring_caught_up = wiring.caught_up();
     let ctx = Arc::new(Ctx {
         pipeline,
         wiring,
@@ -618,12 +702,53 @@ pub fn run<W: Wiring>(pipeline: Arc<Pipeline>, wiring: Arc<W>, options: RunOptio
         done_reading: AtomicUsize::new(0),
         last_read_epoch: AtomicU64::new(0),
         final_requested: AtomicBool::new(false),
+        final_at: AtomicU64::new(0),
         workers,
+        threads,
         metrics: options.metrics.clone(),
         arrangements,
+        caught_up: wiring_caught_up,
+        outbox,
+        acks: Mutex::default(),
+        stop_shared: AtomicBool::new(false),
+        local_done: AtomicUsize::new(0),
     });
 
-    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+    let (builders, comms): (
+        Vec<timely::communication::AllocatorBuilder>,
+        Box<dyn std::any::Any + Send>,
+    ) = match &cluster {
+        None => timely::CommunicationConfig::Process(threads)
+            .try_build()
+            .map_err(RunError::Workers)?,
+        Some(c) => {
+            let restored = ctx.checkpoints.as_ref().map_or(0, |c| c.written());
+            let sockets = c
+                .connect(&ctx.pipeline.name, (threads, restored), &options.stop)
+                .map_err(|e| RunError::Cluster(e.to_string()))?;
+            tracing::info!(process = c.process, processes, threads, "the cluster has formed");
+            let local = timely::communication::allocator::ProcessBuilder::new_typed_vector(
+                threads,
+                timely::communication::Hooks::default().refill,
+                None,
+            );
+            let (builders, guard) =
+                timely::communication::allocator::zero_copy::initialize::initialize_networking_from_sockets(
+                    local,
+                    sockets,
+                    c.process,
+                    threads,
+                    timely::communication::Hooks::default(),
+                )
+                .map_err(|e| RunError::Cluster(format!("starting timely's network threads: {e}")))?;
+            let builders = builders
+                .into_iter()
+                .map(timely::communication::AllocatorBuilder::Tcp)
+                .collect();
+            (builders, Box::new(guard))
+        }
+    };
+    let guards = timely::execute::execute_from(builders, comms, timely::WorkerConfig::default(), move |worker| {
         // The other workers wait for this one's progress and checkpoint parts: on an error or
         // a panic, tell them to stop instead of waiting forever.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker_main(worker, &ctx)));
@@ -634,14 +759,43 @@ pub fn run<W: Wiring>(pipeline: Arc<Pipeline>, wiring: Arc<W>, options: RunOptio
             }
             Ok(ok) => ok,
             Err(panic) => {
-                ctx.status.fail("a worker panicked".to_owned());
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                // timely's network threads poison every channel when a peer's connection
+                // breaks; the workers then panic on their next receive.
+                let message = if what.contains("MergeQueue poisoned") || what.contains("timely communication error") {
+                    "lost the connection to another process of the cluster".to_owned()
+                } else {
+                    "a worker panicked".to_owned()
+                };
+                ctx.status.fail(message);
                 std::panic::resume_unwind(panic)
             }
         }
     })
     .map_err(RunError::Workers)?;
     let mut first_error = None;
-    for result in guards.join() {
+    // Joining also joins timely's network threads, which panic when another process is gone.
+    let joined = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| guards.join()))
+        .map_err(|_| RunError::Cluster("lost the connection to another process of the cluster".to_owned()));
+    let joined = match joined {
+        Ok(joined) => joined,
+        Err(e) => {
+            first_error = Some(
+                status
+                    .error
+                    .lock()
+                    .ok()
+                    .and_then(|m| m.clone())
+                    .map_or(e, RunError::Cluster),
+            );
+            Vec::new()
+        }
+    };
+    for result in joined {
         match result {
             Ok(Ok(())) => {}
             Ok(Err(e)) => first_error = first_error.or(Some(e)),
@@ -682,8 +836,148 @@ struct Ctx<W> {
     last_read_epoch: AtomicU64,
     /// Whether worker 0 has requested the final checkpoint of a bounded run.
     final_requested: AtomicBool,
-    /// The number of workers.
+    /// The final checkpoint's frontier, once requested.
+    final_at: AtomicU64,
+    /// The number of workers, of every process.
     workers: usize,
+    /// The number of workers of this process.
+    threads: usize,
+    /// Where the workers report whether the sources are caught up, if anyone wants to know.
+    caught_up: Option<Arc<crate::progress::CaughtUp>>,
+    /// What this process tells the other processes of a cluster (`None`: it runs alone).
+    outbox: Option<Arc<Outbox>>,
+    /// At the leader, per checkpoint frontier, the processes that have registered it.
+    acks: Mutex<BTreeMap<Time, usize>>,
+    /// Whether this process has told the others of a stop (or heard of it from them).
+    stop_shared: AtomicBool,
+    /// Workers of this process that have left [`run_worker`].
+    local_done: AtomicUsize,
+}
+
+impl<W> Ctx<W> {
+    /// Whether every other process has registered the checkpoint at `frontier`, so the
+    /// dataflow may pass it: none of their operators can miss the cut.
+    fn acked(&self, frontier: Time) -> bool {
+        let Some(o) = &self.outbox else {
+            return true;
+        };
+        let acks = self.acks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        acks.get(&frontier).copied().unwrap_or(0) + 1 >= o.processes()
+    }
+
+    /// Queues an event for other processes, when there are any.
+    fn tell(&self, to: To, event: Control) {
+        if let Some(o) = &self.outbox {
+            o.push(to, event);
+        }
+    }
+
+    /// Applies what another process told this one.
+    fn apply(&self, event: Control) {
+        match event {
+            Control::Finished {
+                source,
+                partition,
+                epoch,
+            } => {
+                self.catalog.mark_finished(source as usize, &partition, epoch);
+            }
+            Control::CaughtUp {
+                source,
+                partition,
+                epoch,
+            } => {
+                self.catalog.mark_caught_up(source as usize, &partition, epoch);
+            }
+            Control::DoneReading { epoch } => {
+                self.last_read_epoch.fetch_max(epoch, Ordering::SeqCst);
+                self.done_reading.fetch_add(1, Ordering::SeqCst);
+            }
+            Control::Start { frontier, last } => {
+                if let Some(c) = &self.checkpoints {
+                    c.maybe_start(frontier, true);
+                }
+                if last {
+                    self.final_at.store(frontier, Ordering::SeqCst);
+                    self.final_requested.store(true, Ordering::SeqCst);
+                }
+                // The cut is registered: this process's operators will take it.
+                self.tell(To::Leader, Control::Ack { frontier });
+            }
+            Control::Ack { frontier } => {
+                let mut acks = self.acks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                *acks.entry(frontier).or_default() += 1;
+                // Older checkpoints are written or replaced.
+                acks.retain(|t, _| *t >= frontier);
+            }
+            Control::Part {
+                frontier,
+                worker,
+                positions,
+                states,
+            } => {
+                if let Some(c) = &self.checkpoints {
+                    c.worker_part(frontier, (worker as usize, self.workers), positions, states);
+                }
+            }
+            Control::SinkPart {
+                frontier,
+                sink,
+                position,
+            } => {
+                if let Some(c) = &self.checkpoints {
+                    c.sink_part(frontier, &sink, position);
+                }
+            }
+            Control::Written { frontier } => {
+                if let Some(c) = &self.checkpoints {
+                    c.written_elsewhere(frontier);
+                }
+            }
+            Control::Durable { slot, frontier } => self.status.durable_elsewhere(slot as usize, frontier),
+            Control::SinkClosed => {
+                self.status.sinks_closed.fetch_add(1, Ordering::SeqCst);
+            }
+            Control::WorkerCaughtUp { worker, since } => {
+                if let Some(c) = &self.caught_up {
+                    c.report(worker as usize, self.workers, since);
+                }
+            }
+            Control::Failed { message } => self.status.fail_here(message),
+            Control::Stop => {
+                self.stop_shared.store(true, Ordering::SeqCst);
+                self.stop.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+/// The input of the control dataflow of one worker: the first worker of each process sends
+/// its process's events; the others only run the dataflow.
+struct ControlInput {
+    handle: Handle<u64, (u64, Control)>,
+    round: u64,
+    sends: bool,
+}
+
+impl ControlInput {
+    /// Sends what the process has queued for the others.
+    fn send(&mut self, outbox: &Outbox) {
+        if !self.sends {
+            return;
+        }
+        let events = outbox.drain();
+        if events.is_empty() {
+            return;
+        }
+        for event in events {
+            self.handle.send(event);
+        }
+        // A new round flushes the exchange's buffers: records at a time that never closes
+        // would wait there.
+        self.round += 1;
+        self.handle.advance_to(self.round);
+    }
 }
 
 /// Where each sink's instances publish their durable frontier in [`RunStatus`]: a
@@ -856,7 +1150,70 @@ pub fn now_ms() -> Time {
         .map_or(0, |d| d.as_millis() as Time)
 }
 
-fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> Result<(), RunError> {
+fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Arc<Ctx<W>>) -> Result<(), RunError> {
+    let mut control = ctx.outbox.as_ref().map(|outbox| {
+        let sends = outbox.receives(worker.index());
+        let receiver = Arc::clone(ctx);
+        worker.dataflow::<u64, _, _>(|scope| {
+            let (handle, events) = scope.new_input::<(u64, Control)>();
+            events.sink(
+                Exchange::new(|(to, _): &(u64, Control)| *to),
+                "Cluster control",
+                move |(input, _)| {
+                    input.for_each(|_, data| {
+                        for (_, event) in data.drain(..) {
+                            receiver.apply(event);
+                        }
+                    });
+                },
+            );
+            ControlInput {
+                handle,
+                round: 0,
+                sends,
+            }
+        })
+    });
+    let result = run_worker(worker, ctx, &mut control);
+    if let Err(e) = &result {
+        // Before winding down: the other workers, here and elsewhere, must stop waiting.
+        ctx.status.fail(e.to_string());
+    }
+    ctx.local_done.fetch_add(1, Ordering::SeqCst);
+    wind_down(worker, ctx, control);
+    result
+}
+
+/// Steps the worker until its dataflows are complete: the first worker of a process goes on
+/// sending the process's events until every worker of the process is done, for the others
+/// may still wait for them. On a failure, drops the dataflows instead of waiting for
+/// processes or workers that may never finish them.
+fn wind_down<W>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>, mut control: Option<ControlInput>) {
+    loop {
+        if let (Some(c), Some(outbox)) = (&mut control, &ctx.outbox) {
+            c.send(outbox);
+            if !c.sends || (ctx.local_done.load(Ordering::SeqCst) == ctx.threads && outbox.is_empty()) {
+                control = None;
+            }
+        }
+        if ctx.status.aborted() {
+            for id in worker.installed_dataflows() {
+                worker.drop_dataflow(id);
+            }
+            return;
+        }
+        if control.is_none() && !worker.has_dataflows() {
+            return;
+        }
+        worker.step_or_park(Some(Duration::from_millis(20)));
+    }
+}
+
+fn run_worker<W: Wiring>(
+    worker: &mut timely::worker::Worker,
+    ctx: &Ctx<W>,
+    control: &mut Option<ControlInput>,
+) -> Result<(), RunError> {
     let index = worker.index();
     let peers = worker.peers();
     let p = &ctx.pipeline;
@@ -951,7 +1308,7 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
     }
 
     let mut assigned: Vec<Assigned> = Vec::new();
-    let caught_up = ctx.wiring.caught_up();
+    let caught_up = ctx.caught_up.clone();
     let mut caught_since: Option<Time> = None;
     let mut rotate = 0usize;
     let mut known: Vec<usize> = vec![0; ctx.sources.len()];
@@ -1002,6 +1359,7 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
                 done_reading = true;
                 ctx.last_read_epoch.fetch_max(epoch, Ordering::SeqCst);
                 ctx.done_reading.fetch_add(1, Ordering::SeqCst);
+                ctx.tell(To::Leader, Control::DoneReading { epoch });
             }
             if index == 0
                 && ctx.done_reading.load(Ordering::SeqCst) == peers
@@ -1009,11 +1367,26 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
             {
                 let last = ctx.last_read_epoch.load(Ordering::SeqCst).max(epoch);
                 c.maybe_start(last + 1, true);
+                ctx.tell(
+                    To::Others,
+                    Control::Start {
+                        frontier: last + 1,
+                        last: true,
+                    },
+                );
+                ctx.final_at.store(last + 1, Ordering::SeqCst);
                 ctx.final_requested.store(true, Ordering::SeqCst);
             }
-            if ctx.final_requested.load(Ordering::SeqCst) {
+            // Worker 0's open inputs hold the dataflow before the cut until every process has
+            // registered it.
+            if ctx.final_requested.load(Ordering::SeqCst)
+                && (index != 0 || ctx.acked(ctx.final_at.load(Ordering::SeqCst)))
+            {
                 break;
             }
+        }
+        if stopping && !ctx.stop_shared.swap(true, Ordering::SeqCst) {
+            ctx.tell(To::Others, Control::Stop);
         }
         while in_flight.front().is_some_and(|(e, _)| !probe.less_equal(e)) {
             in_flight.pop_front();
@@ -1102,14 +1475,30 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
                     ReadState::More => busy = true,
                     ReadState::Idle | ReadState::Waiting if a.idle_until.is_some_and(|t| t > now) => {}
                     ReadState::Idle | ReadState::Waiting => {
-                        if state == ReadState::Idle {
-                            ctx.catalog.mark_caught_up(a.source, &a.id, epoch);
+                        if state == ReadState::Idle && ctx.catalog.mark_caught_up(a.source, &a.id, epoch) {
+                            ctx.tell(
+                                To::Others,
+                                Control::CaughtUp {
+                                    source: a.source as u32,
+                                    partition: a.id.clone(),
+                                    epoch,
+                                },
+                            );
                         }
                         a.idle_until = Some(now + Duration::from_millis(idle_poll_ms(p, a.source)))
                     }
                     ReadState::Finished => {
                         a.finished = true;
-                        ctx.catalog.mark_finished(a.source, &a.id, epoch);
+                        if ctx.catalog.mark_finished(a.source, &a.id, epoch) {
+                            ctx.tell(
+                                To::Others,
+                                Control::Finished {
+                                    source: a.source as u32,
+                                    partition: a.id.clone(),
+                                    epoch,
+                                },
+                            );
+                        }
                     }
                 }
                 ctx.status.count_in(&p.sources[a.source].name.value, read, dropped);
@@ -1124,7 +1513,24 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
             if now_caught != caught_since.is_some() {
                 caught_since = now_caught.then_some(epoch);
                 c.report(index, peers, caught_since);
+                ctx.tell(
+                    To::Others,
+                    Control::WorkerCaughtUp {
+                        worker: index as u32,
+                        since: caught_since,
+                    },
+                );
             }
+        }
+        // In a cluster, worker 0 stays at a checkpoint's frontier until every process has
+        // registered the cut.
+        let held = index == 0
+            && checkpoints
+                .as_ref()
+                .and_then(|c| c.in_progress())
+                .is_some_and(|t| t <= epoch && !ctx.acked(t));
+        if held && Instant::now() >= next_tick {
+            next_tick = Instant::now() + Duration::from_millis(1);
         }
         if Instant::now() >= next_tick {
             let next = now_ms().max(epoch + 1);
@@ -1132,8 +1538,15 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
             // reached it, so no operator has passed it.
             if index == 0
                 && let Some(c) = &checkpoints
+                && c.maybe_start(next, false)
             {
-                c.maybe_start(next, false);
+                ctx.tell(
+                    To::Others,
+                    Control::Start {
+                        frontier: next,
+                        last: false,
+                    },
+                );
             }
             epoch = next;
             for input in &mut inputs {
@@ -1150,7 +1563,7 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
         for a in &mut assigned {
             commit_or_fail(a, durable, false, p)?;
         }
-        if index == 0 {
+        if index.is_multiple_of(ctx.threads) {
             ctx.status.epoch.store(epoch, Ordering::Relaxed);
         }
         if last_lag.elapsed() >= COMMIT_EVERY {
@@ -1161,6 +1574,17 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
             }
         }
         if let Some(c) = &checkpoints {
+            // A worker whose clock is behind worker 0's catches up with a checkpoint's
+            // frontier instead of holding it back.
+            if let Some(t) = c.in_progress().filter(|t| *t > epoch)
+                && !done_reading
+            {
+                epoch = t;
+                for input in &mut inputs {
+                    input.advance_to(epoch);
+                }
+                dead_input.advance_to(epoch);
+            }
             checkpoint_step(
                 ctx,
                 c,
@@ -1173,7 +1597,7 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
             last_discover = Instant::now();
             open_new_partitions(ctx, index, peers, &mut known, &mut waiting, true);
         }
-        if !waiting.is_empty() {
+        if !waiting.is_empty() && !held {
             // A source started after others reads at their last epoch or later, so its
             // records never precede theirs.
             if let Some(after) = open_ready_partitions(ctx, &mut waiting, &mut assigned)?
@@ -1185,6 +1609,9 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
                 }
                 dead_input.advance_to(epoch);
             }
+        }
+        if let (Some(c), Some(outbox)) = (control.as_mut(), &ctx.outbox) {
+            c.send(outbox);
         }
         let park = if busy && !behind {
             Some(Duration::ZERO)
@@ -1219,6 +1646,9 @@ fn worker_main<W: Wiring>(worker: &mut timely::worker::Worker, ctx: &Ctx<W>) -> 
                 }
             }
         };
+        if let (Some(c), Some(outbox)) = (control.as_mut(), &ctx.outbox) {
+            c.send(outbox);
+        }
         if drained && checkpointed {
             break;
         }
@@ -1310,9 +1740,12 @@ fn checkpoint_step<W: Wiring>(
         c.worker_part(t, (index, ctx.workers), positions, states);
         *contributed = t;
     }
-    if index == 0 {
-        c.maybe_write(ctx.status.durable_frontier())
-            .map_err(|e| RunError::Checkpoint(e.to_string()))?;
+    if index == 0
+        && let Some(frontier) = c
+            .maybe_write(ctx.status.durable_frontier())
+            .map_err(|e| RunError::Checkpoint(e.to_string()))?
+    {
+        ctx.tell(To::Others, Control::Written { frontier });
     }
     let written = c.written();
     for a in assigned.iter_mut() {

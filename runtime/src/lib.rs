@@ -3,6 +3,7 @@
 
 pub mod arrangements;
 pub mod checkpoint;
+pub mod cluster;
 pub mod envelope;
 pub mod exec;
 pub mod ingest;

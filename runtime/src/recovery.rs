@@ -23,6 +23,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::checkpoint::{CheckpointError, Checkpoints, Loaded, LocalDir};
+use crate::cluster::{Control, Outbox, To};
 use crate::operators::fold::{CutRequests, FoldCheckpoint};
 use crate::record::Time;
 use crate::source::Position;
@@ -125,6 +126,9 @@ pub struct Checkpointer {
     workers: usize,
     sink_instances: usize,
     stats: CheckpointStats,
+    /// In a process of a cluster other than the leader: where parts go instead of being
+    /// assembled here.
+    forward: Option<Arc<Outbox>>,
 }
 
 /// What the checkpoints of this run cost, for metrics.
@@ -164,7 +168,26 @@ impl Checkpointer {
             workers,
             sink_instances,
             stats: CheckpointStats::default(),
+            forward: None,
         })
+    }
+
+    /// Makes this the checkpointer of a process of a cluster: unless the process leads, it
+    /// sends its workers' and sinks' parts to the leader, which writes the checkpoints.
+    pub fn in_cluster(mut self, outbox: &Arc<Outbox>) -> Checkpointer {
+        self.forward = (!outbox.leads()).then(|| Arc::clone(outbox));
+        self
+    }
+
+    /// The leader wrote the checkpoint at `frontier` (in a process that does not lead).
+    pub fn written_elsewhere(&self, frontier: Time) {
+        self.written.fetch_max(frontier, Ordering::SeqCst);
+        if let Ok(mut assembly) = self.assembly.lock()
+            && assembly.as_ref().is_some_and(|a| a.parts.frontier <= frontier)
+        {
+            *assembly = None;
+        }
+        self.stats.last_at_ms.store(crate::exec::now_ms(), Ordering::Relaxed);
     }
 
     /// The cost of this run's checkpoints so far.
@@ -224,6 +247,17 @@ impl Checkpointer {
         positions: Positions,
         states: BTreeMap<String, Vec<u8>>,
     ) {
+        if let Some(leader) = &self.forward {
+            let worker = worker as u32;
+            let part = Control::Part {
+                frontier,
+                worker,
+                positions,
+                states,
+            };
+            leader.push(To::Leader, part);
+            return;
+        }
         let Ok(mut assembly) = self.assembly.lock() else {
             return;
         };
@@ -245,6 +279,18 @@ impl Checkpointer {
 
     /// A sink instance's part: its position after the times before `frontier`.
     pub fn sink_part(&self, frontier: Time, sink: &str, position: Option<Vec<u8>>) {
+        if let Some(leader) = &self.forward {
+            let sink = sink.to_owned();
+            leader.push(
+                To::Leader,
+                Control::SinkPart {
+                    frontier,
+                    sink,
+                    position,
+                },
+            );
+            return;
+        }
         let Ok(mut assembly) = self.assembly.lock() else {
             return;
         };

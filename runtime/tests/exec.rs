@@ -161,6 +161,7 @@ fn a_child_partition_starts_after_its_parents_finish() {
         workers: Some(2),
         stop: Arc::new(AtomicBool::new(false)),
         metrics: None,
+        cluster: None,
     };
     let report = run(pipeline, wiring, options).expect("run");
     assert_eq!(report.records_in.get("s"), Some(&10));
@@ -195,6 +196,7 @@ fn a_parallel_sink_gets_every_update_once_across_its_instances() {
         workers: Some(3),
         stop: Arc::new(AtomicBool::new(false)),
         metrics: None,
+        cluster: None,
     };
     let report = run(pipeline, wiring, options).expect("run ends once every instance has closed");
     assert_eq!(report.records_in.get("s"), Some(&10));
@@ -226,6 +228,7 @@ fn a_source_started_after_another_reads_only_once_it_ended_and_never_at_an_earli
         workers: Some(2),
         stop: Arc::new(AtomicBool::new(false)),
         metrics: None,
+        cluster: None,
     };
     let report = run(pipeline, wiring, options).expect("run");
     assert_eq!(report.records_in.get("events"), Some(&10));
@@ -357,6 +360,7 @@ fn positions_are_committed_only_behind_the_sinks_durable_frontier_and_finally_al
         workers: Some(1),
         stop: Arc::new(AtomicBool::new(false)),
         metrics: None,
+        cluster: None,
     };
     let (for_source, for_sink) = (ledger.clone(), ledger.clone());
     let wiring = TestWiring {
@@ -459,6 +463,7 @@ fn new_partitions_are_picked_up_and_transient_read_errors_are_retried() {
         workers: Some(2),
         stop: stop.clone(),
         metrics: None,
+        cluster: None,
     };
     let sink_to = written.clone();
     let wiring = Arc::new(TestWiring {
