@@ -376,6 +376,17 @@ fn kill_and_compare_on(scenario: &Scenario, kills: usize, input: &Input) {
     // A last run reads the rest; it is stopped cleanly once the line appended last (so no
     // killed run wrote it) is out.
     let run = spawn(d);
+    send_last_and_wait(scenario, d, input);
+    stop(run);
+    eprintln!(
+        "{}: seed {seed:#x}, {kills} SIGKILLs after {kill_points:?} ms",
+        scenario.name
+    );
+    assert_like_uninterrupted(scenario, d, input, None);
+}
+
+/// Sends the scenario's last line and waits until it is out, so everything before it is too.
+fn send_last_and_wait(scenario: &Scenario, d: &Path, input: &Input) {
     let (first_source, first_sink) = (scenario.sources[0].1, scenario.sinks[0].0);
     let marker = (scenario.last)();
     input.send(d, first_source, std::slice::from_ref(&marker), 0);
@@ -393,15 +404,26 @@ fn kill_and_compare_on(scenario: &Scenario, kills: usize, input: &Input) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    stop(run);
+}
 
+/// Compares every output in `d` with one uninterrupted bounded run of the same input (with a
+/// source's file read as a glob if `spread` names both).
+fn assert_like_uninterrupted(scenario: &Scenario, d: &Path, input: &Input, spread: Option<(&str, &str)>) {
     let got = scenario.outputs(d);
     let want = {
         let fresh = tempfile::tempdir().expect("tempdir");
-        for (_, file, _) in scenario.sources {
-            std::fs::copy(d.join(file), fresh.path().join(file)).expect("copy input");
+        for entry in std::fs::read_dir(d).expect("read dir") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_some_and(|e| e == "jsonl")
+                && let Some(name) = path.file_name()
+            {
+                std::fs::copy(&path, fresh.path().join(name)).expect("copy input");
+            }
         }
-        let bounded = scenario.pipeline_on(input.brokers(), false, false);
+        let mut bounded = scenario.pipeline_on(input.brokers(), false, false);
+        if let Some((file, glob)) = spread {
+            bounded = bounded.replace(&format!("path = \"{file}\""), &format!("path = \"{glob}\""));
+        }
         std::fs::write(fresh.path().join("pipeline.toml"), bounded).expect("write");
         let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args(["run", "--quiet", "pipeline.toml"])
@@ -411,10 +433,6 @@ fn kill_and_compare_on(scenario: &Scenario, kills: usize, input: &Input) {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         scenario.outputs(fresh.path())
     };
-    eprintln!(
-        "{}: seed {seed:#x}, {kills} SIGKILLs after {kill_points:?} ms",
-        scenario.name
-    );
     for (sink, want_lines) in &want {
         let got_lines = &got[sink];
         // Counted with multiplicity: an append output may rightly hold one line twice.
@@ -887,4 +905,201 @@ fn a_damaged_newest_checkpoint_is_skipped_for_the_one_before() {
         "restarted from the older checkpoint {first}: {log}"
     );
     assert_eq!(outputs(d), uninterrupted(d));
+}
+
+/// Writes a hostfile of `n` processes on 127.0.0.1 at ports free a moment ago.
+fn hostfile(dir: &Path, n: usize) -> std::path::PathBuf {
+    // All bound at once, so the ports differ; released just before the processes bind them.
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    let lines: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().expect("address").to_string())
+        .collect();
+    let path = dir.join("hosts.txt");
+    std::fs::write(&path, lines.join("\n") + "\n").expect("write hostfile");
+    path
+}
+
+/// Starts process `i` of a cluster of `n`, each with `workers` workers, in `dir`.
+fn spawn_process(dir: &Path, hosts: &Path, (i, n): (usize, usize), workers: usize) -> Child {
+    let hosts = hosts.to_string_lossy();
+    spawn_with(
+        dir,
+        &[
+            "--workers",
+            &workers.to_string(),
+            "--processes",
+            &n.to_string(),
+            "--process",
+            &i.to_string(),
+            "--hostfile",
+            &hosts,
+        ],
+    )
+}
+
+/// Waits up to `limit` for `child` to exit; its exit status.
+fn exits_within(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// The contacts scenario with the changes read after the contact data: an anonymous contact
+/// is then created only for fields nobody maps, whatever the number of workers, so every
+/// output of a bounded run is the same however it is spread.
+const CONTACTS_AFTER_TABLE: Scenario = Scenario {
+    sources: &[
+        ("changes", "changes.jsonl", "start_after = [\"contact_data\"]"),
+        (
+            "contact_data",
+            "contact-data.jsonl",
+            "envelope = \"upsert\"\nkey = [\"app_code\", \"contact_field_id\", \"contact_field_value\"]",
+        ),
+    ],
+    timing_dependent: &[],
+    ..CONTACTS
+};
+
+#[test]
+fn the_contacts_pipeline_on_two_processes_of_two_workers_equals_one_worker() {
+    let scenario = &CONTACTS_AFTER_TABLE;
+    let mut rng = SmallRng::seed_from_u64(0xc1);
+    let one = tempfile::tempdir().expect("tempdir");
+    let two = tempfile::tempdir().expect("tempdir");
+    for d in [one.path(), two.path()] {
+        std::fs::write(d.join("pipeline.toml"), spread_pipeline(scenario, false)).expect("write");
+    }
+    for round in 0..40 {
+        for (file, lines) in (scenario.round)(&mut rng, round) {
+            append_spread(one.path(), file, &lines);
+            append_spread(two.path(), file, &lines);
+        }
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--quiet", "--workers", "1", "pipeline.toml"])
+        .current_dir(one.path())
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let hosts = hostfile(two.path(), 2);
+    let mut processes: Vec<Child> = (0..2).map(|i| spawn_process(two.path(), &hosts, (i, 2), 2)).collect();
+    for (i, p) in processes.iter_mut().enumerate() {
+        let status = exits_within(p, Duration::from_secs(90)).expect("a bounded run ends");
+        assert!(status.success(), "process {i}: {status:?}");
+    }
+
+    let want = scenario.outputs(one.path());
+    let got = scenario.outputs(two.path());
+    assert!(want["client_state"].len() >= 30, "{:?}", want["client_state"]);
+    assert!(!want["anonymous_contacts_created"].is_empty());
+    assert!(!want["dead"].is_empty(), "the examples' bad lines are dead-lettered");
+    for (sink, lines) in &want {
+        assert_eq!(
+            &got[sink], lines,
+            "{sink}: 2 processes × 2 workers differ from 1 worker"
+        );
+    }
+}
+
+#[test]
+fn a_cluster_stops_when_one_process_dies_and_resumes_from_its_checkpoint() {
+    let scenario = &CONTACTS;
+    let mut rng = SmallRng::seed_from_u64(0xc2);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    std::fs::write(d.join("pipeline.toml"), spread_pipeline(scenario, true)).expect("write");
+    for file in [
+        "changes.jsonl",
+        "changes-1.jsonl",
+        "changes-2.jsonl",
+        "changes-3.jsonl",
+        "contact-data.jsonl",
+    ] {
+        std::fs::write(d.join(file), "").expect("write");
+    }
+    let hosts = hostfile(d, 2);
+    let mut round = 0;
+    let mut feed = |rng: &mut SmallRng, rounds: u64| {
+        for _ in 0..rounds {
+            for (file, lines) in (scenario.round)(rng, round) {
+                append_spread(d, file, &lines);
+            }
+            round += 1;
+        }
+    };
+    // Kill the follower, then the leader: either way the survivor stops.
+    for victim in [1, 0] {
+        let mut processes: Vec<Child> = (0..2).map(|i| spawn_process(d, &hosts, (i, 2), 2)).collect();
+        for _ in 0..10 {
+            feed(&mut rng, 1);
+            std::thread::sleep(Duration::from_millis(rng.random_range(20..80)));
+        }
+        let checkpoints = || std::fs::read_dir(d.join("state")).map_or(0, |e| e.count());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while checkpoints() == 0 {
+            assert!(Instant::now() < deadline, "no checkpoint was written");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        processes[victim].kill().expect("SIGKILL");
+        processes[victim].wait().expect("reap");
+        let survivor = &mut processes[1 - victim];
+        let status = exits_within(survivor, Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("process {} still runs 30 s after process {victim} died", 1 - victim));
+        assert!(!status.success(), "the survivor exits with an error: {status:?}");
+    }
+    feed(&mut rng, 10);
+    let mut processes: Vec<Child> = (0..2).map(|i| spawn_process(d, &hosts, (i, 2), 2)).collect();
+    send_last_and_wait(scenario, d, &Input::Files);
+    // A stop sent to one process stops the cluster.
+    let follower = processes.pop().expect("process 1");
+    stop(processes.pop().expect("process 0"));
+    let mut follower = follower;
+    let status = exits_within(&mut follower, Duration::from_secs(30)).expect("process 1 stops with the cluster");
+    assert!(status.success(), "process 1: {status:?}");
+    assert_like_uninterrupted(scenario, d, &Input::Files, Some(("changes.jsonl", "changes*.jsonl")));
+}
+
+/// A contacts pipeline reading the changes from four files (`changes*.jsonl`), so that
+/// partitions are read by the workers of every process.
+fn spread_pipeline(scenario: &Scenario, streaming: bool) -> String {
+    scenario
+        .pipeline_on(None, streaming, streaming)
+        .replace("path = \"changes.jsonl\"", "path = \"changes*.jsonl\"")
+}
+
+/// Appends contacts changes over four files by client (`changes.jsonl`, `changes-1.jsonl`
+/// to `changes-3.jsonl`), keeping each client's changes in order; other files as they are.
+fn append_spread(d: &Path, file: &str, lines: &[String]) {
+    if file != "changes.jsonl" {
+        return append(&d.join(file), lines);
+    }
+    let mut files: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for l in lines {
+        let client = serde_json::from_str::<serde_json::Value>(l)
+            .ok()
+            .and_then(|v| v.get("client_id").map(|c| c.to_string()))
+            .unwrap_or_default();
+        let k = client
+            .bytes()
+            .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
+            % 4;
+        let name = if k == 0 {
+            "changes.jsonl".to_owned()
+        } else {
+            format!("changes-{k}.jsonl")
+        };
+        files.entry(name).or_default().push(l.clone());
+    }
+    for (name, lines) in files {
+        append(&d.join(name), &lines);
+    }
 }
