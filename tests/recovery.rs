@@ -1103,3 +1103,36 @@ fn append_spread(d: &Path, file: &str, lines: &[String]) {
         append(&d.join(name), &lines);
     }
 }
+
+#[test]
+fn processes_that_run_differently_refuse_each_other() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    std::fs::write(d.join("pipeline.toml"), spread_pipeline(&CONTACTS, false)).expect("write");
+    std::fs::write(d.join("changes.jsonl"), "").expect("write");
+    std::fs::write(d.join("contact-data.jsonl"), "").expect("write");
+    let hosts = hostfile(d, 2);
+    let run = |i: usize, workers: usize| {
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["run", "--quiet", "pipeline.toml", "--processes", "2", "--hostfile"])
+            .arg(&hosts)
+            .args(["--process", &i.to_string(), "--workers", &workers.to_string()])
+            .args(["--cluster-timeout", "60"])
+            .current_dir(d)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn")
+    };
+    let (leader, follower) = (run(0, 2), run(1, 1));
+    let leader = leader.wait_with_output().expect("wait");
+    let follower = follower.wait_with_output().expect("wait");
+    assert!(!leader.status.success() && !follower.status.success());
+    let told = String::from_utf8_lossy(&leader.stderr);
+    assert!(
+        told.contains("process 1 runs pipeline `contacts` as one of 2 processes with 1 workers each"),
+        "{told}"
+    );
+    let told = String::from_utf8_lossy(&follower.stderr);
+    assert!(told.contains("refused this one"), "{told}");
+}

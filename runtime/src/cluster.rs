@@ -253,7 +253,15 @@ fn read_hello(mut stream: &TcpStream, deadline: Instant) -> Result<Hello, Cluste
     let wait = deadline
         .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(100));
-    let bad = |e: std::io::Error| ClusterError::Invalid(format!("reading another process's greeting: {e}"));
+    let bad = |e: std::io::Error| {
+        ClusterError::Invalid(if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            "another process closed the connection while greeting: it refused this one (see its log: the \
+             pipeline, --processes, --workers or the checkpoint differ)"
+                .to_owned()
+        } else {
+            format!("reading another process's greeting: {e}")
+        })
+    };
     stream.set_read_timeout(Some(wait)).map_err(bad)?;
     let mut head = [0u8; 8 + 5 * 8];
     stream.read_exact(&mut head).map_err(bad)?;
