@@ -7,6 +7,7 @@
 //! cargo bench --bench pipeline -- --n 200000 --workers 1,2,4 --workload delivery
 //! cargo bench --bench pipeline -- --workload cds-filter,cds,contacts
 //! cargo bench --bench pipeline -- --workload fanout,messages
+//! cargo bench --bench pipeline -- --workload contacts --workers 2 --processes 1,2   # 2 workers as 1 or 2 processes
 //! ```
 //!
 //! Each measurement is a separate `sluice run` process (so peak memory is that run's own),
@@ -24,6 +25,8 @@ use common::{between, generator, list};
 struct Args {
     n: u64,
     workers: Vec<usize>,
+    /// Processes to spread the workers over (a cluster on 127.0.0.1).
+    processes: Vec<usize>,
     workloads: Vec<String>,
 }
 
@@ -31,6 +34,7 @@ fn parse_args() -> Args {
     let mut args = Args {
         n: 1_000_000,
         workers: vec![1, 2],
+        processes: vec![1],
         workloads: vec!["delivery".into(), "filter".into()],
     };
     let mut it = std::env::args().skip(1);
@@ -39,6 +43,7 @@ fn parse_args() -> Args {
             "--n" => args.n = it.next().and_then(|v| v.parse().ok()).unwrap_or(args.n),
             "--workers" => args.workers = list(it.next()).unwrap_or(args.workers),
             "--workload" => args.workloads = list(it.next()).unwrap_or(args.workloads),
+            "--processes" => args.processes = list(it.next()).unwrap_or(args.processes),
             // cargo bench passes `--bench`; ignore it and anything unknown.
             _ => {}
         }
@@ -178,35 +183,72 @@ fn main() {
         assert!(status.success(), "gen.py failed");
     }
 
-    println!("workload    records   workers  seconds  records/s  written/s  peak MiB");
+    println!("workload    records   workers  processes  seconds  records/s  written/s  peak MiB");
     for workload in &args.workloads {
         for &workers in &args.workers {
-            let out = tempfile::tempdir().expect("tempdir");
-            let file = out.path().join("pipeline.toml");
-            std::fs::write(&file, pipeline(workload, data.path(), out.path())).expect("write pipeline");
-            let started = Instant::now();
-            let run = Command::new(env!("CARGO_BIN_EXE_sluice"))
-                .args(["run", "--workers", &workers.to_string()])
-                .arg(&file)
-                .output()
-                .expect("run sluice");
-            let secs = started.elapsed().as_secs_f64();
-            let summary = String::from_utf8_lossy(&run.stderr);
-            assert!(run.status.success(), "sluice failed: {summary}");
-            let peak = between(&summary, "peak memory ", " MiB").unwrap_or("?");
-            // Every record read counts (scan items and mappings too), as the summary reports.
-            let read: u64 = between(&summary, "sluice: read ", " record")
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(args.n);
-            // Updates written to every sink (deliveries, for fanout).
-            let written: u64 = between(&summary, "wrote ", " update")
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0);
-            println!(
-                "{workload:<11} {read:<9} {workers:<8} {secs:<8.2} {:<10.0} {:<10.0} {peak}",
-                read as f64 / secs,
-                written as f64 / secs
-            );
+            for &processes in args.processes.iter().filter(|p| workers.is_multiple_of(**p)) {
+                measure(workload, data.path(), (workers, processes), args.n);
+            }
         }
     }
+}
+
+/// Runs `workload` once with `workers` spread over `processes` processes and prints a row.
+fn measure(workload: &str, data: &Path, (workers, processes): (usize, usize), n: u64) {
+    let out = tempfile::tempdir().expect("tempdir");
+    let file = out.path().join("pipeline.toml");
+    std::fs::write(&file, pipeline(workload, data, out.path())).expect("write pipeline");
+    let hosts = out.path().join("hosts.txt");
+    let ports: Vec<std::net::TcpListener> = (0..processes)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    let lines: Vec<String> = ports
+        .iter()
+        .map(|l| l.local_addr().expect("address").to_string())
+        .collect();
+    std::fs::write(&hosts, lines.join("\n")).expect("write hostfile");
+    drop(ports);
+    let started = Instant::now();
+    let runs: Vec<std::process::Child> = (0..processes)
+        .map(|i| {
+            let mut run = Command::new(env!("CARGO_BIN_EXE_sluice"));
+            run.args(["run", "--workers", &(workers / processes).to_string()]);
+            if processes > 1 {
+                run.args(["--processes", &processes.to_string(), "--process", &i.to_string()]);
+                run.arg("--hostfile").arg(&hosts);
+            }
+            run.arg(&file)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("run sluice")
+        })
+        .collect();
+    let (mut read, mut written, mut peak) = (0u64, 0u64, 0f64);
+    for run in runs {
+        let run = run.wait_with_output().expect("wait for sluice");
+        let summary = String::from_utf8_lossy(&run.stderr);
+        assert!(run.status.success(), "sluice failed: {summary}");
+        // Every record read counts (scan items and mappings too), as the summary reports;
+        // each process reads its own partitions, and process 0 writes every sink.
+        read += between(&summary, "sluice: read ", " record")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        // Updates written to every sink (deliveries, for fanout).
+        written += between(&summary, "wrote ", " update")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        peak = peak.max(
+            between(&summary, "peak memory ", " MiB")
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0.0),
+        );
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let read = if read == 0 { n } else { read };
+    println!(
+        "{workload:<11} {read:<9} {workers:<8} {processes:<10} {secs:<8.2} {:<10.0} {:<10.0} {peak:.1}",
+        read as f64 / secs,
+        written as f64 / secs
+    );
 }
