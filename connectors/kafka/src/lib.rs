@@ -275,14 +275,14 @@ impl Source for KafkaSource {
                 )));
             }
         };
-        let listed_end = if self.spec.bounded {
-            let (_low, high) = self
+        let (listed_low, listed_end) = if self.spec.bounded {
+            let (low, high) = self
                 .consumer
                 .fetch_watermarks(topic, p, METADATA_TIMEOUT)
                 .map_err(|e| SourceError::Transient(format!("watermarks of {}: {e}", partition.id)))?;
-            Some(high)
+            (low, Some(high))
         } else {
-            None
+            (0, None)
         };
         // Split before assigning, so no message of this partition reaches the shared queue.
         let queue = self
@@ -305,6 +305,7 @@ impl Source for KafkaSource {
             topic: topic.to_owned(),
             partition: p,
             next,
+            listed_low,
             listed_end,
             end: None,
             committed: None,
@@ -338,6 +339,9 @@ struct KafkaReader {
     partition: i32,
     /// The offset after the last record returned (`None` until one is).
     next: Option<i64>,
+    /// For bounded runs, the low watermark a ListOffsets request gave at open: the first
+    /// offset the partition still holds.
+    listed_low: i64,
     /// For bounded runs, the high watermark a ListOffsets request gave at open.
     listed_end: Option<i64>,
     /// For bounded runs, where the partition ends, once known: offsets below it are read.
@@ -408,6 +412,17 @@ impl KafkaReader {
             return false;
         };
         if self.next.is_some_and(|n| n >= end) {
+            return true;
+        }
+        // A partition holding nothing from where this reader starts (empty, or its records
+        // expired, or all read before a restart) ends before any record arrives; the
+        // consumer's position would stay unset until one did.
+        let first = match self.start {
+            Offset::Beginning => Some(self.listed_low),
+            Offset::Offset(n) => Some(n.max(self.listed_low)),
+            _ => None,
+        };
+        if self.next.is_none() && first.is_some_and(|f| f >= end) {
             return true;
         }
         // Transaction markers take offsets but never arrive as messages: the consumer's

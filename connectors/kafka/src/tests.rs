@@ -107,6 +107,18 @@ fn bounded_reads_each_partition_to_its_end_with_keys_and_offsets() {
 }
 
 #[test]
+fn a_bounded_reader_of_an_empty_partition_finishes() {
+    let c = cluster("sparse", 1, 0);
+    let source =
+        KafkaSource::new(&spec(&c.bootstrap_servers(), "sparse", KafkaStart::Earliest, true), "s").expect("source");
+    let parts = source.discover().expect("discover");
+    let mut reader = source.open(&parts[0], &Position::Start).expect("open");
+    let (records, state) = read(reader.as_mut(), usize::MAX);
+    assert!(records.is_empty());
+    assert_eq!(state, ReadState::Finished, "no record will ever come to show the end");
+}
+
+#[test]
 fn resumes_from_an_offset_and_latest_skips_what_exists() {
     let c = cluster("log", 1, 10);
     let bounded =
