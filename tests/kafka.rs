@@ -565,3 +565,103 @@ fn a_stop_that_cannot_flush_ends_within_the_stop_timeout() {
     assert_eq!(exit.code(), Some(1), "{stderr}");
     assert!(stderr.contains("did not drain within 2 s"), "{stderr}");
 }
+
+#[test]
+fn contacts_from_kafka_on_two_processes_equals_the_file_run() {
+    let broker = Broker::start();
+    let changes = example_lines("examples/contacts/client-changes.jsonl");
+    let table = example_lines("examples/contacts/contact-data.jsonl");
+    // Four partitions: one for each worker of the cluster, in both processes.
+    broker.create_topic("changes", 4);
+    broker.create_topic("table", 1);
+    produce_keyed(&broker, "changes", 4, &changes, "client_id");
+    let table_records: Vec<_> = table.iter().map(|l| (0, None, Some(l.clone().into_bytes()))).collect();
+    broker.produce("table", &table_records);
+
+    // The changes after the table: anonymous contacts then do not depend on timing.
+    let kafka_source = |topic: &str, after: &str| {
+        format!("type = \"kafka\"\nbrokers = \"${{KAFKA_BROKERS}}\"\ntopic = \"{topic}\"\nbounded = true\n{after}")
+    };
+    let cluster_dir = tempfile::tempdir().expect("tempdir");
+    let d = cluster_dir.path();
+    let toml = contacts_pipeline(
+        &kafka_source("changes", "start_after = [\"contact_data\"]"),
+        &kafka_source("table", ""),
+        &file_sink,
+    );
+    std::fs::write(d.join("pipeline.toml"), toml).expect("write pipeline");
+    let ports: Vec<std::net::TcpListener> = (0..2)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    let hosts: Vec<String> = ports
+        .iter()
+        .map(|l| l.local_addr().expect("address").to_string())
+        .collect();
+    std::fs::write(d.join("hosts.txt"), hosts.join("\n")).expect("write hostfile");
+    drop(ports);
+    let processes: Vec<Child> = (0..2)
+        .map(|i| {
+            Command::new(env!("CARGO_BIN_EXE_sluice"))
+                .args(["run", "--quiet", "pipeline.toml", "--workers", "2", "--processes", "2"])
+                .args(["--hostfile", "hosts.txt", "--process", &i.to_string()])
+                .current_dir(d)
+                .env("KAFKA_BROKERS", &broker.brokers)
+                .env(
+                    "RUST_LOG",
+                    std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "warn".to_owned()),
+                )
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(d.join(format!("stderr-{i}.txt"))).expect("log file"))
+                .spawn()
+                .expect("spawn sluice")
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (i, mut p) in processes.into_iter().enumerate() {
+        let log = || std::fs::read_to_string(d.join(format!("stderr-{i}.txt"))).unwrap_or_default();
+        loop {
+            if let Some(status) = p.try_wait().expect("wait") {
+                assert!(status.success(), "process {i}: {}", log());
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = p.kill();
+                let other = std::fs::read_to_string(d.join(format!("stderr-{}.txt", 1 - i))).unwrap_or_default();
+                panic!("process {i} did not finish within 60 s: {}\nthe other: {other}", log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    let file_dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(file_dir.path().join("changes.jsonl"), changes.join("\n") + "\n").expect("write");
+    std::fs::write(file_dir.path().join("table.jsonl"), table.join("\n") + "\n").expect("write");
+    let file_source = |name: &str, after: &str| format!("type = \"file\"\npath = \"{name}.jsonl\"\n{after}");
+    run_bounded(
+        file_dir.path(),
+        &contacts_pipeline(
+            &file_source("changes", "start_after = [\"contact_data\"]"),
+            &file_source("table", ""),
+            &file_sink,
+        ),
+        &broker,
+    );
+    for output in CONTACTS_UPSERT {
+        let read = |dir: &Path| read_jsonl(&dir.join(format!("out/{output}.jsonl")));
+        if output == "anonymous_contacts_created" {
+            let sorted = |mut v: Vec<Json>| {
+                v.sort_by_key(Json::to_string);
+                v
+            };
+            assert_eq!(sorted(read(d)), sorted(read(file_dir.path())), "{output} differs");
+        } else {
+            let state = final_upsert_state(&read(d));
+            assert!(!state.is_empty() || output == "contact_references", "{output} is empty");
+            assert_eq!(state, final_upsert_state(&read(file_dir.path())), "{output} differs");
+        }
+    }
+    for output in CONTACTS_CHANGELOG {
+        let read = |dir: &Path| consolidated(read_jsonl(&dir.join(format!("out/{output}.jsonl"))));
+        assert_eq!(read(d), read(file_dir.path()), "{output} differs");
+    }
+}
