@@ -198,3 +198,100 @@ fn stop(mut guard: Guard) {
         common::stop_cleanly(child);
     }
 }
+
+#[test]
+fn each_process_of_a_cluster_reports_its_own_reads_and_is_ready_once_all_are_caught_up() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    // Four files, one per worker of two processes of two; one bad line in each.
+    for f in 0..4 {
+        let mut lines: Vec<String> = (0..24).map(|i| format!(r#"{{"id": "{f}-{i}", "v": {i}}}"#)).collect();
+        lines.insert(5, "not json".to_owned());
+        std::fs::write(d.join(format!("events-{f}.jsonl")), lines.join("\n") + "\n").expect("input");
+    }
+    std::fs::write(
+        d.join("pipeline.toml"),
+        format!(
+            "[pipeline]\nname = \"ops\"\nworkers = 2\nepoch_ms = 20\n\n\
+             [dead_letters]\ntype = \"file\"\npath = \"dead.jsonl\"\n\n\
+             [sources.events]\ntype = \"file\"\npath = \"events-*.jsonl\"\nfollow = true\npoll_ms = 10\n\
+             envelope = \"upsert\"\nkey = [\"id\"]\n\n\
+             [sinks.all]\ntype = \"file\"\npath = \"all.jsonl\"\ninput = \"events\"\nmode = \"upsert\"\n\n\
+             [sinks.view]\ntype = \"served\"\ninput = \"events\"\nmode = \"upsert\"\n\n\
+             [server]\nhttp = \"127.0.0.1:{}\"\ntoken_key = \"a-test-token-key-of-32-bytes!!!!\"\n",
+            free_port()
+        ),
+    )
+    .expect("pipeline");
+    let ports = [free_port(), free_port()];
+    std::fs::write(
+        d.join("hosts.txt"),
+        format!("127.0.0.1:{}\n127.0.0.1:{}\n", ports[0], ports[1]),
+    )
+    .expect("hostfile");
+    let admins: Vec<String> = (0..2).map(|_| format!("http://127.0.0.1:{}", free_port())).collect();
+    let mut processes: Vec<Guard> = (0..2)
+        .map(|i| {
+            let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+                .args([
+                    "run",
+                    "--quiet",
+                    "pipeline.toml",
+                    "--processes",
+                    "2",
+                    "--hostfile",
+                    "hosts.txt",
+                ])
+                .args(["--process", &i.to_string(), "--admin", &admins[i][7..]])
+                .current_dir(d)
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("spawn sluice");
+            Guard(Some(child))
+        })
+        .collect();
+    // Process 1 holds no served view, but its readiness waits for every worker of the
+    // cluster to be caught up, as process 0's does: it hears of the others' reports.
+    for admin in &admins {
+        wait_for(60, "readiness", || get(&format!("{admin}/readyz"), &[]).status == 200);
+    }
+    let p = "pipeline=\"ops\"";
+    let records_in = format!("sluice_records_in_total{{{p},source=\"events\"}}");
+    wait_for(30, "every record read", || {
+        admins
+            .iter()
+            .map(|a| scrape(a).get(&records_in).copied().unwrap_or(0.0))
+            .sum::<f64>()
+            == 100.0
+    });
+    for admin in &admins {
+        assert_eq!(scrape(admin)[&records_in], 50.0, "each process reads its two files");
+    }
+    // The sinks write in process 0.
+    let all = format!("sluice_updates_out_total{{{p},sink=\"all\"}}");
+    wait_for(30, "every update written", || {
+        scrape(&admins[0]).get(&all) == Some(&96.0)
+    });
+    let dead = format!("sluice_updates_out_total{{{p},sink=\"dead_letters\"}}");
+    assert_eq!(scrape(&admins[0])[&dead], 4.0);
+    assert_eq!(scrape(&admins[1]).get(&all), None, "process 1 writes no sink");
+    // A stop sent to process 1 stops the cluster.
+    let leader = processes.remove(0);
+    stop(processes.remove(0));
+    let mut leader = leader;
+    let child = leader.0.as_mut().expect("process 0");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert!(status.success(), "process 0: {status:?}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "process 0 still runs after process 1 stopped"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

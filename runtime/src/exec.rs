@@ -1346,6 +1346,9 @@ fn run_worker<W: Wiring>(
             return Ok(());
         }
         let stopping = ctx.stop.load(Ordering::SeqCst);
+        if stopping && !ctx.stop_shared.swap(true, Ordering::SeqCst) {
+            ctx.tell(To::Others, Control::Stop);
+        }
         if stopping || (all_bounded && waiting.is_empty() && assigned.iter().all(|a| a.finished)) {
             let Some(c) = &checkpoints else {
                 break;
@@ -1384,9 +1387,6 @@ fn run_worker<W: Wiring>(
             {
                 break;
             }
-        }
-        if stopping && !ctx.stop_shared.swap(true, Ordering::SeqCst) {
-            ctx.tell(To::Others, Control::Stop);
         }
         while in_flight.front().is_some_and(|(e, _)| !probe.less_equal(e)) {
             in_flight.pop_front();
