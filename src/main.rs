@@ -10,6 +10,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sluice::{LoadError, RunOptions};
 
+mod progress_bar;
+
 // Records are many small allocations (maps, shared strings); the system allocator spent
 // about half of a run's time in malloc and free.
 #[global_allocator]
@@ -74,6 +76,11 @@ enum Command {
         /// this many seconds at info level; 0: never.
         #[arg(long, value_name = "SECONDS", default_value_t = 10)]
         status_every: u64,
+        /// When all sources are bounded, draw a progress bar on stderr: `auto` when it is a
+        /// terminal, `always`, or `never`. Without a bar, the status line tells the share done
+        /// (`progress_pct`) and the time left (`eta_s`), and a last one says 100 % (not with -q).
+        #[arg(long, value_enum, default_value_t = progress_bar::Mode::Auto)]
+        progress: progress_bar::Mode,
         /// Run as one of this many processes (timely's cluster mode): partitions and state are
         /// spread over the workers of every process. Needs --process and --hostfile.
         #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -163,6 +170,7 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             stop_timeout,
             admin,
             status_every,
+            progress,
             processes,
             process,
             hostfile,
@@ -203,11 +211,20 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 .map(|addr| sluice_server::start_admin(addr, metrics.clone()))
                 .transpose()
                 .context("starting the admin endpoint")?;
-            if status_every > 0 {
+            let progress = progress_bar::start(
+                progress,
+                plan.pipeline(),
+                metrics.clone(),
+                stop.clone(),
+                status_every > 0 && !quiet,
+            );
+            // On a terminal the bar is the live view; status lines would only break it up.
+            if status_every > 0 && !progress.draws_bar() {
                 status_line(
                     metrics.clone(),
                     stop.clone(),
                     std::time::Duration::from_secs(status_every),
+                    progress.clone(),
                 );
             }
             let options = RunOptions {
@@ -217,6 +234,7 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 cluster,
             };
             let report = sluice::run(plan, options).with_context(|| format!("running {}", pipeline.display()));
+            progress.finish(report.as_ref().is_ok_and(|r| !r.stopped));
             if let Some(admin) = admin {
                 admin.stop();
             }
@@ -293,12 +311,18 @@ fn invalid(e: LoadError) -> ExitCode {
 }
 
 /// Logs the run's progress every `every` at info level until a stop is requested: a live
-/// view for whoever tails the log, without a metrics stack.
-fn status_line(metrics: Arc<sluice_runtime::metrics::Metrics>, stop: Arc<AtomicBool>, every: std::time::Duration) {
+/// view for whoever tails the log, without a metrics stack. A bounded run's lines also tell
+/// the share done and the time left, and a last line comes when it completes.
+fn status_line(
+    metrics: Arc<sluice_runtime::metrics::Metrics>,
+    stop: Arc<AtomicBool>,
+    every: std::time::Duration,
+    progress: progress_bar::Progress,
+) {
     std::thread::spawn(move || {
         let mut last: Option<(u64, std::time::Instant)> = None;
         while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-            std::thread::sleep(every);
+            let last_one = progress.pause(every);
             let Some((report, delay)) = metrics.progress() else {
                 continue;
             };
@@ -315,6 +339,7 @@ fn status_line(metrics: Arc<sluice_runtime::metrics::Metrics>, stop: Arc<AtomicB
                 (read - n) as f64 / now.duration_since(at).as_secs_f64().max(1e-3)
             });
             last = Some((read, now));
+            let (progress_pct, eta_s) = progress.status_fields();
             tracing::info!(
                 target: "sluice::status",
                 records_in = read,
@@ -323,8 +348,14 @@ fn status_line(metrics: Arc<sluice_runtime::metrics::Metrics>, stop: Arc<AtomicB
                 records_per_s = rate.round() as u64,
                 output_delay_ms = delay.unwrap_or(0),
                 ready = metrics.readiness().is_ok(),
+                progress_pct,
+                eta_s,
                 "status"
             );
+            if last_one {
+                progress.logged_last();
+                break;
+            }
         }
     });
 }
@@ -335,7 +366,7 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,sluice::status=info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(progress_bar::log_writer);
     match format {
         LogFormat::Json => builder.json().init(),
         // Colours only for a terminal: logs redirected to a file stay plain text.

@@ -5,9 +5,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{final_upsert_state, read_jsonl, root, sluice_in};
@@ -689,4 +690,143 @@ fn normalizing_keeps_an_id_whole_whatever_digits_it_starts_with() {
         normalize_timestamps(report),
         "{\"id\":\"<id 1>\"} => {\"created\":<epoch>,\"timestamp\":<ts 1>}"
     );
+}
+
+/// A bounded run held mid-way: four files of 40 000 lines for two workers, written to stdout,
+/// which the test does not read until [`HeldRun::release`]. The stdout sink on worker 0
+/// blocks once the pipe is full, and worker 1 stops reading its two files when too much is
+/// in flight, so the run cannot end while held however fast the machine is.
+struct HeldRun {
+    _dir: tempfile::TempDir,
+    child: Child,
+    stderr: Arc<Mutex<Vec<u8>>>,
+}
+
+impl HeldRun {
+    fn start(extra: &[&str]) -> HeldRun {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for f in 0..4 {
+            let body: String = (0..40_000).map(|i| format!("{{\"f\":{f},\"i\":{i}}}\n")).collect();
+            std::fs::write(dir.path().join(format!("part-{f}.jsonl")), body).expect("write");
+        }
+        let toml = "[sources.e]\ntype = \"file\"\npath = \"part-*.jsonl\"\n\n[sinks.o]\ntype = \"stdout\"\ninput = \"e\"\nmode = \"append\"\n";
+        std::fs::write(dir.path().join("pipeline.toml"), toml).expect("write");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["run", "--workers", "2", "--status-every", "1"])
+            .args(extra)
+            .arg("pipeline.toml")
+            .current_dir(dir.path())
+            .env_remove("RUST_LOG")
+            // Wide enough for every part of the bar's line (80 columns leave the detail out).
+            .env("COLUMNS", "200")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sluice");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let mut pipe = child.stderr.take().expect("stderr");
+        let sink = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().expect("lock").extend_from_slice(&buf[..n]);
+            }
+        });
+        HeldRun {
+            _dir: dir,
+            child,
+            stderr,
+        }
+    }
+
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().expect("lock")).into_owned()
+    }
+
+    /// Waits (up to a minute, for a loaded machine) until stderr satisfies `seen`.
+    fn wait_for(&self, what: &str, seen: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !seen(&self.stderr()) {
+            assert!(
+                Instant::now() < deadline,
+                "no {what} within 60 s; stderr: {}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Reads stdout, letting the run finish; returns its stderr once it exited successfully.
+    fn release(mut self) -> String {
+        let mut stdout = self.child.stdout.take().expect("stdout");
+        let mut lines = String::new();
+        stdout.read_to_string(&mut lines).expect("read stdout");
+        assert_eq!(lines.lines().count(), 160_000);
+        let status = self.child.wait().expect("wait");
+        // The reader thread ends at the pipe's end, soon after the exit.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.stderr().contains("sluice: read ") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let stderr = self.stderr();
+        assert!(status.success(), "exit {status:?}: {stderr}");
+        stderr
+    }
+}
+
+/// The `progress_pct` of every status line, in order.
+fn progress_pcts(stderr: &str) -> Vec<f64> {
+    stderr
+        .lines()
+        .filter(|l| l.contains("sluice::status"))
+        .filter_map(|l| l.split("progress_pct=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn a_bounded_run_without_a_terminal_tells_its_progress_in_the_status_line() {
+    let run = HeldRun::start(&[]);
+    // Worker 1 has read part of its files, and cannot read them all while the run is held.
+    run.wait_for("status line with a share between 0 and 100 %", |e| {
+        progress_pcts(e).iter().any(|p| *p > 0.0 && *p < 100.0)
+    });
+    assert!(!run.stderr().contains('\r'), "no bar without a terminal");
+    let stderr = run.release();
+    let pcts = progress_pcts(&stderr);
+    assert!(pcts.iter().all(|p| (0.0..=100.0).contains(p)), "{stderr}");
+    let status: Vec<&str> = stderr.lines().filter(|l| l.contains("sluice::status")).collect();
+    let last = status.last().expect("status lines");
+    assert!(
+        last.contains("progress_pct=100.0") && last.contains("eta_s=0") && last.contains("records_in=160000"),
+        "the last status line is the end's: {stderr}"
+    );
+    assert!(
+        stderr
+            .lines()
+            .last()
+            .is_some_and(|l| l.starts_with("sluice: read 160000 records")),
+        "the summary comes after it: {stderr}"
+    );
+}
+
+#[test]
+fn a_bounded_run_draws_a_bar_in_place_of_the_status_line_and_erases_it_before_the_summary() {
+    let run = HeldRun::start(&["--progress", "always"]);
+    // Once the workers have reported: the share, the read rate and the bytes read of all.
+    run.wait_for("bar frame with the share, rate and bytes", |e| {
+        e.split("\r\x1b[2K").any(|frame| {
+            frame.starts_with('[') && frame.contains("% · ETA ") && frame.contains("/s · ") && frame.contains(" of ")
+        })
+    });
+    let stderr = run.release();
+    assert!(
+        !stderr.contains("sluice::status"),
+        "the bar replaces the status line: {stderr}"
+    );
+    let (frames, summary) = stderr.rsplit_once("\r\x1b[2K").expect("an erased bar");
+    assert!(summary.starts_with("sluice: read 160000 records"), "{summary:?}");
+    assert!(!frames.is_empty());
 }

@@ -212,6 +212,8 @@ pub struct RunStatus {
     epoch: AtomicU64,
     /// Per (source, partition), how far its reader is behind, with the unit.
     lags: Mutex<BTreeMap<(String, String), Lagging>>,
+    /// Per (source, partition), how much of it has been read, for a bounded run's progress.
+    pub(crate) read_progress: crate::progress::ReadProgress,
     /// Where the other processes of a cluster hear of failures and sink progress.
     outbox: Option<Arc<Outbox>>,
 }
@@ -1571,6 +1573,10 @@ fn run_worker<W: Wiring>(
             for a in &assigned {
                 let lag = if a.finished { None } else { a.reader.lag() };
                 ctx.status.set_lag(&p.sources[a.source].name.value, &a.id, lag);
+                let read = a.reader.progress();
+                ctx.status
+                    .read_progress
+                    .report(&p.sources[a.source].name.value, &a.id, read, a.finished);
             }
         }
         if let Some(c) = &checkpoints {

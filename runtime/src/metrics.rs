@@ -95,6 +95,17 @@ fn escape_into(out: &mut String, value: &str) {
     }
 }
 
+/// How far a run's readers are: what [`Metrics::read_progress`] tells.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunProgress {
+    /// The share of the run done, 0 to 1, when the sources can tell.
+    pub overall: Option<f64>,
+    /// Records read so far, by every source.
+    pub records: u64,
+    /// Per source that has reported, its progress in its own unit.
+    pub sources: BTreeMap<String, crate::progress::SourceProgress>,
+}
+
 /// A collector: writes a component's samples at scrape time.
 pub type Collector = Box<dyn Fn(&mut Exposition) + Send + Sync>;
 
@@ -198,6 +209,20 @@ impl Metrics {
     pub fn progress(&self) -> Option<(crate::exec::RunReport, Option<u64>)> {
         let status = self.status.read().ok()?.clone()?;
         Some(status.progress())
+    }
+
+    /// How far the run's readers are, for a bounded run's progress display, once the run has
+    /// started: the share done over the sources named in `expected` (see
+    /// [`crate::progress::overall`]), records read, and each source's detail.
+    pub fn read_progress(&self, expected: &[String]) -> Option<RunProgress> {
+        let status = self.status.read().ok()?.clone()?;
+        let sources = status.read_progress.sources();
+        let (counters, _) = status.progress();
+        Some(RunProgress {
+            overall: crate::progress::overall(&sources, expected),
+            records: counters.records_in.values().sum(),
+            sources,
+        })
     }
 
     /// Every sample now, in the Prometheus text format.

@@ -134,6 +134,67 @@ pub trait PartitionReader: Send {
     fn lag(&self) -> Option<Lag> {
         None
     }
+    /// How much of a bounded partition this reader has read, if the source can tell (for a
+    /// bounded run's progress display). Called about once a second from the worker loop,
+    /// also after the partition finished: it must not block.
+    fn progress(&self) -> Option<Progress> {
+        None
+    }
+}
+
+/// How much of its partition a reader has read: `done` of `total`, in the unit its source
+/// knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// The work done so far.
+    pub done: u64,
+    /// The partition's whole work; may be an estimate (a scan segment's item count).
+    pub total: u64,
+    /// What `done` and `total` count.
+    pub unit: ProgressUnit,
+}
+
+/// What a [`Progress`] counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ProgressUnit {
+    /// Bytes of a file.
+    Bytes,
+    /// Items (a scan segment's, against the table's item count).
+    Items,
+    /// Whole partitions (a scan segment is 0 of 1 until it finishes).
+    Segments,
+}
+
+impl Progress {
+    /// The share done, from 0 to 1; a partition with nothing to do is done.
+    pub fn fraction(&self) -> f64 {
+        if self.total == 0 {
+            1.0
+        } else {
+            (self.done as f64 / self.total as f64).clamp(0.0, 1.0)
+        }
+    }
+
+    /// The same progress for a partition read to its end: all of it done.
+    pub fn finished(self) -> Progress {
+        let all = self.total.max(self.done);
+        Progress {
+            done: all,
+            total: all,
+            unit: self.unit,
+        }
+    }
+}
+
+impl ProgressUnit {
+    /// The unit's name, plural (`bytes`, `items`, `segments`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            ProgressUnit::Bytes => "bytes",
+            ProgressUnit::Items => "items",
+            ProgressUnit::Segments => "segments",
+        }
+    }
 }
 
 /// How far a reader is behind its partition's end, in the unit its source knows.

@@ -46,16 +46,18 @@
 //! runner backs off, and the next poll starts the segment's scan again from its position.
 //!
 //! **Progress.** [`ScanSource::progress`] counts finished segments and items handed out by
-//! this process. When stderr is a terminal, a one-line bar (`scan Accounts: 5/8 segments,
-//! 123 456 items, 12 345 items/s`) is redrawn every 200 ms and erased at the end; otherwise
-//! the same line is logged every 10 s. A summary is logged when every segment is done.
+//! this process, and a summary is logged when every segment is done. Each segment's reader
+//! tells the run's progress display how far it is: items handed out against its share of
+//! the table's item count (`ItemCount` from `DescribeTable`, an estimate DynamoDB updates
+//! about every six hours, so a segment stays just short of done until it ends), or, while
+//! that count is 0, 0 or 1 segment.
 
 mod item;
 mod progress;
 mod reader;
 mod request;
 
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
@@ -96,7 +98,6 @@ pub struct ScanSource {
     /// What readers share, once `DescribeTable` has told the table's key attributes.
     table: Mutex<Option<Arc<Table>>>,
     progress: Arc<Progress>,
-    display: Once,
 }
 
 /// What the readers of one source share.
@@ -145,7 +146,6 @@ impl ScanSource {
             client,
             projection,
             table: Mutex::new(None),
-            display: Once::new(),
         })
     }
 
@@ -184,7 +184,8 @@ impl ScanSource {
         Ok(table)
     }
 
-    /// The table's key attribute names (hash, then range), if it exists and is usable.
+    /// The table's key attribute names (hash, then range), if it exists and is usable; notes
+    /// its item count for progress.
     fn describe(&self) -> Result<Vec<String>, SourceError> {
         let table = &self.spec.table;
         let request = self.client.describe_table().table_name(table).send();
@@ -219,13 +220,10 @@ impl ScanSource {
                 "DescribeTable of `{table}` gave no key schema"
             )));
         }
+        if let Some(items) = description.item_count().and_then(|n| u64::try_from(n).ok()) {
+            self.progress.set_table_items(items);
+        }
         Ok(keys)
-    }
-}
-
-impl Drop for ScanSource {
-    fn drop(&mut self) {
-        self.progress.close_display();
     }
 }
 
@@ -263,7 +261,6 @@ impl Source for ScanSource {
             progress: Arc::clone(&self.progress),
         };
         let reader = ScanReader::new(parts, &partition.id, from)?;
-        self.display.call_once(|| progress::spawn_display(&self.progress));
         tracing::debug!(source = %self.name, partition = %partition.id, from = %from, "scan segment opened");
         Ok(Box::new(reader))
     }

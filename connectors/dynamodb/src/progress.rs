@@ -1,25 +1,19 @@
-//! How far a scan is: counters shared by the readers of one source, a one-line progress bar
-//! on a terminal (a log line every 10 s otherwise), and rate-limited retry warnings.
+//! How far a scan is: counters shared by the readers of one source, the table's item count
+//! that segments measure their progress against, and rate-limited retry warnings. The run's
+//! progress display (in the `sluice` binary) shows it, with every other source's.
 
 use std::collections::BTreeSet;
-use std::io::{IsTerminal as _, Write as _};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use sluice_aws::LogLimit;
 
 use crate::ScanProgress;
 
-/// How often the bar is redrawn.
-const DRAW_EVERY: Duration = Duration::from_millis(200);
-/// How often progress is logged when stderr is not a terminal.
-const LOG_EVERY: Duration = Duration::from_secs(10);
 /// At most one retry warning per source in this time: eight throttled segments would
 /// otherwise log eight lines per backoff step.
 const WARN_EVERY: Duration = Duration::from_secs(10);
-/// Erases the current terminal line (the bar) and returns to its start.
-const CLEAR_LINE: &str = "\r\x1b[2K";
 
 /// The counters of one scan source in this process.
 pub(crate) struct Progress {
@@ -28,18 +22,11 @@ pub(crate) struct Progress {
     total: u32,
     done: Mutex<BTreeSet<u32>>,
     items: AtomicU64,
+    /// The table's item count as `DescribeTable` told it (0: not known).
+    table_items: AtomicU64,
     started: Instant,
-    /// Whether a bar is on screen, and whether drawing has stopped for good; one lock, so
-    /// the bar is never drawn after it was cleared.
-    screen: Mutex<Screen>,
     /// Shared by the source's segments: one warning per source, not per segment.
     warnings: Mutex<LogLimit>,
-}
-
-#[derive(Default)]
-struct Screen {
-    drawn: bool,
-    closed: bool,
 }
 
 impl Progress {
@@ -51,8 +38,8 @@ impl Progress {
             total,
             done: Mutex::default(),
             items: AtomicU64::new(0),
+            table_items: AtomicU64::new(0),
             started: Instant::now(),
-            screen: Mutex::default(),
             warnings: Mutex::new(LogLimit::new(WARN_EVERY)),
         }
     }
@@ -71,8 +58,21 @@ impl Progress {
         self.items.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Notes the table's item count, from `DescribeTable`.
+    pub(crate) fn set_table_items(&self, n: u64) {
+        self.table_items.store(n, Ordering::Relaxed);
+    }
+
+    /// The items one segment is expected to hold: the table's count spread evenly, which
+    /// DynamoDB's hash partitioning makes close. `None` when the count is not known or is
+    /// 0 (DynamoDB updates it about every six hours, so a new table may say 0).
+    pub(crate) fn items_per_segment(&self) -> Option<u64> {
+        let items = self.table_items.load(Ordering::Relaxed);
+        (items > 0).then(|| items.div_ceil(u64::from(self.total.max(1))))
+    }
+
     /// Records that `segment` has been read to its end (counted once, however often a
-    /// reader for it is opened); the last one clears the bar and logs a summary.
+    /// reader for it is opened); the last one logs a summary.
     pub(crate) fn segment_done(&self, segment: u32) {
         let all = {
             let Ok(mut done) = self.done.lock() else {
@@ -84,7 +84,6 @@ impl Progress {
             done.len() as u32 >= self.total
         };
         if all {
-            self.close_display();
             let items = self.items.load(Ordering::Relaxed);
             tracing::info!(
                 source = %self.source,
@@ -107,87 +106,6 @@ impl Progress {
             retries_not_reported = others, "scan request failed; retrying with backoff"
         );
     }
-
-    /// Clears the bar if one is drawn, and draws no more.
-    pub(crate) fn close_display(&self) {
-        let Ok(mut screen) = self.screen.lock() else {
-            return;
-        };
-        if screen.drawn {
-            // A progress bar that cannot be erased is not worth failing anything for.
-            let _ = write!(std::io::stderr().lock(), "{CLEAR_LINE}");
-        }
-        screen.drawn = false;
-        screen.closed = true;
-    }
-
-    fn draw(&self, line: &str) {
-        let Ok(mut screen) = self.screen.lock() else {
-            return;
-        };
-        if screen.closed {
-            return;
-        }
-        let mut err = std::io::stderr().lock();
-        // As above: the bar is a courtesy; a closed terminal must not stop the scan.
-        let _ = write!(err, "{CLEAR_LINE}{line}");
-        let _ = err.flush();
-        screen.drawn = true;
-    }
-}
-
-/// Starts the thread that shows `progress`: a bar redrawn every 200 ms when stderr is a
-/// terminal, else an info line every 10 s. It ends when every segment is done or when the
-/// source and all its readers are gone.
-pub(crate) fn spawn_display(progress: &Arc<Progress>) {
-    let weak = Arc::downgrade(progress);
-    let spawned = std::thread::Builder::new()
-        .name("sluice-scan-progress".to_owned())
-        .spawn(move || display(weak, std::io::stderr().is_terminal()));
-    if let Err(e) = spawned {
-        tracing::warn!(error = %e, "cannot start the scan progress display; the scan goes on without it");
-    }
-}
-
-fn display(progress: Weak<Progress>, terminal: bool) {
-    let mut window = (Instant::now(), 0u64);
-    let mut rate = 0u64;
-    let mut last_log = Instant::now();
-    loop {
-        std::thread::sleep(DRAW_EVERY);
-        let Some(p) = progress.upgrade() else {
-            return;
-        };
-        let now = p.snapshot();
-        if now.segments_done >= now.segments_total {
-            p.close_display();
-            return;
-        }
-        // The rate over the last second or so: steadier than per-frame, quicker than overall.
-        let elapsed = window.0.elapsed();
-        if elapsed >= Duration::from_secs(1) {
-            rate = (now.items.saturating_sub(window.1) as f64 / elapsed.as_secs_f64()) as u64;
-            window = (Instant::now(), now.items);
-        }
-        let text = line(&p.table, now, rate);
-        if terminal {
-            p.draw(&text);
-        } else if last_log.elapsed() >= LOG_EVERY {
-            last_log = Instant::now();
-            tracing::info!(source = %p.source, "{text}");
-        }
-    }
-}
-
-/// The progress line: `scan Accounts: 5/8 segments, 123 456 items, 12 345 items/s`.
-pub(crate) fn line(table: &str, p: ScanProgress, rate: u64) -> String {
-    format!(
-        "scan {table}: {}/{} segments, {} items, {} items/s",
-        p.segments_done,
-        p.segments_total,
-        group_digits(p.items),
-        group_digits(rate)
-    )
 }
 
 /// `1234567` as `1 234 567`.
@@ -208,20 +126,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_line_groups_digits() {
+    fn digits_are_grouped() {
         assert_eq!(group_digits(0), "0");
         assert_eq!(group_digits(999), "999");
         assert_eq!(group_digits(1000), "1 000");
         assert_eq!(group_digits(123_456), "123 456");
         assert_eq!(group_digits(1_234_567), "1 234 567");
-        let p = ScanProgress {
-            segments_done: 5,
-            segments_total: 8,
-            items: 123_456,
-        };
+    }
+
+    #[test]
+    fn the_table_count_is_spread_over_the_segments() {
+        let p = Progress::new("T", "t", 3);
+        assert_eq!(p.items_per_segment(), None, "not known yet");
+        p.set_table_items(10);
+        assert_eq!(p.items_per_segment(), Some(4), "rounded up");
+        p.set_table_items(0);
         assert_eq!(
-            line("Accounts", p, 12_345),
-            "scan Accounts: 5/8 segments, 123 456 items, 12 345 items/s"
+            p.items_per_segment(),
+            None,
+            "a count of 0 is not yet updated, not empty"
         );
     }
 

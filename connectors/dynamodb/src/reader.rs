@@ -4,7 +4,9 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use sluice_runtime::source::{PartitionReader, Position, RawRecord, ReadState, SourceError};
+use sluice_runtime::source::{
+    PartitionReader, Position, Progress as ReadProgress, ProgressUnit, RawRecord, ReadState, SourceError,
+};
 use sluice_runtime::value::Value;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
@@ -312,6 +314,33 @@ impl PartitionReader for ScanReader {
             ])),
         }
     }
+
+    /// Items handed out against the segment's share of the table's item count; 0 or 1
+    /// segment while that count is not known. Reads only counters.
+    fn progress(&self) -> Option<ReadProgress> {
+        let finished = self.after == After::End;
+        let Some(expected) = self.progress.items_per_segment() else {
+            return Some(ReadProgress {
+                done: u64::from(finished),
+                total: 1,
+                unit: ProgressUnit::Segments,
+            });
+        };
+        let done = self.next_offset;
+        // The count is an estimate: a segment with more items stays just short of done until
+        // it ends, and a finished one weighs its estimate even when it held fewer, so the
+        // source's total does not shrink under the display.
+        let total = if finished {
+            expected.max(done)
+        } else {
+            expected.max(done.saturating_add(1))
+        };
+        Some(ReadProgress {
+            done: if finished { total } else { done },
+            total,
+            unit: ProgressUnit::Items,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -477,6 +506,59 @@ mod tests {
             assert_eq!(r.progress.snapshot().items, 23);
             assert_eq!(r.progress.snapshot().segments_done, 1);
         }
+    }
+
+    #[test]
+    fn progress_is_items_against_the_segments_share_of_the_table_count() {
+        let items = |done, total| {
+            Some(ReadProgress {
+                done,
+                total,
+                unit: ProgressUnit::Items,
+            })
+        };
+        // Two segments of 6 and 3 items; the table's count says 10, so 5 a segment.
+        let table = FakeTable::new(&[6, 3], 4);
+        let mut r = reader(&table, 0, &Position::Start);
+        assert_eq!(
+            r.progress(),
+            Some(ReadProgress {
+                done: 0,
+                total: 1,
+                unit: ProgressUnit::Segments
+            }),
+            "without a count, a segment is 0 of 1 until it ends"
+        );
+        r.progress.set_table_items(10);
+        assert_eq!(r.progress(), items(0, 5));
+        r.poll(&mut Vec::new(), 2).expect("poll");
+        assert_eq!(r.progress(), items(2, 5));
+        r.poll(&mut Vec::new(), 3).expect("poll");
+        assert_eq!(
+            r.progress(),
+            items(5, 6),
+            "more than estimated: short of done until the end"
+        );
+        let (_, finished) = drain(&mut r, 10, None);
+        assert!(finished);
+        assert_eq!(r.progress(), items(6, 6));
+
+        let mut small = reader(&table, 1, &Position::Start);
+        small.progress.set_table_items(10);
+        let (_, finished) = drain(&mut small, 10, None);
+        assert!(finished);
+        assert_eq!(
+            small.progress(),
+            items(5, 5),
+            "fewer than estimated: done weighs the estimate"
+        );
+        let resumed = reader(&table, 1, &Position::End);
+        resumed.progress.set_table_items(10);
+        assert_eq!(
+            resumed.progress(),
+            items(5, 5),
+            "a segment finished before a restart is done"
+        );
     }
 
     #[test]

@@ -40,7 +40,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use sluice_runtime::source::{
-    Lag, PartitionInfo, PartitionReader, Position, RawRecord, ReadState, Source, SourceError,
+    Lag, PartitionInfo, PartitionReader, Position, Progress, ProgressUnit, RawRecord, ReadState, Source, SourceError,
 };
 
 pub mod table;
@@ -244,11 +244,13 @@ impl Source for FileSource {
                     self.chunk_start(&c.path, c.start)?
                 };
                 let mut r = FileReader::open(&c.path, byte, line, false)?;
+                r.start = c.start;
                 r.end = Some(c.end);
                 r
             }
             Some(c) => {
                 let mut r = FileReader::open(&c.path, byte, line, false)?;
+                r.start = c.start;
                 r.end = Some(c.end);
                 r
             }
@@ -273,14 +275,19 @@ struct FileReader {
     line: u64,
     follow: bool,
     pending: Vec<u8>,
+    /// For a chunk: where it starts (progress counts from here; 0 for a whole file).
+    start: u64,
     /// For a chunk: lines starting at or after this byte belong to the next chunk.
     end: Option<u64>,
+    /// The file's size when it was opened: what a bounded read has to get through.
+    size: Option<u64>,
 }
 
 impl FileReader {
     fn open(path: &Path, byte: u64, line: u64, follow: bool) -> Result<Self, SourceError> {
         let mut file = File::open(path).map_err(|e| io_error(path, e))?;
         file.seek(SeekFrom::Start(byte)).map_err(|e| io_error(path, e))?;
+        let size = file.metadata().ok().map(|m| m.len());
         Ok(FileReader {
             path: path.to_path_buf(),
             reader: BufReader::with_capacity(256 * 1024, file),
@@ -288,7 +295,9 @@ impl FileReader {
             line,
             follow,
             pending: Vec::new(),
+            start: 0,
             end: None,
+            size,
         })
     }
 
@@ -366,6 +375,24 @@ impl PartitionReader for FileReader {
         let len = self.reader.get_ref().metadata().ok()?.len();
         let end = self.end.map_or(len, |end| end.min(len));
         Some(Lag::Bytes(end.saturating_sub(self.byte)))
+    }
+
+    /// Bytes read of the file's size at open (of the chunk, for a chunk); `None` for a
+    /// followed file, which has no end to be a share of. Nothing is asked of the OS.
+    fn progress(&self) -> Option<Progress> {
+        if self.follow {
+            return None;
+        }
+        let end = self
+            .end
+            .map_or(self.size?, |end| self.size.map_or(end, |size| end.min(size)));
+        let total = end.saturating_sub(self.start);
+        Some(Progress {
+            // A chunk's last line may end past the chunk.
+            done: self.byte.saturating_sub(self.start).min(total),
+            total,
+            unit: ProgressUnit::Bytes,
+        })
     }
 }
 

@@ -175,3 +175,61 @@ fn lag_is_the_bytes_after_the_position_up_to_the_file_or_chunk_end() {
     assert_eq!(state, ReadState::Finished);
     assert_eq!(first.lag(), Some(Lag::Bytes(0)), "its last line ends past the chunk");
 }
+
+fn bytes(done: u64, total: u64) -> Option<Progress> {
+    Some(Progress {
+        done,
+        total,
+        unit: ProgressUnit::Bytes,
+    })
+}
+
+#[test]
+fn progress_is_the_bytes_read_of_the_size_at_open_and_resumes_where_it_was() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("a.jsonl");
+    // 4 + 4 + 2 bytes, the last line without a newline.
+    std::fs::write(&path, "111\n222\n33").expect("write");
+    let source = FileSource::new(path.to_string_lossy(), false);
+    let parts = source.discover().expect("discover");
+    let mut reader = source.open(&parts[0], &Position::Start).expect("open");
+    assert_eq!(reader.progress(), bytes(0, 10));
+    let mut buf = Vec::new();
+    reader.poll(&mut buf, 1).expect("poll");
+    assert_eq!(reader.progress(), bytes(4, 10));
+    let pos = reader.position();
+    // Appended after the open: not part of what this read set out to do.
+    let mut f = std::fs::OpenOptions::new().append(true).open(&path).expect("open");
+    f.write_all(b"\n444\n").expect("append");
+    assert_eq!(reader.progress(), bytes(4, 10));
+    let resumed = source.open(&parts[0], &pos).expect("open");
+    assert_eq!(
+        resumed.progress(),
+        bytes(4, 15),
+        "a resumed reader has the bytes before it done"
+    );
+
+    let followed = FileSource::new(path.to_string_lossy(), true);
+    let parts = followed.discover().expect("discover");
+    let reader = followed.open(&parts[0], &Position::Start).expect("open");
+    assert_eq!(reader.progress(), None, "a followed file has no end to be a share of");
+}
+
+#[test]
+fn a_chunk_counts_its_own_bytes_and_is_done_at_its_end() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("big.jsonl");
+    std::fs::write(&path, "aaaa\nbbbb\ncccc\ndddd\neeee\nffff\n").expect("write");
+    let source = FileSource::new(path.to_string_lossy(), false).with_chunks(12);
+    let parts = source.discover().expect("discover");
+    assert_eq!(parts.len(), 3);
+    let mut second = source.open(&parts[1], &Position::Start).expect("open");
+    // Bytes 12..24; its first line starts at byte 15 (the line crossing 12 is the first
+    // chunk's).
+    assert_eq!(second.progress(), bytes(3, 12));
+    let (_, state) = read_all(second.as_mut());
+    assert_eq!(state, ReadState::Finished);
+    assert_eq!(second.progress(), bytes(12, 12), "its last line ends past the chunk");
+    let last = source.open(&parts[2], &Position::Start).expect("open");
+    assert_eq!(last.progress(), bytes(1, 6), "the last chunk ends with the file");
+}

@@ -164,6 +164,15 @@ impl SourceSpec {
             SourceSpec::HttpIngest(_) => false,
         }
     }
+
+    /// Whether the source's readers tell how much of a bounded run they have read
+    /// ([`crate::source::PartitionReader::progress`]): a file not followed, a scan.
+    pub fn reports_progress(&self) -> bool {
+        match self {
+            SourceSpec::File(_) | SourceSpec::DynamodbScan(_) => self.bounded(),
+            SourceSpec::Kafka(_) | SourceSpec::Kinesis(_) | SourceSpec::HttpIngest(_) => false,
+        }
+    }
 }
 
 /// Configuration of a `file` source.
