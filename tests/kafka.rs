@@ -590,15 +590,7 @@ fn contacts_from_kafka_on_two_processes_equals_the_file_run() {
         &file_sink,
     );
     std::fs::write(d.join("pipeline.toml"), toml).expect("write pipeline");
-    let ports: Vec<std::net::TcpListener> = (0..2)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    let hosts: Vec<String> = ports
-        .iter()
-        .map(|l| l.local_addr().expect("address").to_string())
-        .collect();
-    std::fs::write(d.join("hosts.txt"), hosts.join("\n")).expect("write hostfile");
-    drop(ports);
+    common::hostfile(d, 2);
     let processes: Vec<Child> = (0..2)
         .map(|i| {
             Command::new(env!("CARGO_BIN_EXE_sluice"))
@@ -618,18 +610,17 @@ fn contacts_from_kafka_on_two_processes_equals_the_file_run() {
         .collect();
     let deadline = Instant::now() + Duration::from_secs(60);
     for (i, mut p) in processes.into_iter().enumerate() {
-        let log = || std::fs::read_to_string(d.join(format!("stderr-{i}.txt"))).unwrap_or_default();
-        loop {
-            if let Some(status) = p.try_wait().expect("wait") {
-                assert!(status.success(), "process {i}: {}", log());
-                break;
-            }
-            if Instant::now() > deadline {
+        let log = |i: usize| std::fs::read_to_string(d.join(format!("stderr-{i}.txt"))).unwrap_or_default();
+        match common::exits_within(&mut p, deadline.saturating_duration_since(Instant::now())) {
+            Some(status) => assert!(status.success(), "process {i}: {}", log(i)),
+            None => {
                 let _ = p.kill();
-                let other = std::fs::read_to_string(d.join(format!("stderr-{}.txt", 1 - i))).unwrap_or_default();
-                panic!("process {i} did not finish within 60 s: {}\nthe other: {other}", log());
+                panic!(
+                    "process {i} did not finish within 60 s: {}\nthe other: {}",
+                    log(i),
+                    log(1 - i)
+                );
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

@@ -223,12 +223,7 @@ fn each_process_of_a_cluster_reports_its_own_reads_and_is_ready_once_all_are_cau
         ),
     )
     .expect("pipeline");
-    let ports = [free_port(), free_port()];
-    std::fs::write(
-        d.join("hosts.txt"),
-        format!("127.0.0.1:{}\n127.0.0.1:{}\n", ports[0], ports[1]),
-    )
-    .expect("hostfile");
+    common::hostfile(d, 2);
     let admins: Vec<String> = (0..2).map(|_| format!("http://127.0.0.1:{}", free_port())).collect();
     let mut processes: Vec<Guard> = (0..2)
         .map(|i| {
@@ -282,16 +277,7 @@ fn each_process_of_a_cluster_reports_its_own_reads_and_is_ready_once_all_are_cau
     stop(processes.remove(0));
     let mut leader = leader;
     let child = leader.0.as_mut().expect("process 0");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            assert!(status.success(), "process 0: {status:?}");
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "process 0 still runs after process 1 stopped"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let status = common::exits_within(child, std::time::Duration::from_secs(30))
+        .expect("process 0 stops within 30 s of process 1");
+    assert!(status.success(), "process 0: {status:?}");
 }

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{final_upsert_state, read_jsonl};
+use common::{exits_within, final_upsert_state, hostfile, read_jsonl};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -907,21 +907,6 @@ fn a_damaged_newest_checkpoint_is_skipped_for_the_one_before() {
     assert_eq!(outputs(d), uninterrupted(d));
 }
 
-/// Writes a hostfile of `n` processes on 127.0.0.1 at ports free a moment ago.
-fn hostfile(dir: &Path, n: usize) -> std::path::PathBuf {
-    // All bound at once, so the ports differ; released just before the processes bind them.
-    let listeners: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    let lines: Vec<String> = listeners
-        .iter()
-        .map(|l| l.local_addr().expect("address").to_string())
-        .collect();
-    let path = dir.join("hosts.txt");
-    std::fs::write(&path, lines.join("\n") + "\n").expect("write hostfile");
-    path
-}
-
 /// Starts process `i` of a cluster of `n`, each with `workers` workers, in `dir`.
 fn spawn_process(dir: &Path, hosts: &Path, (i, n): (usize, usize), workers: usize) -> Child {
     let hosts = hosts.to_string_lossy();
@@ -938,18 +923,6 @@ fn spawn_process(dir: &Path, hosts: &Path, (i, n): (usize, usize), workers: usiz
             &hosts,
         ],
     )
-}
-
-/// Waits up to `limit` for `child` to exit; its exit status.
-fn exits_within(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
 }
 
 /// The contacts scenario with the changes read after the contact data: an anonymous contact
