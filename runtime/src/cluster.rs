@@ -127,7 +127,8 @@ impl ClusterSpec {
     /// Connects this process to every other one: it listens on its own address, connects to
     /// the processes before it and accepts the ones after it, as timely expects. Each side
     /// checks the other runs the same pipeline with as many processes and workers, restarted
-    /// from the same checkpoint (`restored`: its frontier, 0 for none). Returns
+    /// from the same checkpoint (`restored`: its frontier, 0 for none), and listed the same
+    /// partitions (`listed`: a digest of their ids). Returns
     /// one stream per process in order, `None` at this process's place.
     ///
     /// Gives up after [`form_within`](ClusterSpec::form_within), naming the processes
@@ -135,7 +136,7 @@ impl ClusterSpec {
     pub fn connect(
         &self,
         pipeline: &str,
-        (threads, restored): (usize, Time),
+        (threads, restored, listed): (usize, Time, u64),
         stop: &AtomicBool,
     ) -> Result<Vec<Option<TcpStream>>, ClusterError> {
         let me = Hello {
@@ -143,6 +144,7 @@ impl ClusterSpec {
             processes: self.processes() as u64,
             threads: threads as u64,
             restored,
+            listed,
             pipeline: pipeline.to_owned(),
         };
         let address = &self.addresses[self.process];
@@ -226,6 +228,7 @@ struct Hello {
     processes: u64,
     threads: u64,
     restored: Time,
+    listed: u64,
     pipeline: String,
 }
 
@@ -239,6 +242,7 @@ fn write_hello(mut stream: &TcpStream, hello: &Hello) -> Result<(), ClusterError
         hello.processes,
         hello.threads,
         hello.restored,
+        hello.listed,
         hello.pipeline.len() as u64,
     ] {
         bytes.extend_from_slice(&n.to_le_bytes());
@@ -263,7 +267,7 @@ fn read_hello(mut stream: &TcpStream, deadline: Instant) -> Result<Hello, Cluste
         })
     };
     stream.set_read_timeout(Some(wait)).map_err(bad)?;
-    let mut head = [0u8; 8 + 5 * 8];
+    let mut head = [0u8; 8 + 6 * 8];
     stream.read_exact(&mut head).map_err(bad)?;
     if &head[..8] != MAGIC {
         return Err(ClusterError::Invalid(
@@ -275,7 +279,7 @@ fn read_hello(mut stream: &TcpStream, deadline: Instant) -> Result<Hello, Cluste
         w.copy_from_slice(&head[8 + 8 * i..16 + 8 * i]);
         u64::from_le_bytes(w)
     };
-    let len = word(4);
+    let len = word(5);
     if len > 4096 {
         return Err(ClusterError::Invalid(
             "a greeting with an implausible pipeline name".to_owned(),
@@ -288,6 +292,7 @@ fn read_hello(mut stream: &TcpStream, deadline: Instant) -> Result<Hello, Cluste
         processes: word(1),
         threads: word(2),
         restored: word(3),
+        listed: word(4),
         pipeline: String::from_utf8_lossy(&name).into_owned(),
     })
 }
@@ -317,6 +322,12 @@ fn check(me: &Hello, peer: &Hello, expected: Option<usize>) -> Result<(), Cluste
         return Err(ClusterError::Invalid(format!(
             "process {} restarts from the checkpoint at {} and this process (process {}) from the one at {} (0: none): every process must see the same checkpoint directory",
             peer.process, peer.restored, me.process, me.restored
+        )));
+    }
+    if peer.listed != me.listed {
+        return Err(ClusterError::Invalid(format!(
+            "process {} lists other partitions than this process (process {}): partitions are assigned by their place in the first listing, so every process must see the same files, topics and shards; if one appeared while the processes started, start them again",
+            peer.process, me.process
         )));
     }
     if peer.process >= me.processes || peer.process == me.process {
@@ -536,6 +547,37 @@ mod tests {
         assert!(matches!(no_port, Err(ClusterError::Invalid(m)) if m.contains("address 2 (`localhost`)")));
         let bad_port = ClusterSpec::parse("hosts", "a:1\nb:99999\n", 2, 0);
         assert!(matches!(bad_port, Err(ClusterError::Invalid(_))));
+    }
+
+    #[test]
+    fn a_peer_that_runs_something_else_is_refused_with_what_differs() {
+        let me = Hello {
+            process: 0,
+            processes: 2,
+            threads: 2,
+            restored: 10,
+            listed: 7,
+            pipeline: "p".to_owned(),
+        };
+        let peer = |f: &dyn Fn(&mut Hello)| {
+            let mut h = Hello {
+                process: 1,
+                pipeline: "p".to_owned(),
+                ..me
+            };
+            f(&mut h);
+            check(&me, &h, Some(1))
+        };
+        assert_eq!(peer(&|_| {}), Ok(()));
+        let refused = |f: &dyn Fn(&mut Hello), says: &str| match peer(f) {
+            Err(ClusterError::Invalid(m)) => assert!(m.contains(says), "{m}"),
+            other => panic!("{other:?}"),
+        };
+        refused(&|h| h.threads = 1, "with 1 workers each");
+        refused(&|h| h.pipeline = "q".to_owned(), "runs pipeline `q`");
+        refused(&|h| h.restored = 9, "restarts from the checkpoint at 9");
+        refused(&|h| h.listed = 8, "lists other partitions");
+        refused(&|h| h.process = 0, "says it is process 0");
     }
 
     #[test]

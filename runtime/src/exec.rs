@@ -6,7 +6,8 @@
 //! loop advances all inputs to a new epoch whether or not data arrived, so frontiers — and
 //! with them every sink's commit signal — keep moving on quiet streams.
 //!
-//! Partitions: partition `i` of source `s` goes to worker `(s + i) % workers`. A partition
+//! Partitions: partition `i` of source `s` in the first listing goes to worker
+//! `(s + i) % workers`; one found later goes to the worker its id hashes to. A partition
 //! with parents (a Kinesis child shard) is opened only once every parent has been read to
 //! its end by whichever worker owns it; a parent no longer listed counts as done. The
 //! record of finished partitions is shared by the threads of a process, and told to the
@@ -42,7 +43,9 @@ use crate::ingest::{Decode, Ingested, Ingester};
 use crate::record::{DeadLetter, DeadLetters, Diff, Pos, Row, Rows, Time};
 use crate::recovery::{Checkpointer, Positions, StateRegistry};
 use crate::sink::{Sink, SinkError, SinkRecovery, sink_rows};
-use crate::source::{PartitionInfo, PartitionReader, Position, RawRecord, ReadState, Source, SourceError, assign};
+use crate::source::{
+    PartitionInfo, PartitionReader, Position, RawRecord, ReadState, Source, SourceError, assign, assign_by_id,
+};
 use crate::spec::{Envelope, Format, Pipeline, SinkMode, SinkTarget};
 use crate::value::Value;
 
@@ -477,6 +480,9 @@ impl RunStatus {
 /// the whole run, in the order it was first discovered).
 pub struct Catalog {
     sources: Vec<CatalogEntry>,
+    /// Per source, how many partitions the first listing found: those are assigned by
+    /// index, later ones by id.
+    initial: Vec<usize>,
     /// Partitions read to their end, as (source index, partition id), from every worker.
     finished: Mutex<std::collections::BTreeSet<(usize, String)>>,
     /// Per source, the latest epoch in which one of its partitions was read to its end.
@@ -633,8 +639,23 @@ pub fn run<W: Wiring>(pipeline: Arc<Pipeline>, wiring: Arc<W>, options: RunOptio
     if let Some(m) = &options.metrics {
         m.sources_listed();
     }
+    let initial: Vec<usize> = entries
+        .iter()
+        .map(|e| e.partitions.read().map_or(0, |p| p.len()))
+        .collect();
+    // What every process of a cluster must have listed alike, since partitions are assigned
+    // by their place in the first listing.
+    let listed = entries.iter().fold(0u64, |h, e| {
+        let ids = e
+            .partitions
+            .read()
+            .map(|p| p.iter().map(|q| q.id.as_str()).collect::<Vec<_>>().join("\n"))
+            .unwrap_or_default();
+        h.rotate_left(7) ^ crate::source::stable_hash(&format!("{}\n{ids}", e.name))
+    });
     let catalog = Arc::new(Catalog {
         sources: entries,
+        initial,
         finished: Mutex::default(),
         finished_at: Mutex::default(),
         caught_up: Mutex::default(),
@@ -726,7 +747,7 @@ pub fn run<W: Wiring>(pipeline: Arc<Pipeline>, wiring: Arc<W>, options: RunOptio
         Some(c) => {
             let restored = ctx.checkpoints.as_ref().map_or(0, |c| c.written());
             let sockets = c
-                .connect(&ctx.pipeline.name, (threads, restored), &options.stop)
+                .connect(&ctx.pipeline.name, (threads, restored, listed), &options.stop)
                 .map_err(|e| RunError::Cluster(e.to_string()))?;
             tracing::info!(process = c.process, processes, threads, "the cluster has formed");
             let local = timely::communication::allocator::ProcessBuilder::new_typed_vector(
@@ -1877,8 +1898,14 @@ fn open_new_partitions<W: Wiring>(
         } else {
             ctx.catalog.merge(s, Vec::new())
         };
+        let initial = ctx.catalog.initial.get(s).copied().unwrap_or(0);
         for (i, part) in parts.iter().enumerate().skip(known[s]) {
-            if assign(s, i, peers) == index {
+            let owner = if i < initial {
+                assign(s, i, peers)
+            } else {
+                assign_by_id(s, &part.id, peers)
+            };
+            if owner == index {
                 waiting.push((s, i as u32, part.clone()));
             }
         }

@@ -234,6 +234,20 @@ pub fn assign(source: usize, index: usize, peers: usize) -> usize {
     (source + index) % peers.max(1)
 }
 
+/// The worker that reads a partition discovered after the run started, by its id: the
+/// processes of a cluster each list partitions on their own, and may see new ones in
+/// different orders, but agree on ids.
+pub fn assign_by_id(source: usize, id: &str, peers: usize) -> usize {
+    (stable_hash(id).wrapping_add(source as u64) % peers.max(1) as u64) as usize
+}
+
+/// FNV-1a: the same in every process and build, unlike the standard library's hasher.
+pub fn stable_hash(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 impl fmt::Display for Position {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -248,5 +262,26 @@ impl fmt::Display for Position {
             },
             Position::End => f.write_str("end"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_found_later_go_to_a_worker_chosen_by_their_id_alone() {
+        // Pinned: every process and build must agree.
+        assert_eq!(stable_hash(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(stable_hash("a"), 0xaf63_dc4c_8601_ec8c);
+        let owners: Vec<usize> = (0..64)
+            .map(|i| assign_by_id(1, &format!("shardId-{i:012}"), 4))
+            .collect();
+        assert!(owners.iter().all(|w| *w < 4));
+        assert!(
+            (0..4).all(|w| owners.contains(&w)),
+            "spread over every worker: {owners:?}"
+        );
+        assert_eq!(assign_by_id(1, "shardId-000000000007", 4), owners[7]);
     }
 }
