@@ -69,6 +69,9 @@ fn metrics_account_for_every_record_and_lag_reaches_zero() {
     // 40 of the 90 have v >= 100.
     assert_eq!(m[&format!("sluice_updates_out_total{{{p},sink=\"big\"}}")], 40.0);
     assert_eq!(m[&format!("sluice_ready{{{p}}}")], 1.0);
+    let rss = m[&format!("sluice_process_resident_bytes{{{p}}}")];
+    let peak = m[&format!("sluice_process_peak_resident_bytes{{{p}}}")];
+    assert!(rss > 1e6 && rss <= peak, "{rss} {peak}");
     assert!(m[&format!("sluice_output_delay_seconds{{{p},sink=\"all\"}}")] < 30.0);
     stop(child);
 }

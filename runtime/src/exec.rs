@@ -447,6 +447,25 @@ impl RunStatus {
         if let Some(d) = self.durable_frontier() {
             x.sample("sluice_output_durable_ms", &[], d as f64);
         }
+        // What the arrangements' record counts cost in memory shows here, for the process.
+        if let Some(b) = rss_bytes() {
+            x.single(
+                "sluice_process_resident_bytes",
+                Gauge,
+                "The process's resident memory now.",
+                &[],
+                b as f64,
+            );
+        }
+        if let Some(b) = peak_rss_bytes() {
+            x.single(
+                "sluice_process_peak_resident_bytes",
+                Gauge,
+                "The process's peak resident memory so far.",
+                &[],
+                b as f64,
+            );
+        }
         x.family(
             "sluice_source_lag",
             Gauge,
@@ -1160,8 +1179,17 @@ impl Assigned {
 
 /// The peak resident set size of this process (Linux `VmHWM`), if the OS reports it.
 pub fn peak_rss_bytes() -> Option<u64> {
+    proc_status_bytes("VmHWM:")
+}
+
+/// The resident set size of this process now (Linux `VmRSS`), if the OS reports it.
+pub fn rss_bytes() -> Option<u64> {
+    proc_status_bytes("VmRSS:")
+}
+
+fn proc_status_bytes(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
