@@ -176,6 +176,12 @@ pub fn run(plan: Plan, options: RunOptions) -> Result<RunReport, Failure> {
             );
         }));
     }
+    if let Some(m) = &options.metrics
+        && !(wiring.fanout_counters.is_empty() && wiring.filter_errors.is_empty())
+    {
+        let (fanout, filters) = (wiring.fanout_counters.clone(), wiring.filter_errors.clone());
+        m.register(Box::new(move |x| expose_node_counters(&fanout, &filters, x)));
+    }
     let report = sluice_runtime::exec::run(pipeline, wiring.clone(), options);
     if let Some(server) = server {
         server.stop();
@@ -196,6 +202,55 @@ pub fn run(plan: Plan, options: RunOptions) -> Result<RunReport, Failure> {
         }
     }
     Ok(report)
+}
+
+/// The counters of fanout and filter nodes, for a scrape: events matched, deliveries made,
+/// and filters that could not be evaluated (spec/fanout.md: counted, and no match).
+fn expose_node_counters(
+    fanout: &BTreeMap<String, Arc<sluice_fanout::Counters>>,
+    filters: &BTreeMap<String, Arc<std::sync::atomic::AtomicU64>>,
+    x: &mut sluice_runtime::metrics::Exposition,
+) {
+    use sluice_runtime::metrics::Kind::Counter;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let load = |n: &AtomicU64| n.load(Ordering::Relaxed) as f64;
+    type Field = fn(&sluice_fanout::Counters) -> &AtomicU64;
+    let families: [(&str, &str, Field); 3] = [
+        (
+            "sluice_fanout_events_total",
+            "Events a fanout node matched against its subscribers.",
+            |c| &c.events,
+        ),
+        (
+            "sluice_fanout_deliveries_total",
+            "Deliveries a fanout node made.",
+            |c| &c.deliveries,
+        ),
+        (
+            "sluice_fanout_filter_errors_total",
+            "Subscriber filters that could not be evaluated on an event (counted as no match).",
+            |c| &c.filter_errors,
+        ),
+    ];
+    if !fanout.is_empty() {
+        for (name, help, field) in families {
+            x.family(name, Counter, help);
+            for (node, c) in fanout {
+                x.sample(name, &[("node", node)], load(field(c)));
+            }
+        }
+    }
+    if !filters.is_empty() {
+        let name = "sluice_filter_errors_total";
+        x.family(
+            name,
+            Counter,
+            "Records whose filter condition could not be evaluated (they did not match).",
+        );
+        for (node, errors) in filters {
+            x.sample(name, &[("node", node)], load(errors));
+        }
+    }
 }
 
 /// The server's configuration from the pipeline's `[server]` (validated: addresses parse,

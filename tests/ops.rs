@@ -284,3 +284,49 @@ fn each_process_of_a_cluster_reports_its_own_reads_and_is_ready_once_all_are_cau
         .expect("process 0 stops within 30 s of process 1");
     assert!(status.success(), "process 0: {status:?}");
 }
+
+#[test]
+fn fanout_and_filter_nodes_count_what_they_could_not_evaluate() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    // Four events carry a total, six do not: `a`'s filter cannot be evaluated on those six.
+    let events: Vec<String> = (0..10)
+        .map(|i| match [50, 150, 200, 10].get(i) {
+            Some(total) => format!(r#"{{"topic": "t", "data": {{"body": {{"total": {total}}}}}}}"#),
+            None => format!(r#"{{"topic": "t", "data": {{"body": {{"n": {i}}}}}}}"#),
+        })
+        .collect();
+    std::fs::write(d.join("events.jsonl"), events.join("\n") + "\n").expect("events");
+    std::fs::write(
+        d.join("subscribers.jsonl"),
+        "{\"id\": \"a\", \"topic\": \"t\", \"filter\": \"data.body.total >= 100\", \"target_url\": \"https://a.example/\"}\n\
+         {\"id\": \"b\", \"topic\": \"t\", \"filter\": \"\", \"target_url\": \"https://b.example/\"}\n",
+    )
+    .expect("subscribers");
+    std::fs::write(
+        d.join("pipeline.toml"),
+        "[pipeline]\nname = \"ops\"\nworkers = 2\nepoch_ms = 20\n\n\
+         [dead_letters]\ntype = \"file\"\npath = \"dead.jsonl\"\n\n\
+         [sources.subscribers]\ntype = \"file\"\npath = \"subscribers.jsonl\"\nfollow = true\npoll_ms = 10\n\
+         envelope = \"upsert\"\nkey = [\"id\"]\n\n\
+         [sources.events]\ntype = \"file\"\npath = \"events.jsonl\"\nfollow = true\npoll_ms = 10\n\
+         start_after = [\"subscribers\"]\n\n\
+         [nodes.hub]\ntype = \"fanout\"\nsubscribers = \"subscribers\"\nevents = \"events\"\n\n\
+         [nodes.big]\ntype = \"filter\"\ninput = \"events\"\nexpr = \"data.body.total >= 100\"\n\n\
+         [sinks.deliveries]\ntype = \"file\"\npath = \"deliveries.jsonl\"\ninput = \"hub.deliveries\"\nmode = \"append\"\n\n\
+         [sinks.big]\ntype = \"file\"\npath = \"big.jsonl\"\ninput = \"big\"\nmode = \"append\"\n",
+    )
+    .expect("pipeline");
+    let (child, admin) = run_with_admin(d);
+    let p = "pipeline=\"ops\"";
+    let series = |name: &str, node: &str| format!("{name}{{{p},node=\"{node}\"}}");
+    wait_for(30, "every event matched", || {
+        scrape(&admin).get(&series("sluice_fanout_events_total", "hub")) == Some(&10.0)
+    });
+    let m = scrape(&admin);
+    // `b` takes all ten, `a` the two above 100.
+    assert_eq!(m[&series("sluice_fanout_deliveries_total", "hub")], 12.0, "{m:?}");
+    assert_eq!(m[&series("sluice_fanout_filter_errors_total", "hub")], 6.0, "{m:?}");
+    assert_eq!(m[&series("sluice_filter_errors_total", "big")], 6.0, "{m:?}");
+    stop(child);
+}
