@@ -519,4 +519,16 @@ fn expose_webhook(sink: &str, stats: &WebhookStats, x: &mut Exposition) {
     ] {
         x.single(name, kind, help, &labels, load(value));
     }
+    x.histogram(
+        "sluice_webhook_attempt_seconds",
+        "How long each request took, from sending to its answer or failure.",
+        &labels,
+        &stats.attempt_seconds,
+    );
+    x.histogram(
+        "sluice_webhook_delivery_seconds",
+        "How long each delivery took from entering the sink to success or dead letter, retries included.",
+        &labels,
+        &stats.delivery_seconds,
+    );
 }

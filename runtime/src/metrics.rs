@@ -13,8 +13,9 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use crate::exec::RunStatus;
 
@@ -25,6 +26,57 @@ pub enum Kind {
     Counter,
     /// A value that goes up and down.
     Gauge,
+    /// Observations counted in cumulative buckets, with their sum and count.
+    Histogram,
+}
+
+/// Bucket bounds for latencies, in seconds: from a fast local request to a delivery retried
+/// for a day.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 10800.0, 86400.0,
+];
+
+/// A latency histogram that threads record into without locks, for a scrape to read.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    /// Per bound, observations at or below it and above the one before; the last counts
+    /// those above every bound.
+    buckets: Vec<AtomicU64>,
+    sum_micros: AtomicU64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram::new(LATENCY_BUCKETS)
+    }
+}
+
+impl Histogram {
+    /// A histogram with these upper bounds, in seconds, ascending.
+    pub fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one observation.
+    pub fn observe(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        let i = self.bounds.partition_point(|b| *b < secs);
+        if let Some(b) = self.buckets.get(i) {
+            b.fetch_add(1, Ordering::Relaxed);
+        }
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+    }
 }
 
 /// A writer of one scrape's samples, in the Prometheus text format (version 0.0.4).
@@ -52,6 +104,7 @@ impl Exposition {
         let kind = match kind {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
         };
         let _ = writeln!(self.out, "# HELP {name} {help}");
         let _ = writeln!(self.out, "# TYPE {name} {kind}");
@@ -80,6 +133,24 @@ impl Exposition {
     pub fn single(&mut self, name: &str, kind: Kind, help: &str, labels: &[(&str, &str)], value: f64) {
         self.family(name, kind, help);
         self.sample(name, labels, value);
+    }
+
+    /// A histogram's series under `labels`: cumulative `_bucket`s by `le`, `_sum` in
+    /// seconds and `_count` (the family is declared as `name`).
+    pub fn histogram(&mut self, name: &str, help: &str, labels: &[(&str, &str)], h: &Histogram) {
+        self.family(name, Kind::Histogram, help);
+        let bucket = format!("{name}_bucket");
+        let mut cumulative = 0;
+        let les = h.bounds.iter().map(|b| b.to_string()).chain(["+Inf".to_owned()]);
+        for (le, count) in les.zip(&h.buckets) {
+            cumulative += count.load(Ordering::Relaxed);
+            let mut with_le = labels.to_vec();
+            with_le.push(("le", &le));
+            self.sample(&bucket, &with_le, cumulative as f64);
+        }
+        let sum = h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        self.sample(&format!("{name}_sum"), labels, sum);
+        self.sample(&format!("{name}_count"), labels, cumulative as f64);
     }
 }
 
@@ -258,6 +329,34 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_histogram_counts_each_observation_in_its_bucket_and_cumulates_them() {
+        let h = Histogram::new(&[0.01, 0.1, 1.0]);
+        for ms in [5, 10, 50, 2000] {
+            h.observe(Duration::from_millis(ms));
+        }
+        assert_eq!(h.count(), 4);
+        let m = Metrics::new("p");
+        let h = Arc::new(h);
+        let seen = Arc::clone(&h);
+        m.register(Box::new(move |x| {
+            x.histogram("lat_seconds", "Latency.", &[("sink", "s")], &seen)
+        }));
+        let text = m.render();
+        assert_eq!(text.matches("# TYPE lat_seconds histogram").count(), 1, "{text}");
+        // 10 ms sits on the bound, which counts as at or below it.
+        for line in [
+            "lat_seconds_bucket{pipeline=\"p\",sink=\"s\",le=\"0.01\"} 2\n",
+            "lat_seconds_bucket{pipeline=\"p\",sink=\"s\",le=\"0.1\"} 3\n",
+            "lat_seconds_bucket{pipeline=\"p\",sink=\"s\",le=\"1\"} 3\n",
+            "lat_seconds_bucket{pipeline=\"p\",sink=\"s\",le=\"+Inf\"} 4\n",
+            "lat_seconds_sum{pipeline=\"p\",sink=\"s\"} 2.065\n",
+            "lat_seconds_count{pipeline=\"p\",sink=\"s\"} 4\n",
+        ] {
+            assert!(text.contains(line), "{line} missing from {text}");
+        }
+    }
 
     #[test]
     fn samples_are_labelled_escaped_and_declared_once() {

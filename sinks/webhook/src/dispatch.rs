@@ -56,6 +56,8 @@ struct Finished {
     seq: u64,
     target: Arc<str>,
     outcome: Outcome,
+    /// How long the request took.
+    took: Duration,
 }
 
 #[derive(Default)]
@@ -230,15 +232,27 @@ impl Dispatcher {
         let done = done.clone();
         let target = Arc::clone(target);
         tokio::spawn(async move {
+            let started = Instant::now();
             let outcome = attempt(&client, &prepared, guard, timeout, max_backoff).await;
+            let took = started.elapsed();
             // The dispatcher is gone only when the sink is: nobody is left to tell.
-            let _ = done.send(Finished { seq, target, outcome });
+            let _ = done.send(Finished {
+                seq,
+                target,
+                outcome,
+                took,
+            });
         });
         true
     }
 
     fn finish(&mut self, finished: Finished) {
-        let Finished { seq, target, outcome } = finished;
+        let Finished {
+            seq,
+            target,
+            outcome,
+            took,
+        } = finished;
         self.in_flight -= 1;
         let limit = self.config.per_target_concurrency;
         if let Some(t) = self.targets.get_mut(&target) {
@@ -251,6 +265,7 @@ impl Dispatcher {
         self.forget_if_idle(&target);
         let stats = Arc::clone(&self.shared.stats);
         stats.in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        stats.attempt_seconds.observe(took);
         let mut state = self.shared.lock();
         state.in_flight -= 1;
         let Some(entry) = state.pending.get_mut(&seq) else {
@@ -259,12 +274,14 @@ impl Dispatcher {
             return;
         };
         let id = Arc::clone(&entry.prepared.delivery.id);
+        let age = entry.admitted.elapsed();
         match outcome {
             Outcome::Success => {
                 let time = entry.time;
                 state.pending.remove(&seq);
                 state.release(time);
                 WebhookStats::add(&stats.successes, 1);
+                stats.delivery_seconds.observe(age);
                 tracing::debug!(sink = %self.config.name, delivery = %id, "delivered");
             }
             Outcome::Retry { status, error, after } => {
@@ -282,6 +299,7 @@ impl Dispatcher {
                 if attempts >= self.config.max_attempts || due > deadline {
                     state.kill(seq);
                     WebhookStats::add(&stats.dead_lettered, 1);
+                    stats.delivery_seconds.observe(age);
                 } else {
                     self.timers.insert((Instant::now() + delay, seq), target);
                     WebhookStats::add(&stats.retries, 1);
@@ -293,6 +311,7 @@ impl Dispatcher {
                 entry.progress.last_error = Some(error);
                 state.kill(seq);
                 WebhookStats::add(&stats.dead_lettered, 1);
+                stats.delivery_seconds.observe(age);
             }
         }
         drop(state);

@@ -7,6 +7,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use sluice_runtime::metrics::Histogram;
 use sluice_runtime::{Row, Time};
 
 use crate::delivery::{Delivery, Prepared, Progress};
@@ -24,6 +25,11 @@ pub struct WebhookStats {
     pub dead_lettered: AtomicU64,
     /// Requests in flight now.
     pub in_flight: AtomicU64,
+    /// How long each request took, from sending to its answer or failure.
+    pub attempt_seconds: Histogram,
+    /// How long each delivery took, from entering the sink (in this run) to its success or
+    /// dead letter, retries included.
+    pub delivery_seconds: Histogram,
 }
 
 impl WebhookStats {
@@ -43,6 +49,8 @@ pub(crate) struct Entry {
     pub fresh: bool,
     /// Failed for good: its dead letter waits in [`State::dead`].
     pub dead: bool,
+    /// When it entered the sink in this run, for its latency.
+    pub admitted: std::time::Instant,
 }
 
 /// A dead letter waiting for the worker thread to write it.
@@ -103,6 +111,7 @@ impl State {
             time,
             fresh: true,
             dead: false,
+            admitted: std::time::Instant::now(),
         };
         self.pending.insert(seq, entry);
         seq

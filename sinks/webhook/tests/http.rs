@@ -99,6 +99,21 @@ fn server_errors_are_retried_with_backoff_and_the_same_idempotency_key() {
     assert_eq!(stats.retries.load(Ordering::Relaxed), 2);
     assert_eq!(stats.successes.load(Ordering::Relaxed), 1);
     assert_eq!(stats.dead_lettered.load(Ordering::Relaxed), 0);
+    // Every request timed, and the one delivery over all three: at least the two waits.
+    assert_eq!(stats.attempt_seconds.count(), 3);
+    assert_eq!(stats.delivery_seconds.count(), 1);
+    let m = sluice_runtime::metrics::Metrics::new("p");
+    let seen = sink.stats();
+    m.register(Box::new(move |x| {
+        x.histogram("d", "", &[], &seen.delivery_seconds);
+    }));
+    let text = m.render();
+    let sum: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("d_sum{pipeline=\"p\"} "))
+        .and_then(|v| v.parse().ok())
+        .expect("a sum");
+    assert!(sum >= (backoff / 2 + backoff).as_secs_f64(), "{sum}");
 }
 
 #[test]
