@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::accounts;
 use serde_json::Value;
-use serve_support::{Running, Serving, TOKEN_KEY, append, client, free_port, get, wait_for};
+use serve_support::{Running, Serving, TOKEN_KEY, append, client, free_port, get, metric, wait_for};
 
 const CDS_SECRET: &str = "cds-secret";
 
@@ -379,7 +379,9 @@ fn a_stalled_client_is_cut_off_while_others_keep_receiving() {
         .map(|n| accounts::item(n, 1, &e164(u64::from(n)), Some(true), Some(1)).to_string())
         .collect();
     append(&d.join("scan.jsonl"), &scan);
-    let serving = Serving::start(d, grpc_port, http_port);
+    let admin = format!("127.0.0.1:{}", free_port());
+    let serving = Serving::start_with(d, grpc_port, http_port, &["--admin", &admin]);
+    let admin = format!("http://{admin}");
     let grpc = serving.grpc.clone();
     // A client connecting while the scan is read is told it is current only once the whole
     // scan is in (spec/cds.md: "the scan finished and the change sources caught up").
@@ -402,7 +404,9 @@ fn a_stalled_client_is_cut_off_while_others_keep_receiving() {
         "--timeout",
         "60",
     ]);
-    std::thread::sleep(Duration::from_millis(500));
+    wait_for(30, "the stalled client's stream counted", || {
+        metric(&admin, "sluice_server_streams").is_some_and(|n| n >= 1.0)
+    });
     // Others are served in full meanwhile, and see a change made while the first one stalls.
     let healthy = fresh(&grpc, &[]);
     assert_eq!(records(&healthy).len(), 40_000);
@@ -426,6 +430,10 @@ fn a_stalled_client_is_cut_off_while_others_keep_receiving() {
         lines.last()
     );
     assert!(records(&lines).len() < 40_000, "it never got everything");
+    assert_eq!(metric(&admin, "sluice_server_streams_cut_off_total"), Some(1.0));
+    wait_for(30, "every stream closed", || {
+        metric(&admin, "sluice_server_streams") == Some(0.0)
+    });
     serving.stop();
 }
 

@@ -145,8 +145,14 @@ impl Serving {
     /// Starts the pipeline in `dir`, whose `[server]` listens on `grpc` and `http` ports,
     /// and waits until `/health` answers.
     pub fn start(dir: &Path, grpc_port: u16, http_port: u16) -> Serving {
+        Serving::start_with(dir, grpc_port, http_port, &[])
+    }
+
+    /// As [`Serving::start`], with more arguments to `sluice run`.
+    pub fn start_with(dir: &Path, grpc_port: u16, http_port: u16, args: &[&str]) -> Serving {
         let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args(["run", "--quiet", "pipeline.toml"])
+            .args(args)
             .current_dir(dir)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
@@ -185,6 +191,17 @@ impl Drop for Serving {
             let _ = child.wait();
         }
     }
+}
+
+/// The value of the first sample of metric `name` (any labels) at an admin endpoint.
+pub fn metric(admin: &str, name: &str) -> Option<f64> {
+    let prefix = format!("{name}{{");
+    get(&format!("{admin}/metrics"), &[])
+        .body
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .and_then(|l| l.rsplit_once(' '))
+        .and_then(|(_, v)| v.parse().ok())
 }
 
 /// Appends lines to a file.
