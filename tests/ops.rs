@@ -69,6 +69,12 @@ fn metrics_account_for_every_record_and_lag_reaches_zero() {
     // 40 of the 90 have v >= 100.
     assert_eq!(m[&format!("sluice_updates_out_total{{{p},sink=\"big\"}}")], 40.0);
     assert_eq!(m[&format!("sluice_ready{{{p}}}")], 1.0);
+    let bytes: usize = lines.iter().map(String::len).sum();
+    assert_eq!(
+        m[&format!("sluice_bytes_in_total{{{p},source=\"events\"}}")],
+        bytes as f64,
+        "every line's bytes, without its newline"
+    );
     let rss = m[&format!("sluice_process_resident_bytes{{{p}}}")];
     let peak = m[&format!("sluice_process_peak_resident_bytes{{{p}}}")];
     assert!(rss > 1e6 && rss <= peak, "{rss} {peak}");

@@ -150,6 +150,8 @@ pub struct RunReport {
     pub records_in: BTreeMap<String, u64>,
     /// Records per source that its decoder dropped as irrelevant to every reader.
     pub records_dropped: BTreeMap<String, u64>,
+    /// Bytes read per source: record keys and payloads as the source gave them.
+    pub bytes_in: BTreeMap<String, u64>,
     /// Updates written per sink (after consolidation).
     pub updates_out: BTreeMap<String, u64>,
     /// Records written to the dead-letter output (by sources and by nodes).
@@ -312,9 +314,10 @@ impl RunStatus {
         }
     }
 
-    fn count_in(&self, source: &str, read: usize, dropped: usize) {
+    fn count_in(&self, source: &str, (read, dropped, bytes): (usize, usize, usize)) {
         if let Ok(mut c) = self.counters.lock() {
             *c.records_in.entry(source.to_owned()).or_default() += read as u64;
+            *c.bytes_in.entry(source.to_owned()).or_default() += bytes as u64;
             if dropped > 0 {
                 *c.records_dropped.entry(source.to_owned()).or_default() += dropped as u64;
             }
@@ -384,6 +387,14 @@ impl RunStatus {
         );
         for (source, n) in &counters.records_in {
             x.sample("sluice_records_in_total", &[("source", source)], *n as f64);
+        }
+        x.family(
+            "sluice_bytes_in_total",
+            Counter,
+            "Bytes read per source: record keys and payloads as the source gave them.",
+        );
+        for (source, n) in &counters.bytes_in {
+            x.sample("sluice_bytes_in_total", &[("source", source)], *n as f64);
         }
         x.family(
             "sluice_records_dropped_total",
@@ -1489,6 +1500,10 @@ fn run_worker<W: Wiring>(
                     }
                 };
                 let read = buf.len();
+                let bytes: usize = buf
+                    .iter()
+                    .map(|r| r.key.as_ref().map_or(0, Vec::len) + r.payload.as_ref().map_or(0, Vec::len))
+                    .sum();
                 let mut dropped = 0;
                 budget = budget.saturating_sub(read);
                 for rec in buf.drain(..) {
@@ -1552,7 +1567,8 @@ fn run_worker<W: Wiring>(
                         }
                     }
                 }
-                ctx.status.count_in(&p.sources[a.source].name.value, read, dropped);
+                ctx.status
+                    .count_in(&p.sources[a.source].name.value, (read, dropped, bytes));
                 match in_flight.back_mut() {
                     Some((e, n)) if *e == epoch => *n += read,
                     _ => in_flight.push_back((epoch, read)),
