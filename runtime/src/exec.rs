@@ -579,6 +579,11 @@ impl Catalog {
         Some(latest)
     }
 
+    /// The latest epoch in which a partition of `source` was read to its end (or caught up).
+    fn finished_epoch(&self, source: usize) -> Option<Time> {
+        self.finished_at.lock().ok()?.get(&source).copied()
+    }
+
     /// Whether every parent of `part` has been read to its end.
     ///
     /// A parent that is no longer listed counts as finished: its data has expired (a
@@ -1959,8 +1964,8 @@ fn open_new_partitions<W: Wiring>(
 
 /// Opens the queued partitions whose parents are all finished (by any worker), so that a
 /// child shard is read only after every record of its parents, and whose source's
-/// `start_after` sources are finished. Returns the latest epoch those sources finished in,
-/// if a partition waiting for them opened.
+/// `start_after` sources are finished. Returns the latest epoch those sources (or a child's
+/// parents' source) finished in, if a partition waiting for them opened.
 fn open_ready_partitions<W: Wiring>(
     ctx: &Ctx<W>,
     waiting: &mut Vec<(usize, u32, PartitionInfo)>,
@@ -1981,6 +1986,11 @@ fn open_ready_partitions<W: Wiring>(
         };
         if !gate.is_empty() {
             after = after.max(Some(done_at));
+        }
+        // A child's records come after its parents' in time too, even when another worker
+        // (or process) read the parents at a later epoch than this worker's.
+        if !part.parents.is_empty() {
+            after = after.max(ctx.catalog.finished_epoch(s));
         }
         let from = restored_position(ctx, s, &part.id);
         let reader = ctx.sources[s].open(&part, &from).map_err(|error| RunError::Source {
