@@ -2,12 +2,14 @@
 //! readiness, and JSON logs.
 
 mod common;
+mod hub_support;
 mod serve_support;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use hub_support::Receiver;
 use serve_support::{free_port, get, wait_for};
 
 /// The samples of a scrape, as `name{labels}` → value.
@@ -295,18 +297,28 @@ fn each_process_of_a_cluster_reports_its_own_reads_and_is_ready_once_all_are_cau
 fn fanout_and_filter_nodes_count_what_they_could_not_evaluate() {
     let dir = tempfile::tempdir().expect("temp dir");
     let d = dir.path();
-    // Four events carry a total, six do not: `a`'s filter cannot be evaluated on those six.
+    // Four events carry a numeric total, two a text one, four none: `a`'s filter cannot be
+    // evaluated on six (a type error or a missing key, spec/fanout.md: no match, counted).
     let events: Vec<String> = (0..10)
-        .map(|i| match [50, 150, 200, 10].get(i) {
-            Some(total) => format!(r#"{{"topic": "t", "data": {{"body": {{"total": {total}}}}}}}"#),
-            None => format!(r#"{{"topic": "t", "data": {{"body": {{"n": {i}}}}}}}"#),
+        .map(|i| {
+            let body = match i {
+                0..4 => format!(r#"{{"total": {}}}"#, [50, 150, 200, 10][i]),
+                4..6 => r#"{"total": "lots"}"#.to_owned(),
+                _ => format!(r#"{{"n": {i}}}"#),
+            };
+            format!(r#"{{"topic": "t", "data": {{"body": {body}}}}}"#)
         })
         .collect();
     std::fs::write(d.join("events.jsonl"), events.join("\n") + "\n").expect("events");
+    // `a` is answered 200, `b` 404: each delivery ends at once, as a success or a dead letter.
+    let receiver = Receiver::start();
+    let b = &receiver.base;
     std::fs::write(
         d.join("subscribers.jsonl"),
-        "{\"id\": \"a\", \"topic\": \"t\", \"filter\": \"data.body.total >= 100\", \"target_url\": \"https://a.example/\"}\n\
-         {\"id\": \"b\", \"topic\": \"t\", \"filter\": \"\", \"target_url\": \"https://b.example/\"}\n",
+        format!(
+            "{{\"id\": \"a\", \"topic\": \"t\", \"filter\": \"data.body.total >= 100\", \"target_url\": \"{b}/ok/a\"}}\n\
+             {{\"id\": \"b\", \"topic\": \"t\", \"filter\": \"\", \"target_url\": \"{b}/gone/b\"}}\n"
+        ),
     )
     .expect("subscribers");
     std::fs::write(
@@ -320,19 +332,43 @@ fn fanout_and_filter_nodes_count_what_they_could_not_evaluate() {
          [nodes.hub]\ntype = \"fanout\"\nsubscribers = \"subscribers\"\nevents = \"events\"\n\n\
          [nodes.big]\ntype = \"filter\"\ninput = \"events\"\nexpr = \"data.body.total >= 100\"\n\n\
          [sinks.deliveries]\ntype = \"file\"\npath = \"deliveries.jsonl\"\ninput = \"hub.deliveries\"\nmode = \"append\"\n\n\
+         [sinks.hooks]\ntype = \"webhook\"\ninput = \"hub.deliveries\"\nmode = \"append\"\n\
+         allow_private_targets = true\nmax_attempts = 1\n\n\
+         [sinks.hooks.dead_letters]\ntype = \"file\"\npath = \"failed.jsonl\"\n\n\
          [sinks.big]\ntype = \"file\"\npath = \"big.jsonl\"\ninput = \"big\"\nmode = \"append\"\n",
     )
     .expect("pipeline");
     let (child, admin) = run_with_admin(d);
     let p = "pipeline=\"ops\"";
     let series = |name: &str, node: &str| format!("{name}{{{p},node=\"{node}\"}}");
-    wait_for(30, "every event matched", || {
-        scrape(&admin).get(&series("sluice_fanout_events_total", "hub")) == Some(&10.0)
+    let hooks = |name: &str| format!("{name}{{{p},sink=\"hooks\"}}");
+    wait_for(30, "every event matched and every delivery resolved", || {
+        let m = scrape(&admin);
+        m.get(&series("sluice_fanout_events_total", "hub")) == Some(&10.0)
+            && m.get(&hooks("sluice_webhook_delivery_seconds_count")) == Some(&12.0)
     });
     let m = scrape(&admin);
-    // `b` takes all ten, `a` the two above 100.
+    // `b` takes all ten, `a` the two of 100 or more.
     assert_eq!(m[&series("sluice_fanout_deliveries_total", "hub")], 12.0, "{m:?}");
     assert_eq!(m[&series("sluice_fanout_filter_errors_total", "hub")], 6.0, "{m:?}");
     assert_eq!(m[&series("sluice_filter_errors_total", "big")], 6.0, "{m:?}");
+    // One request per delivery, each timed; each delivery timed once, success or dead letter.
+    assert_eq!(m[&hooks("sluice_webhook_successes_total")], 2.0, "{m:?}");
+    assert_eq!(m[&hooks("sluice_webhook_dead_letters_total")], 10.0, "{m:?}");
+    assert_eq!(m[&hooks("sluice_webhook_attempts_total")], 12.0, "{m:?}");
+    for h in ["sluice_webhook_attempt_seconds", "sluice_webhook_delivery_seconds"] {
+        let bucket = |le: &str| m[&format!("{h}_bucket{{{p},sink=\"hooks\",le=\"{le}\"}}")];
+        assert_eq!(m[&hooks(&format!("{h}_count"))], 12.0, "{h}: {m:?}");
+        assert_eq!(bucket("+Inf"), 12.0, "{h}: {m:?}");
+        // Cumulative: no bucket holds more than the next one up.
+        let les: Vec<f64> = sluice_runtime::metrics::LATENCY_BUCKETS
+            .iter()
+            .map(|le| bucket(&le.to_string()))
+            .chain([bucket("+Inf")])
+            .collect();
+        assert!(les.windows(2).all(|w| w[0] <= w[1]), "{h}: {les:?}");
+        assert!(m[&hooks(&format!("{h}_sum"))] > 0.0, "{h}: {m:?}");
+    }
+    assert_eq!(receiver.count(), 12);
     stop(child);
 }

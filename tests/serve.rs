@@ -390,6 +390,12 @@ fn a_stalled_client_is_cut_off_while_others_keep_receiving() {
     wait_for(60, "the scan in the directory", || {
         records(&fresh(&grpc, &[])).len() == 40_000
     });
+    // The clients so far have gone, so the one stream counted next is the stalled one.
+    wait_for(30, "the earlier streams closed", || {
+        metric(&admin, "sluice_server_streams") == Some(0.0)
+    });
+    // None of them fell behind: the cut-off counted below is the stalled client's.
+    assert_eq!(metric(&admin, "sluice_server_streams_cut_off_total"), Some(0.0));
 
     let stalled = Running::start(&[
         "accounts",
@@ -405,7 +411,7 @@ fn a_stalled_client_is_cut_off_while_others_keep_receiving() {
         "60",
     ]);
     wait_for(30, "the stalled client's stream counted", || {
-        metric(&admin, "sluice_server_streams").is_some_and(|n| n >= 1.0)
+        metric(&admin, "sluice_server_streams") == Some(1.0)
     });
     // Others are served in full meanwhile, and see a change made while the first one stalls.
     let healthy = fresh(&grpc, &[]);
@@ -434,6 +440,48 @@ fn a_stalled_client_is_cut_off_while_others_keep_receiving() {
     wait_for(30, "every stream closed", || {
         metric(&admin, "sluice_server_streams") == Some(0.0)
     });
+    serving.stop();
+}
+
+#[test]
+fn the_stream_gauge_counts_each_open_stream_until_its_client_goes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (grpc_port, http_port) = (free_port(), free_port());
+    cds_pipeline(d, grpc_port, http_port, "", 86_400_000);
+    append(&d.join("scan.jsonl"), &snapshot_table());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let serving = Serving::start_with(d, grpc_port, http_port, &["--admin", &admin]);
+    let admin = format!("http://{admin}");
+    let grpc = serving.grpc.clone();
+    wait_for(30, "the scan in the directory", || {
+        records(&fresh(&grpc, &[])).len() == 3
+    });
+    wait_for(30, "the readers' streams closed", || {
+        metric(&admin, "sluice_server_streams") == Some(0.0)
+    });
+    // Clients that have read the directory and wait for changes keep their streams open.
+    const N: usize = 3;
+    let mut clients: Vec<Running> = (0..N)
+        .map(|_| Running::start(&["accounts", "--addr", &grpc, "--auth", CDS_SECRET, "--timeout", "120"]))
+        .collect();
+    wait_for(60, "every stream counted", || {
+        metric(&admin, "sluice_server_streams") == Some(N as f64)
+    });
+    // A client that goes away (killed: its connection closes) is counted out; the rest stay.
+    drop(clients.pop());
+    wait_for(30, "one stream fewer", || {
+        metric(&admin, "sluice_server_streams") == Some((N - 1) as f64)
+    });
+    drop(clients);
+    wait_for(30, "every stream closed", || {
+        metric(&admin, "sluice_server_streams") == Some(0.0)
+    });
+    assert_eq!(
+        metric(&admin, "sluice_server_streams_cut_off_total"),
+        Some(0.0),
+        "clients that keep up are never cut off"
+    );
     serving.stop();
 }
 

@@ -2,6 +2,7 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -11,8 +12,9 @@ use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use sluice_runtime::Value;
+use sluice_runtime::metrics::{Histogram, Metrics};
 use sluice_runtime::sink::{Sink, SinkError};
-use sluice_sink_webhook::WebhookConfig;
+use sluice_sink_webhook::{WebhookConfig, WebhookStats};
 use support::{Receiver, Reply, config, delivery, int, open, text, wait_for, with};
 
 /// Scheduling slack allowed past the nominal retry delay.
@@ -100,20 +102,28 @@ fn server_errors_are_retried_with_backoff_and_the_same_idempotency_key() {
     assert_eq!(stats.successes.load(Ordering::Relaxed), 1);
     assert_eq!(stats.dead_lettered.load(Ordering::Relaxed), 0);
     // Every request timed, and the one delivery over all three: at least the two waits.
-    assert_eq!(stats.attempt_seconds.count(), 3);
+    assert_eq!(stats.attempt_seconds.count(), stats.attempts.load(Ordering::Relaxed));
     assert_eq!(stats.delivery_seconds.count(), 1);
-    let m = sluice_runtime::metrics::Metrics::new("p");
-    let seen = sink.stats();
-    m.register(Box::new(move |x| {
-        x.histogram("d", "", &[], &seen.delivery_seconds);
-    }));
-    let text = m.render();
-    let sum: f64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("d_sum{pipeline=\"p\"} "))
-        .and_then(|v| v.parse().ok())
-        .expect("a sum");
+    let delivery = exposed(sink.stats(), |s| &s.delivery_seconds);
+    let sum = delivery["h_sum{pipeline=\"p\"}"];
     assert!(sum >= (backoff / 2 + backoff).as_secs_f64(), "{sum}");
+    assert_eq!(delivery["h_bucket{pipeline=\"p\",le=\"0.1\"}"], 0.0, "{delivery:?}");
+    assert_eq!(delivery["h_bucket{pipeline=\"p\",le=\"+Inf\"}"], 1.0, "{delivery:?}");
+}
+
+/// One of a sink's latency histograms as `/metrics` writes it (named `h`, pipeline `p`):
+/// series with labels → value.
+fn exposed(stats: Arc<WebhookStats>, pick: fn(&WebhookStats) -> &Histogram) -> BTreeMap<String, f64> {
+    let m = Metrics::new("p");
+    m.register(Box::new(move |x| x.histogram("h", "Latency.", &[], pick(&stats))));
+    m.render()
+        .lines()
+        .filter(|l| l.starts_with("h_"))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect()
 }
 
 #[test]
@@ -153,7 +163,11 @@ fn a_4xx_and_a_redirect_fail_for_good_after_one_attempt() {
         text(&redirect, "last_error"),
         "redirect to http://elsewhere.test/new not followed"
     );
-    assert_eq!(sink.stats().dead_lettered.load(Ordering::Relaxed), 2);
+    let stats = sink.stats();
+    assert_eq!(stats.dead_lettered.load(Ordering::Relaxed), 2);
+    // A permanent failure resolves its delivery as much as a success does.
+    assert_eq!(stats.attempt_seconds.count(), 2);
+    assert_eq!(stats.delivery_seconds.count(), 2);
 }
 
 #[test]
@@ -221,6 +235,19 @@ fn a_hanging_target_times_out_and_is_retried_until_the_attempts_run_out() {
         "{}",
         text(&rows[0], "last_error")
     );
+    // A request without an answer is timed to its timeout; the delivery ends in the dead
+    // letters after both.
+    let stats = sink.stats();
+    assert_eq!(stats.attempt_seconds.count(), stats.attempts.load(Ordering::Relaxed));
+    let attempts = exposed(Arc::clone(&stats), |s| &s.attempt_seconds);
+    assert_eq!(attempts["h_bucket{pipeline=\"p\",le=\"0.25\"}"], 0.0, "{attempts:?}");
+    assert_eq!(attempts["h_bucket{pipeline=\"p\",le=\"+Inf\"}"], 2.0, "{attempts:?}");
+    assert_eq!(attempts["h_count{pipeline=\"p\"}"], 2.0, "{attempts:?}");
+    assert!(
+        attempts["h_sum{pipeline=\"p\"}"] >= (timeout * 2).as_secs_f64(),
+        "{attempts:?}"
+    );
+    assert_eq!(stats.delivery_seconds.count(), 1);
 }
 
 #[test]
