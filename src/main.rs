@@ -326,14 +326,11 @@ fn status_line(
             let Some((report, delay)) = metrics.progress() else {
                 continue;
             };
-            let read: u64 = report.records_in.values().sum();
-            let written: u64 = report
-                .updates_out
-                .iter()
-                .filter(|(s, _)| *s != "dead_letters")
-                .map(|(_, n)| n)
-                .sum();
-            let dead = report.updates_out.get("dead_letters").copied().unwrap_or(0);
+            let (read, written, dead) = (
+                report.records_read(),
+                report.updates_written(),
+                report.dead_letters_written(),
+            );
             let now = std::time::Instant::now();
             let rate = last.map_or(0.0, |(n, at)| {
                 (read - n) as f64 / now.duration_since(at).as_secs_f64().max(1e-3)

@@ -163,15 +163,28 @@ pub struct RunReport {
 }
 
 impl RunReport {
-    /// One line for humans: records read, updates written, dead letters, time and rate.
-    pub fn summary(&self, elapsed: Duration) -> String {
-        let read: u64 = self.records_in.values().sum();
-        let written: u64 = self
-            .updates_out
+    /// Records read by every source.
+    pub fn records_read(&self) -> u64 {
+        self.records_in.values().sum()
+    }
+
+    /// Updates written to every sink but the dead-letter output.
+    pub fn updates_written(&self) -> u64 {
+        self.updates_out
             .iter()
             .filter(|(sink, _)| *sink != DEAD_LETTER_SINK)
             .map(|(_, n)| n)
-            .sum();
+            .sum()
+    }
+
+    /// Records written to the dead-letter output so far (`dead_letters` is set at the end).
+    pub fn dead_letters_written(&self) -> u64 {
+        self.updates_out.get(DEAD_LETTER_SINK).copied().unwrap_or(0)
+    }
+
+    /// One line for humans: records read, updates written, dead letters, time and rate.
+    pub fn summary(&self, elapsed: Duration) -> String {
+        let (read, written) = (self.records_read(), self.updates_written());
         let secs = elapsed.as_secs_f64();
         let rate = if secs > 0.0 { read as f64 / secs } else { 0.0 };
         let memory = self
@@ -869,7 +882,7 @@ pub fn run<W: Wiring>(pipeline: Arc<Pipeline>, wiring: Arc<W>, options: RunOptio
     }
     let mut report = status.counters.lock().map(|c| c.clone()).unwrap_or_default();
     report.stopped = options.stop.load(Ordering::SeqCst);
-    report.dead_letters = report.updates_out.get(DEAD_LETTER_SINK).copied().unwrap_or(0);
+    report.dead_letters = report.dead_letters_written();
     report.peak_rss_bytes = peak_rss_bytes();
     Ok(report)
 }

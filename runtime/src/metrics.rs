@@ -291,7 +291,7 @@ impl Metrics {
         let (counters, _) = status.progress();
         Some(RunProgress {
             overall: crate::progress::overall(&sources, expected),
-            records: counters.records_in.values().sum(),
+            records: counters.records_read(),
             sources,
         })
     }
