@@ -274,20 +274,8 @@ fn quiet_lost_peers() {
     let previous = std::panic::take_hook();
     let told = AtomicBool::new(false);
     std::panic::set_hook(Box::new(move |info| {
-        let payload = info.payload();
-        let message = payload
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
-        let lost = [
-            "timely communication error",
-            "MergeQueue poisoned",
-            "Send thread panic",
-            "Recv thread panic",
-        ]
-        .iter()
-        .any(|m| message.contains(m));
+        let message = sluice_runtime::cluster::panic_text(info.payload());
+        let lost = sluice_runtime::cluster::lost_peer(&message);
         if !lost {
             previous(info);
         } else if !told.swap(true, std::sync::atomic::Ordering::SeqCst) {

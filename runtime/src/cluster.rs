@@ -47,6 +47,29 @@ pub struct ClusterSpec {
 /// them one by one, short enough that a missing one is reported.
 pub const FORM_WITHIN: Duration = Duration::from_secs(120);
 
+/// The text of a panic's payload (empty when it is neither a `&str` nor a `String`).
+pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
+}
+
+/// Whether a panic is timely's fail-stop after a lost process: its network threads panic
+/// when a connection breaks and poison every channel, then the workers panic on their next
+/// receive, and the guard joining the network threads panics in turn.
+pub fn lost_peer(panic_text: &str) -> bool {
+    [
+        "timely communication error",
+        "MergeQueue poisoned",
+        "Send thread panic",
+        "Recv thread panic",
+    ]
+    .iter()
+    .any(|m| panic_text.contains(m))
+}
+
 /// Why a cluster description cannot be used.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ClusterError {
@@ -578,6 +601,18 @@ mod tests {
         refused(&|h| h.restored = 9, "restarts from the checkpoint at 9");
         refused(&|h| h.listed = 8, "lists other partitions");
         refused(&|h| h.process = 0, "says it is process 0");
+    }
+
+    #[test]
+    fn timely_fail_stop_panics_are_told_apart_from_others() {
+        let boxed: Box<dyn std::any::Any + Send> =
+            Box::new(String::from("timely communication error: reading data: socket closed"));
+        assert!(lost_peer(&panic_text(boxed.as_ref())));
+        let poisoned: Box<dyn std::any::Any + Send> = Box::new("MergeQueue poisoned.");
+        assert!(lost_peer(&panic_text(poisoned.as_ref())));
+        let other: Box<dyn std::any::Any + Send> = Box::new("index out of bounds");
+        assert!(!lost_peer(&panic_text(other.as_ref())));
+        assert_eq!(panic_text(&7u8), "");
     }
 
     #[test]

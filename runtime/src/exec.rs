@@ -830,14 +830,7 @@ pub fn run<W: Wiring>(pipeline: Arc<Pipeline>, wiring: Arc<W>, options: RunOptio
             }
             Ok(ok) => ok,
             Err(panic) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
-                // timely's network threads poison every channel when a peer's connection
-                // breaks; the workers then panic on their next receive.
-                let message = if what.contains("MergeQueue poisoned") || what.contains("timely communication error") {
+                let message = if crate::cluster::lost_peer(&crate::cluster::panic_text(panic.as_ref())) {
                     "lost the connection to another process of the cluster".to_owned()
                 } else {
                     "a worker panicked".to_owned()
