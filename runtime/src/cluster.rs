@@ -170,7 +170,13 @@ impl ClusterSpec {
             listed,
             pipeline: pipeline.to_owned(),
         };
-        let address = &self.addresses[self.process];
+        let address = self.addresses.get(self.process).ok_or_else(|| {
+            ClusterError::Invalid(format!(
+                "process {} of {} has no address",
+                self.process,
+                self.processes()
+            ))
+        })?;
         let listener = TcpListener::bind(address)
             .map_err(|e| ClusterError::Invalid(format!("process {} cannot listen on {address}: {e}", self.process)))?;
         listener
