@@ -203,6 +203,7 @@ impl Wiring for SluiceWiring {
                     log_dir: h.log_dir.clone(),
                     jwt_secret: h.jwt_secret.clone().into_bytes(),
                     max_body_bytes: usize::try_from(h.max_body_bytes).unwrap_or(usize::MAX),
+                    max_in_flight_bytes: usize::try_from(h.max_in_flight_bytes).unwrap_or(usize::MAX),
                     partitions: h.partitions,
                     segment_bytes: h.segment_bytes,
                 };

@@ -7,6 +7,8 @@ use crate::IngestError;
 
 /// The largest request body accepted by default: 1 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+/// The request body bytes held at once by default (64 MiB); publishes past it get `503`.
+pub const DEFAULT_MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
 /// The number of partitions (logs) by default.
 pub const DEFAULT_PARTITIONS: u32 = 1;
 /// The size at which a segment is closed and the next one started, by default: 64 MiB.
@@ -25,6 +27,9 @@ pub struct IngestConfig {
     pub jwt_secret: Vec<u8>,
     /// The largest request body accepted, in bytes; larger ones get `413`.
     pub max_body_bytes: usize,
+    /// The request body bytes all publishes in progress may hold together (at least
+    /// `max_body_bytes`); a publish that would pass it gets `503` with `Retry-After`.
+    pub max_in_flight_bytes: usize,
     /// Logs events are spread over by topic (at least 1).
     pub partitions: u32,
     /// A segment at or past this size is closed before the next write, in bytes (at least 1).
@@ -32,7 +37,7 @@ pub struct IngestConfig {
 }
 
 impl IngestConfig {
-    /// A configuration with the default body limit, partition count and segment size.
+    /// A configuration with the default body limits, partition count and segment size.
     pub fn new(
         name: impl Into<String>,
         listen: impl Into<String>,
@@ -45,6 +50,7 @@ impl IngestConfig {
             log_dir: log_dir.into(),
             jwt_secret: jwt_secret.into(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_in_flight_bytes: DEFAULT_MAX_IN_FLIGHT_BYTES,
             partitions: DEFAULT_PARTITIONS,
             segment_bytes: DEFAULT_SEGMENT_BYTES,
         }
@@ -61,6 +67,14 @@ impl IngestConfig {
             "segment_bytes must be at least 1"
         } else if self.max_body_bytes == 0 {
             "max_body_bytes must be at least 1"
+        } else if u32::try_from(self.max_body_bytes).is_err() {
+            // Permits are taken a request at a time, at most u32::MAX of them.
+            "max_body_bytes must be at most 4 GiB"
+        } else if self.max_in_flight_bytes < self.max_body_bytes {
+            // A body of the largest size allowed could never be taken.
+            "max_in_flight_bytes must be at least max_body_bytes"
+        } else if self.max_in_flight_bytes > tokio::sync::Semaphore::MAX_PERMITS {
+            "max_in_flight_bytes is too large"
         } else {
             return Ok(());
         };
@@ -77,6 +91,7 @@ impl fmt::Debug for IngestConfig {
             .field("log_dir", &self.log_dir)
             .field("jwt_secret", &"<redacted>")
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_in_flight_bytes", &self.max_in_flight_bytes)
             .field("partitions", &self.partitions)
             .field("segment_bytes", &self.segment_bytes)
             .finish()

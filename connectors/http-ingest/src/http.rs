@@ -3,16 +3,17 @@
 use std::future::poll_fn;
 use std::pin::pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, HttpBody};
 use axum::extract::{Path, State};
-use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
+use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, SemaphorePermit, watch};
 
 use crate::event::{BadEvent, check_object, event_line, parse_publish};
 use crate::log::PartitionLog;
@@ -20,13 +21,42 @@ use crate::partition_of;
 
 /// How long open connections may take to finish after shutdown before they are cut.
 const DRAIN: Duration = Duration::from_secs(2);
+/// The shortest time between two log lines about publishes refused for the budget.
+const BUSY_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// What every request needs.
 pub(crate) struct Endpoint {
     pub(crate) name: String,
     pub(crate) secret: Vec<u8>,
     pub(crate) max_body_bytes: usize,
+    /// Permits are bytes of request bodies; a request holds its own until it is answered.
+    pub(crate) budget: Semaphore,
+    pub(crate) max_in_flight_bytes: usize,
+    pub(crate) refused_busy: Refusals,
     pub(crate) partitions: Vec<Arc<PartitionLog>>,
+}
+
+/// Publishes refused for the in-flight budget since the last log line, and when that was.
+#[derive(Default)]
+pub(crate) struct Refusals(Mutex<(u64, Option<Instant>)>);
+
+impl Refusals {
+    /// Counts one refusal; logs the count once [`BUSY_LOG_EVERY`] has passed since the last line.
+    fn count(&self, source: &str, budget: usize) {
+        let mut guard = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (count, last) = &mut *guard;
+        *count += 1;
+        if last.is_none_or(|at| at.elapsed() >= BUSY_LOG_EVERY) {
+            tracing::warn!(
+                source,
+                refused = *count,
+                max_in_flight_bytes = budget,
+                "publishes refused with 503: the bodies in progress fill max_in_flight_bytes"
+            );
+            *count = 0;
+            *last = Some(Instant::now());
+        }
+    }
 }
 
 /// The routes of the endpoint.
@@ -68,8 +98,8 @@ async fn publish(State(endpoint): State<Arc<Endpoint>>, headers: HeaderMap, body
     if let Err(refused) = authorize(&endpoint.secret, &headers) {
         return refused;
     }
-    let body = match read_body(&headers, body, endpoint.max_body_bytes).await {
-        Ok(body) => body,
+    let (body, _held) = match endpoint.read_body(&headers, body).await {
+        Ok(read) => read,
         Err(refused) => return refused,
     };
     match parse_publish(&body) {
@@ -91,8 +121,8 @@ async fn topic_events(
     if topic.is_empty() {
         return error(StatusCode::BAD_REQUEST, "the topic is empty");
     }
-    let body = match read_body(&headers, body, endpoint.max_body_bytes).await {
-        Ok(body) => body,
+    let (body, _held) = match endpoint.read_body(&headers, body).await {
+        Ok(read) => read,
         Err(refused) => return refused,
     };
     match check_object(&body) {
@@ -144,37 +174,69 @@ fn authorize(secret: &[u8], headers: &HeaderMap) -> Result<(), Response> {
     Err((StatusCode::UNAUTHORIZED, [(WWW_AUTHENTICATE, "Bearer")], reason).into_response())
 }
 
-/// The whole body, refused with `413` as soon as it is known to exceed `limit`: from
-/// `Content-Length` before reading any of it, or when the bytes received pass the limit, so
-/// an oversized body is never buffered.
-#[allow(clippy::result_large_err)] // the error is the response itself, built once per refusal
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, Response> {
-    let too_large = || {
-        error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("the body is larger than {limit} bytes"),
-        )
-    };
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
-    }
-    // Capacity for what is declared, up to a point: a declared length is only a promise.
-    let mut bytes = Vec::with_capacity(declared.map_or(16 * 1024, |n| n.min(1 << 20) as usize));
-    let mut body = pin!(body);
-    while let Some(frame) = poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
-        let frame = frame.map_err(|e| error(StatusCode::BAD_REQUEST, &format!("cannot read the body: {e}")))?;
-        if let Ok(data) = frame.into_data() {
-            if bytes.len() + data.len() > limit {
-                return Err(too_large());
-            }
-            bytes.extend_from_slice(&data);
+impl Endpoint {
+    /// The whole body and the budget it holds, refused with `413` as soon as it is known to
+    /// exceed the limit: from `Content-Length` before reading any of it, or when the bytes
+    /// received pass the limit, so an oversized body is never buffered; refused with `503`
+    /// when the budget of bodies in progress cannot hold it.
+    #[allow(clippy::result_large_err)] // the error is the response itself, built once per refusal
+    async fn read_body(&self, headers: &HeaderMap, body: Body) -> Result<(Vec<u8>, SemaphorePermit<'_>), Response> {
+        let limit = self.max_body_bytes;
+        let too_large = || {
+            error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("the body is larger than {limit} bytes"),
+            )
+        };
+        let declared = headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(too_large());
         }
+        // The declared length is at most the limit, which the configuration keeps below 4 GiB.
+        let mut held = self.reserve(declared.map_or(0, |n| n as usize))?;
+        // Capacity for what is declared, up to a point: a declared length is only a promise.
+        let mut bytes = Vec::with_capacity(declared.map_or(16 * 1024, |n| n.min(1 << 20) as usize));
+        let mut body = pin!(body);
+        while let Some(frame) = poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+            let frame = frame.map_err(|e| error(StatusCode::BAD_REQUEST, &format!("cannot read the body: {e}")))?;
+            if let Ok(data) = frame.into_data() {
+                let total = bytes.len() + data.len();
+                if total > limit {
+                    return Err(too_large());
+                }
+                // A body longer than declared (chunked: everything) reserves as it arrives.
+                if total > held.num_permits() {
+                    held.merge(self.reserve(total - held.num_permits())?);
+                }
+                bytes.extend_from_slice(&data);
+            }
+        }
+        Ok((bytes, held))
     }
-    Ok(bytes)
+
+    /// `bytes` more of the in-flight budget, or `503` with `Retry-After` when it is full.
+    #[allow(clippy::result_large_err)] // the error is the response itself, built once per refusal
+    fn reserve(&self, bytes: usize) -> Result<SemaphorePermit<'_>, Response> {
+        // `bytes` is at most `max_body_bytes`, which the configuration keeps within a u32.
+        let permits = u32::try_from(bytes).unwrap_or(u32::MAX);
+        self.budget.try_acquire_many(permits).map_err(|_| {
+            self.refused_busy.count(&self.name, self.max_in_flight_bytes);
+            let mut refused = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!(
+                    "too many publishes in progress (their bodies fill max_in_flight_bytes = {}); retry later",
+                    self.max_in_flight_bytes
+                ),
+            );
+            refused
+                .headers_mut()
+                .insert(RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+            refused
+        })
+    }
 }
 
 /// A JSON response.

@@ -19,7 +19,7 @@
 //! configured secret, checked by [`sluice_auth::jwt::verify_claims`] (HS256 only, `exp` and
 //! `nbf` enforced, no `sub` needed); otherwise `401` with `WWW-Authenticate: Bearer`. A body
 //! that is not JSON, lacks a topic, or whose data is not a JSON object gets `400` with
-//! `{"error": reason}`; a log that cannot be written, `503`. `GET /health` answers `ok`,
+//! `{"error": reason}`; a log that cannot be written, or a full in-flight budget, `503`. `GET /health` answers `ok`,
 //! without authentication.
 //!
 //! **What `200` means.** `{"partition": "p0", "offset": n}` is sent only after the event's
@@ -33,6 +33,15 @@
 //! **Body limit.** A body declared (`Content-Length`) larger than `max_body_bytes` is refused
 //! with `413` before any of it is read; a chunked one as soon as the bytes received pass the
 //! limit. Nothing larger than the limit is ever buffered.
+//!
+//! **Memory bound.** The bodies of all publishes in progress (read, queued for the group
+//! commit, or waiting for its fsync) hold at most `max_in_flight_bytes` together: a request
+//! reserves its declared length before reading, a chunked one reserves as its bytes arrive,
+//! and the reservation is returned with the answer. A publish that would pass the budget gets
+//! `503` with `Retry-After: 1` at once, before more of it is read: under a flood of
+//! publishers (or a disk slower than they are) memory stays bounded and publishers back off,
+//! instead of the process growing until it is killed. Refusals are logged at most every
+//! 10 seconds, with their count.
 //!
 //! **Line format.** One event per line, `{"topic":T,"data":D}` and `\n`: the same shape the
 //! fanout dataflow reads from Kafka. `D` is the data object as published (key order, numbers
@@ -115,7 +124,9 @@ mod http;
 mod log;
 mod reader;
 
-pub use config::{DEFAULT_MAX_BODY_BYTES, DEFAULT_PARTITIONS, DEFAULT_SEGMENT_BYTES, IngestConfig};
+pub use config::{
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_IN_FLIGHT_BYTES, DEFAULT_PARTITIONS, DEFAULT_SEGMENT_BYTES, IngestConfig,
+};
 
 use crate::http::Endpoint;
 use crate::log::PartitionLog;
@@ -235,6 +246,9 @@ impl HttpIngestSource {
             name: config.name.clone(),
             secret: config.jwt_secret,
             max_body_bytes: config.max_body_bytes,
+            budget: tokio::sync::Semaphore::new(config.max_in_flight_bytes),
+            max_in_flight_bytes: config.max_in_flight_bytes,
+            refused_busy: http::Refusals::default(),
             partitions: source.partitions.clone(),
         });
         let (shutdown, signal) = watch::channel(false);

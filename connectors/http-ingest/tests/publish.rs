@@ -392,3 +392,106 @@ async fn a_readers_lag_is_the_bytes_published_and_not_yet_read() {
     assert_eq!(reader.lag(), Some(Lag::Bytes(0)));
     drop(client);
 }
+
+/// A `/v1/topics/t/events` body of exactly `len` bytes: `{"pad":"xx…"}`.
+fn padded(len: usize) -> String {
+    format!(r#"{{"pad":"{}"}}"#, "x".repeat(len - 10))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_past_the_in_flight_budget_get_503_until_it_frees() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kib = 1024;
+    let source = start(sluice_connector_http_ingest::IngestConfig {
+        max_body_bytes: 32 * kib,
+        max_in_flight_bytes: 48 * kib,
+        ..config(dir.path())
+    });
+    let addr = source.local_addr();
+    let auth = format!("Bearer {}", token());
+
+    // A publisher that declares 32 KiB and sends 100 bytes of it holds 32 KiB of the budget.
+    let slow_body = padded(32 * kib);
+    let mut slow = TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "POST /v1/topics/t/events HTTP/1.1\r\nHost: test\r\nAuthorization: {auth}\r\nContent-Length: {}\r\n\r\n",
+        slow_body.len()
+    );
+    slow.write_all(head.as_bytes()).await.expect("head");
+    slow.write_all(&slow_body.as_bytes()[..100]).await.expect("some body");
+
+    // 20 KiB more does not fit; until the slow one's headers are handled it still may.
+    let client = reqwest::Client::new();
+    let mut accepted_before = 0;
+    let refused = loop {
+        let response = client
+            .post(format!("http://{addr}/v1/topics/t/events"))
+            .header("Authorization", &auth)
+            .body(padded(20 * kib))
+            .send()
+            .await
+            .expect("send");
+        match response.status().as_u16() {
+            200 if accepted_before < 50 => accepted_before += 1,
+            _ => break response,
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(refused.status().as_u16(), 503);
+    assert_eq!(
+        refused.headers().get("retry-after").and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    let reason = refused.text().await.expect("body");
+    assert!(reason.contains("max_in_flight_bytes"), "{reason}");
+
+    // What fits in the 16 KiB left is taken.
+    let small = post(&client, addr, "/v1/topics/t/events", Some(&auth), padded(100)).await;
+    assert_eq!(small.status, 200, "{}", small.text);
+
+    // A chunked body reserves as it arrives: 8 KiB fits, the 24th KiB does not, so it gets
+    // 503 (not 413: it is under the body limit) before the rest is sent.
+    let mut chunked = TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "POST /v1/topics/t/events HTTP/1.1\r\nHost: test\r\nAuthorization: {auth}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    chunked.write_all(head.as_bytes()).await.expect("head");
+    let chunk = format!("{:x}\r\n{}\r\n", 8 * kib, " ".repeat(8 * kib));
+    for _ in 0..3 {
+        chunked.write_all(chunk.as_bytes()).await.expect("chunk");
+    }
+    let response = response_head(&mut chunked).await;
+    assert!(response.starts_with("HTTP/1.1 503"), "{response}");
+    assert!(response.to_ascii_lowercase().contains("retry-after: 1"), "{response}");
+
+    // The slow publisher finishes: accepted, and its 32 KiB are free again.
+    slow.write_all(&slow_body.as_bytes()[100..]).await.expect("the rest");
+    let response = response_head(&mut slow).await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let retried = post(&client, addr, "/v1/topics/t/events", Some(&auth), padded(20 * kib)).await;
+    assert_eq!(retried.status, 200, "{}", retried.text);
+
+    // The log holds what was acknowledged, in order, and nothing refused.
+    let lengths: Vec<usize> = read(&source, "p0", &Position::Start)
+        .iter()
+        .map(|r| payload(r)["data"]["pad"].as_str().map_or(0, str::len) + 10)
+        .collect();
+    let mut expected = vec![20 * kib; accepted_before];
+    expected.extend([100, 32 * kib, 20 * kib]);
+    assert_eq!(lengths, expected);
+    drop(client);
+}
+
+#[test]
+fn a_budget_smaller_than_one_body_is_a_start_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = sluice_connector_http_ingest::IngestConfig {
+        max_body_bytes: 64 * 1024,
+        max_in_flight_bytes: 1024,
+        ..config(dir.path())
+    };
+    let error = sluice_connector_http_ingest::HttpIngestSource::start(config)
+        .err()
+        .expect("refused");
+    assert!(error.to_string().contains("max_in_flight_bytes"), "{error}");
+}

@@ -201,6 +201,8 @@ pub struct HttpIngestSpec {
     pub jwt_secret: String,
     /// The largest request body accepted, in bytes; larger ones get `413`.
     pub max_body_bytes: u64,
+    /// The request body bytes all publishes in progress may hold together; past it, `503`.
+    pub max_in_flight_bytes: u64,
     /// Logs (partitions) events are spread over by topic.
     pub partitions: u32,
     /// The size at which a log segment is closed and a new one started, in bytes.

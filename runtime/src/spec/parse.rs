@@ -29,6 +29,7 @@ const INGEST_SOURCE_KEYS: &[&str] = &[
     "log_dir",
     "jwt_secret",
     "max_body_bytes",
+    "max_in_flight_bytes",
     "partitions",
     "segment_bytes",
 ];
@@ -1015,6 +1016,20 @@ fn http_ingest_source(
     let max_body_bytes = w
         .uint(t, "max_body_bytes", path, 1024..=(256 << 20))
         .map_or(1 << 20, |n| n.value);
+    let max_in_flight_bytes = match w.uint(t, "max_in_flight_bytes", path, 1024..=(1 << 40)) {
+        Some(n) if n.value < max_body_bytes => {
+            w.problem_at(
+                n.loc,
+                &n.path,
+                format!(
+                    "must be at least max_body_bytes ({max_body_bytes}): a body of the largest size allowed could never be taken"
+                ),
+            );
+            n.value
+        }
+        Some(n) => n.value,
+        None => (64 << 20).max(max_body_bytes),
+    };
     let partitions = w.uint(t, "partitions", path, 1..=256).map_or(1, |n| n.value as u32);
     let segment_bytes = w
         .uint(t, "segment_bytes", path, 4096..=(1 << 40))
@@ -1024,6 +1039,7 @@ fn http_ingest_source(
         log_dir: resolve(base, &log_dir?.value),
         jwt_secret: secret?.value,
         max_body_bytes,
+        max_in_flight_bytes,
         partitions,
         segment_bytes,
     })
