@@ -74,6 +74,26 @@ fn io(what: &str, path: &Path, e: std::io::Error) -> CheckpointError {
     CheckpointError::Store(format!("{what} {}: {e}", path.display()))
 }
 
+/// Directories created for checkpoints: readable by their owner only (on Unix), since the
+/// state they hold includes secrets (subscribers' signing secrets, pending webhook deliveries).
+fn private_dir_builder() -> std::fs::DirBuilder {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+}
+
+/// Checkpoint files, created or truncated: readable by their owner only (on Unix), as their
+/// directories.
+fn private_file_options() -> std::fs::OpenOptions {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+}
+
 /// Makes a directory entry (a new or renamed file) durable.
 fn sync_dir(dir: &Path) -> Result<(), CheckpointError> {
     std::fs::File::open(dir)
@@ -85,12 +105,14 @@ impl CheckpointStore for LocalDir {
     fn put(&self, name: &str, bytes: &[u8]) -> Result<(), CheckpointError> {
         let path = self.path(name);
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
-        std::fs::create_dir_all(&dir).map_err(|e| io("creating", &dir, e))?;
+        private_dir_builder()
+            .create(&dir)
+            .map_err(|e| io("creating", &dir, e))?;
         let tmp = dir.join(format!(
             ".{}.tmp",
             path.file_name().map(|f| f.to_string_lossy()).unwrap_or_default()
         ));
-        let mut file = std::fs::File::create(&tmp).map_err(|e| io("creating", &tmp, e))?;
+        let mut file = private_file_options().open(&tmp).map_err(|e| io("creating", &tmp, e))?;
         file.write_all(bytes).map_err(|e| io("writing", &tmp, e))?;
         file.sync_all().map_err(|e| io("syncing", &tmp, e))?;
         drop(file);
@@ -350,6 +372,34 @@ mod tests {
             loaded.parts.get("positions").map(Vec::as_slice),
             Some(&b"positions bb"[..])
         );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn checkpoints_are_readable_by_their_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("state");
+        let c = Checkpoints::new(LocalDir::new(&root), "p");
+        c.write(100, &parts("a")).expect("write");
+        let mut checked = 0;
+        let mut stack = vec![root];
+        while let Some(path) = stack.pop() {
+            let mode = std::fs::metadata(&path).expect("metadata").permissions().mode() & 0o777;
+            if path.is_dir() {
+                assert_eq!(mode, 0o700, "{}", path.display());
+                stack.extend(
+                    std::fs::read_dir(&path)
+                        .expect("list")
+                        .map(|e| e.expect("entry").path()),
+                );
+            } else {
+                assert_eq!(mode, 0o600, "{}", path.display());
+            }
+            checked += 1;
+        }
+        // The root, the parts' directory, two parts and the manifest.
+        assert_eq!(checked, 5);
     }
 
     fn damage(dir: &Path, object: &str, how: impl FnOnce(&mut Vec<u8>)) {
