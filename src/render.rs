@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use sluice_connector_dynamodb::ScanSource;
 use sluice_connector_file::{FileSource, TableFileSource, TableFormat};
-use sluice_connector_http_ingest::{HttpIngestSource, IngestConfig};
+use sluice_connector_http_ingest::{HttpIngestSource, IngestConfig, PublishStats};
 use sluice_connector_kafka::KafkaSource;
 use sluice_connector_kinesis::KinesisSource;
 use sluice_delivery::DeliveryConfig;
@@ -209,6 +209,10 @@ impl Wiring for SluiceWiring {
                 };
                 // The address or the log: nothing a retry fixes.
                 let source = HttpIngestSource::start(config).map_err(|e| SourceError::Config(e.to_string()))?;
+                if let Some(m) = &self.metrics {
+                    let (stats, name) = (source.stats(), decl.name.value.clone());
+                    m.register(Box::new(move |x| expose_publish(&name, &stats, x)));
+                }
                 Ok(Arc::new(source))
             }
             SourceSpec::File(f) if f.reload => {
@@ -480,6 +484,21 @@ fn insert_outputs<'s>(
 
 fn split_path(path: &str) -> Vec<String> {
     path.split('.').map(str::to_owned).collect()
+}
+
+/// A publish endpoint's answers, for a scrape.
+fn expose_publish(source: &str, stats: &PublishStats, x: &mut Exposition) {
+    let name = "sluice_publish_requests_total";
+    x.family(name, Kind::Counter, "Publish requests answered, by status code.");
+    for (status, n) in stats.answers() {
+        x.sample(name, &[("source", source), ("status", &status.to_string())], n as f64);
+    }
+    x.histogram(
+        "sluice_publish_accept_seconds",
+        "How long each accepted publish took, from its request to its 200 (the log's fsync included).",
+        &[("source", source)],
+        &stats.accept_seconds,
+    );
 }
 
 /// A webhook sink's counters, for a scrape.

@@ -318,6 +318,23 @@ fn publishing_needs_a_valid_token_and_a_body_within_the_limit() {
     );
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(r.count(), 1, "a refused publish was delivered");
+
+    // Every answer is counted by status, and the accepted one timed.
+    let m = hub.metrics();
+    let answered = |status: u16| {
+        m.get(&format!(
+            "sluice_publish_requests_total{{pipeline=\"hub\",source=\"events\",status=\"{status}\"}}"
+        ))
+        .copied()
+    };
+    let by_status: Vec<_> = [200, 400, 401, 413, 503].into_iter().map(answered).collect();
+    assert_eq!(
+        by_status,
+        [Some(1.0), Some(2.0), Some(refused.len() as f64), Some(1.0), Some(0.0)],
+        "{m:?}"
+    );
+    let accepted = "sluice_publish_accept_seconds_count{pipeline=\"hub\",source=\"events\"}";
+    assert_eq!(m.get(accepted), Some(&1.0), "{m:?}");
     hub.stop();
 }
 

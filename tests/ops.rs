@@ -5,25 +5,11 @@ mod common;
 mod hub_support;
 mod serve_support;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
 use hub_support::Receiver;
-use serve_support::{free_port, get, wait_for};
-
-/// The samples of a scrape, as `name{labels}` → value.
-fn scrape(admin: &str) -> BTreeMap<String, f64> {
-    get(&format!("{admin}/metrics"), &[])
-        .body
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            Some((series.to_owned(), value.parse().ok()?))
-        })
-        .collect()
-}
+use serve_support::{free_port, get, scrape, wait_for};
 
 #[test]
 fn metrics_account_for_every_record_and_lag_reaches_zero() {

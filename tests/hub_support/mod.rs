@@ -218,6 +218,8 @@ pub struct Hub {
     /// The publish endpoint's base URL.
     pub url: String,
     port: u16,
+    /// The admin endpoint's base URL (`/metrics`).
+    pub admin: String,
     client: reqwest::Client,
 }
 
@@ -297,6 +299,7 @@ mode = "upsert"
             dir: dir.to_path_buf(),
             url: format!("http://127.0.0.1:{port}"),
             port,
+            admin: format!("http://127.0.0.1:{}", free_port()),
             client: reqwest::Client::new(),
         };
         hub.launch();
@@ -306,7 +309,8 @@ mode = "upsert"
     /// Starts (or restarts) `sluice run` and waits until the publish endpoint answers.
     pub fn launch(&mut self) {
         let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["run", "--quiet", "pipeline.toml"])
+            .args(["run", "--quiet", "pipeline.toml", "--admin"])
+            .arg(self.admin.trim_start_matches("http://"))
             .current_dir(&self.dir)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
@@ -362,6 +366,11 @@ mode = "upsert"
             .block_on(request.send())
             .map(|r| r.status().as_u16())
             .unwrap_or(0)
+    }
+
+    /// The samples of the hub's `/metrics`.
+    pub fn metrics(&self) -> std::collections::BTreeMap<String, f64> {
+        crate::serve_support::scrape(&self.admin)
     }
 
     /// The frontier of the newest checkpoint written, if any.

@@ -130,6 +130,19 @@ pub fn get(url: &str, headers: &[&str]) -> Response {
     }
 }
 
+/// The samples of a scrape of an admin endpoint's `/metrics`, as `name{labels}` → value.
+pub fn scrape(admin: &str) -> std::collections::BTreeMap<String, f64> {
+    get(&format!("{admin}/metrics"), &[])
+        .body
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
 /// A `sluice run` of `dir/pipeline.toml` that serves views.
 pub struct Serving {
     child: Option<Child>,

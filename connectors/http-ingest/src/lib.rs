@@ -129,6 +129,7 @@ pub use config::{
 };
 
 use crate::http::Endpoint;
+pub use crate::http::PublishStats;
 use crate::log::PartitionLog;
 use crate::reader::LogReader;
 
@@ -193,6 +194,7 @@ pub struct HttpIngestSource {
     threads: Vec<JoinHandle<()>>,
     shutdown: Option<watch::Sender<bool>>,
     server: Option<JoinHandle<()>>,
+    stats: Arc<PublishStats>,
     /// Held (locked) while the source runs; released when dropped, after the threads stop.
     _lock: File,
 }
@@ -233,6 +235,7 @@ impl HttpIngestSource {
             threads: Vec::new(),
             shutdown: None,
             server: None,
+            stats: Arc::default(),
             _lock: lock,
         };
         // Opened one by one into `source`, so a failure part-way stops what already runs.
@@ -250,6 +253,7 @@ impl HttpIngestSource {
             max_in_flight_bytes: config.max_in_flight_bytes,
             refused_busy: http::Refusals::default(),
             partitions: source.partitions.clone(),
+            stats: Arc::clone(&source.stats),
         });
         let (shutdown, signal) = watch::channel(false);
         source.shutdown = Some(shutdown);
@@ -261,6 +265,11 @@ impl HttpIngestSource {
     /// The address the endpoint is bound to (the port chosen when `listen` asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// What the endpoint has answered so far, for metrics.
+    pub fn stats(&self) -> Arc<PublishStats> {
+        Arc::clone(&self.stats)
     }
 
     /// The durable end of `partition`'s log (`p0`…): the position after its last synced line.

@@ -479,6 +479,12 @@ async fn publishes_past_the_in_flight_budget_get_503_until_it_frees() {
     let mut expected = vec![20 * kib; accepted_before];
     expected.extend([100, 32 * kib, 20 * kib]);
     assert_eq!(lengths, expected);
+    let accepted = accepted_before as u64 + 3;
+    assert_eq!(
+        source.stats().answers(),
+        [(200, accepted), (400, 0), (401, 0), (413, 0), (503, 2)]
+    );
+    assert_eq!(source.stats().accept_seconds.count(), accepted);
     drop(client);
 }
 
