@@ -204,6 +204,7 @@ impl Wiring for SluiceWiring {
                     jwt_secret: h.jwt_secret.clone().into_bytes(),
                     max_body_bytes: usize::try_from(h.max_body_bytes).unwrap_or(usize::MAX),
                     max_in_flight_bytes: usize::try_from(h.max_in_flight_bytes).unwrap_or(usize::MAX),
+                    body_timeout: Duration::from_millis(h.body_timeout_ms),
                     partitions: h.partitions,
                     segment_bytes: h.segment_bytes,
                 };

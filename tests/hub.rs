@@ -327,10 +327,17 @@ fn publishing_needs_a_valid_token_and_a_body_within_the_limit() {
         ))
         .copied()
     };
-    let by_status: Vec<_> = [200, 400, 401, 413, 503].into_iter().map(answered).collect();
+    let by_status: Vec<_> = [200, 400, 401, 408, 413, 503].into_iter().map(answered).collect();
     assert_eq!(
         by_status,
-        [Some(1.0), Some(2.0), Some(refused.len() as f64), Some(1.0), Some(0.0)],
+        [
+            Some(1.0),
+            Some(2.0),
+            Some(refused.len() as f64),
+            Some(0.0),
+            Some(1.0),
+            Some(0.0)
+        ],
         "{m:?}"
     );
     let accepted = "sluice_publish_accept_seconds_count{pipeline=\"hub\",source=\"events\"}";

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::IngestError;
 
@@ -9,6 +10,8 @@ use crate::IngestError;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 /// The request body bytes held at once by default (64 MiB); publishes past it get `503`.
 pub const DEFAULT_MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
+/// How long a request's body may take to arrive by default; a slower one gets `408`.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The number of partitions (logs) by default.
 pub const DEFAULT_PARTITIONS: u32 = 1;
 /// The size at which a segment is closed and the next one started, by default: 64 MiB.
@@ -30,6 +33,9 @@ pub struct IngestConfig {
     /// The request body bytes all publishes in progress may hold together (at least
     /// `max_body_bytes`); a publish that would pass it gets `503` with `Retry-After`.
     pub max_in_flight_bytes: usize,
+    /// How long a request's body may take to arrive once its headers have; a slower one gets
+    /// `408`, so a stalled publisher cannot keep its share of the budget.
+    pub body_timeout: Duration,
     /// Logs events are spread over by topic (at least 1).
     pub partitions: u32,
     /// A segment at or past this size is closed before the next write, in bytes (at least 1).
@@ -51,6 +57,7 @@ impl IngestConfig {
             jwt_secret: jwt_secret.into(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_in_flight_bytes: DEFAULT_MAX_IN_FLIGHT_BYTES,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
             partitions: DEFAULT_PARTITIONS,
             segment_bytes: DEFAULT_SEGMENT_BYTES,
         }
@@ -75,6 +82,8 @@ impl IngestConfig {
             "max_in_flight_bytes must be at least max_body_bytes"
         } else if self.max_in_flight_bytes > tokio::sync::Semaphore::MAX_PERMITS {
             "max_in_flight_bytes is too large"
+        } else if self.body_timeout.is_zero() {
+            "body_timeout must be longer than zero"
         } else {
             return Ok(());
         };
@@ -92,6 +101,7 @@ impl fmt::Debug for IngestConfig {
             .field("jwt_secret", &"<redacted>")
             .field("max_body_bytes", &self.max_body_bytes)
             .field("max_in_flight_bytes", &self.max_in_flight_bytes)
+            .field("body_timeout", &self.body_timeout)
             .field("partitions", &self.partitions)
             .field("segment_bytes", &self.segment_bytes)
             .finish()

@@ -34,6 +34,7 @@ pub(crate) struct Endpoint {
     /// Permits are bytes of request bodies; a request holds its own until it is answered.
     pub(crate) budget: Semaphore,
     pub(crate) max_in_flight_bytes: usize,
+    pub(crate) body_timeout: Duration,
     pub(crate) refused_busy: Refusals,
     pub(crate) partitions: Vec<Arc<PartitionLog>>,
     pub(crate) stats: Arc<PublishStats>,
@@ -54,6 +55,8 @@ pub struct PublishStats {
     pub bad_request: AtomicU64,
     /// Refused with `401`: no valid token.
     pub unauthorized: AtomicU64,
+    /// Refused with `408`: the body did not arrive within `body_timeout`.
+    pub timed_out: AtomicU64,
     /// Refused with `413`: the body is over `max_body_bytes`.
     pub too_large: AtomicU64,
     /// Refused with `503`: the in-flight budget is full, or the log cannot be written.
@@ -68,6 +71,7 @@ impl Default for PublishStats {
             accepted: AtomicU64::new(0),
             bad_request: AtomicU64::new(0),
             unauthorized: AtomicU64::new(0),
+            timed_out: AtomicU64::new(0),
             too_large: AtomicU64::new(0),
             unavailable: AtomicU64::new(0),
             accept_seconds: Histogram::new(ACCEPT_BUCKETS),
@@ -76,13 +80,14 @@ impl Default for PublishStats {
 }
 
 impl PublishStats {
-    /// Answers so far by status code: `(200, n)`, `(400, n)`, `(401, n)`, `(413, n)`, `(503, n)`.
-    pub fn answers(&self) -> [(u16, u64); 5] {
+    /// Answers so far by status code: 200, 400, 401, 408, 413 and 503, in that order.
+    pub fn answers(&self) -> [(u16, u64); 6] {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         [
             (200, load(&self.accepted)),
             (400, load(&self.bad_request)),
             (401, load(&self.unauthorized)),
+            (408, load(&self.timed_out)),
             (413, load(&self.too_large)),
             (503, load(&self.unavailable)),
         ]
@@ -97,6 +102,7 @@ impl PublishStats {
             }
             StatusCode::BAD_REQUEST => &self.bad_request,
             StatusCode::UNAUTHORIZED => &self.unauthorized,
+            StatusCode::REQUEST_TIMEOUT => &self.timed_out,
             StatusCode::PAYLOAD_TOO_LARGE => &self.too_large,
             StatusCode::SERVICE_UNAVAILABLE => &self.unavailable,
             _ => return response,
@@ -282,21 +288,34 @@ impl Endpoint {
         // Capacity for what is declared, up to a point: a declared length is only a promise.
         let mut bytes = Vec::with_capacity(declared.map_or(16 * 1024, |n| n.min(1 << 20) as usize));
         let mut body = pin!(body);
-        while let Some(frame) = poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
-            let frame = frame.map_err(|e| error(StatusCode::BAD_REQUEST, &format!("cannot read the body: {e}")))?;
-            if let Ok(data) = frame.into_data() {
-                let total = bytes.len() + data.len();
-                if total > limit {
-                    return Err(too_large());
+        let read = async {
+            while let Some(frame) = poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+                let frame = frame.map_err(|e| error(StatusCode::BAD_REQUEST, &format!("cannot read the body: {e}")))?;
+                if let Ok(data) = frame.into_data() {
+                    let total = bytes.len() + data.len();
+                    if total > limit {
+                        return Err(too_large());
+                    }
+                    // A body longer than declared (chunked: everything) reserves as it arrives.
+                    if total > held.num_permits() {
+                        held.merge(self.reserve(total - held.num_permits())?);
+                    }
+                    bytes.extend_from_slice(&data);
                 }
-                // A body longer than declared (chunked: everything) reserves as it arrives.
-                if total > held.num_permits() {
-                    held.merge(self.reserve(total - held.num_permits())?);
-                }
-                bytes.extend_from_slice(&data);
             }
+            Ok(())
+        };
+        match tokio::time::timeout(self.body_timeout, read).await {
+            Ok(Ok(())) => Ok((bytes, held)),
+            Ok(Err(refused)) => Err(refused),
+            Err(_) => Err(error(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!(
+                    "the body did not arrive within {} ms of the headers",
+                    self.body_timeout.as_millis()
+                ),
+            )),
         }
-        Ok((bytes, held))
     }
 
     /// `bytes` more of the in-flight budget, or `503` with `Retry-After` when it is full.

@@ -41,7 +41,8 @@
 //! `503` with `Retry-After: 1` at once, before more of it is read: under a flood of
 //! publishers (or a disk slower than they are) memory stays bounded and publishers back off,
 //! instead of the process growing until it is killed. Refusals are logged at most every
-//! 10 seconds, with their count.
+//! 10 seconds, with their count. A body must arrive within `body_timeout` (30 s) of its
+//! headers, else `408`: a publisher that stalls mid-body gives its reservation back.
 //!
 //! **Line format.** One event per line, `{"topic":T,"data":D}` and `\n`: the same shape the
 //! fanout dataflow reads from Kafka. `D` is the data object as published (key order, numbers
@@ -125,7 +126,8 @@ mod log;
 mod reader;
 
 pub use config::{
-    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_IN_FLIGHT_BYTES, DEFAULT_PARTITIONS, DEFAULT_SEGMENT_BYTES, IngestConfig,
+    DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_IN_FLIGHT_BYTES, DEFAULT_PARTITIONS,
+    DEFAULT_SEGMENT_BYTES, IngestConfig,
 };
 
 use crate::http::Endpoint;
@@ -251,6 +253,7 @@ impl HttpIngestSource {
             max_body_bytes: config.max_body_bytes,
             budget: tokio::sync::Semaphore::new(config.max_in_flight_bytes),
             max_in_flight_bytes: config.max_in_flight_bytes,
+            body_timeout: config.body_timeout,
             refused_busy: http::Refusals::default(),
             partitions: source.partitions.clone(),
             stats: Arc::clone(&source.stats),

@@ -482,7 +482,7 @@ async fn publishes_past_the_in_flight_budget_get_503_until_it_frees() {
     let accepted = accepted_before as u64 + 3;
     assert_eq!(
         source.stats().answers(),
-        [(200, accepted), (400, 0), (401, 0), (413, 0), (503, 2)]
+        [(200, accepted), (400, 0), (401, 0), (408, 0), (413, 0), (503, 2)]
     );
     assert_eq!(source.stats().accept_seconds.count(), accepted);
     drop(client);
@@ -500,4 +500,41 @@ fn a_budget_smaller_than_one_body_is_a_start_error() {
         .err()
         .expect("refused");
     assert!(error.to_string().contains("max_in_flight_bytes"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stalls_gets_408_and_gives_its_budget_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kib = 1024;
+    let source = start(sluice_connector_http_ingest::IngestConfig {
+        max_body_bytes: 32 * kib,
+        max_in_flight_bytes: 32 * kib,
+        body_timeout: Duration::from_millis(300),
+        ..config(dir.path())
+    });
+    let addr = source.local_addr();
+    let auth = format!("Bearer {}", token());
+    // Declares the whole budget and stops after 100 bytes.
+    let mut stalled = TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "POST /v1/topics/t/events HTTP/1.1\r\nHost: test\r\nAuthorization: {auth}\r\nContent-Length: {}\r\n\r\n",
+        32 * kib
+    );
+    stalled.write_all(head.as_bytes()).await.expect("head");
+    stalled
+        .write_all(&padded(32 * kib).as_bytes()[..100])
+        .await
+        .expect("some body");
+    let started = std::time::Instant::now();
+    let response = response_head(&mut stalled).await;
+    assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    // The budget is whole again: a publish of all of it is taken.
+    let client = reqwest::Client::new();
+    let answer = post(&client, addr, "/v1/topics/t/events", Some(&auth), padded(32 * kib)).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(read(&source, "p0", &Position::Start).len(), 1);
+    let answers = source.stats().answers();
+    assert_eq!(answers[0], (200, 1));
+    assert_eq!(answers[3], (408, 1));
 }

@@ -203,6 +203,8 @@ pub struct HttpIngestSpec {
     pub max_body_bytes: u64,
     /// The request body bytes all publishes in progress may hold together; past it, `503`.
     pub max_in_flight_bytes: u64,
+    /// How long a request's body may take to arrive after its headers, in ms; then `408`.
+    pub body_timeout_ms: u64,
     /// Logs (partitions) events are spread over by topic.
     pub partitions: u32,
     /// The size at which a log segment is closed and a new one started, in bytes.

@@ -30,6 +30,7 @@ const INGEST_SOURCE_KEYS: &[&str] = &[
     "jwt_secret",
     "max_body_bytes",
     "max_in_flight_bytes",
+    "body_timeout_ms",
     "partitions",
     "segment_bytes",
 ];
@@ -1030,6 +1031,9 @@ fn http_ingest_source(
         Some(n) => n.value,
         None => (64 << 20).max(max_body_bytes),
     };
+    let body_timeout_ms = w
+        .uint(t, "body_timeout_ms", path, 100..=3_600_000)
+        .map_or(30_000, |n| n.value);
     let partitions = w.uint(t, "partitions", path, 1..=256).map_or(1, |n| n.value as u32);
     let segment_bytes = w
         .uint(t, "segment_bytes", path, 4096..=(1 << 40))
@@ -1040,6 +1044,7 @@ fn http_ingest_source(
         jwt_secret: secret?.value,
         max_body_bytes,
         max_in_flight_bytes,
+        body_timeout_ms,
         partitions,
         segment_bytes,
     })
