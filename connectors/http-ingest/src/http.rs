@@ -15,7 +15,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use sluice_runtime::metrics::Histogram;
-use tokio::sync::{Semaphore, SemaphorePermit, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::event::{BadEvent, check_object, event_line, parse_publish};
 use crate::log::PartitionLog;
@@ -31,8 +31,9 @@ pub(crate) struct Endpoint {
     pub(crate) name: String,
     pub(crate) secret: Vec<u8>,
     pub(crate) max_body_bytes: usize,
-    /// Permits are bytes of request bodies; a request holds its own until it is answered.
-    pub(crate) budget: Semaphore,
+    /// Permits are bytes of request bodies; a request's are released once its line is written
+    /// and answered (by the log's writer, so a client that goes away cannot free them early).
+    pub(crate) budget: Arc<Semaphore>,
     pub(crate) max_in_flight_bytes: usize,
     pub(crate) body_timeout: Duration,
     pub(crate) refused_busy: Refusals,
@@ -180,14 +181,23 @@ async fn publish_event(endpoint: &Endpoint, headers: &HeaderMap, body: Body) -> 
     if let Err(refused) = authorize(&endpoint.secret, headers) {
         return refused;
     }
-    let (body, _held) = match endpoint.read_body(headers, body).await {
+    let (body, held) = match endpoint.read_body(headers, body).await {
         Ok(read) => read,
         Err(refused) => return refused,
     };
-    match parse_publish(&body) {
-        Ok(event) => endpoint.append(&event.topic, &event.data).await,
-        Err(BadEvent(reason)) => error(StatusCode::BAD_REQUEST, &reason),
-    }
+    // The line is made and the body dropped before waiting for the disk: the reservation
+    // then covers the one copy that waits.
+    let event = match parse_publish(&body) {
+        Ok(event) => event,
+        Err(BadEvent(reason)) => return error(StatusCode::BAD_REQUEST, &reason),
+    };
+    let (index, line) = match endpoint.line(&event.topic, &event.data) {
+        Ok(line) => line,
+        Err(refused) => return refused,
+    };
+    drop(event);
+    drop(body);
+    endpoint.append(index, line, held).await
 }
 
 /// `POST /v1/topics/{topic}/events`: the data object itself.
@@ -209,28 +219,37 @@ async fn topic_event(endpoint: &Endpoint, topic: &str, headers: &HeaderMap, body
     if topic.is_empty() {
         return error(StatusCode::BAD_REQUEST, "the topic is empty");
     }
-    let (body, _held) = match endpoint.read_body(headers, body).await {
+    let (body, held) = match endpoint.read_body(headers, body).await {
         Ok(read) => read,
         Err(refused) => return refused,
     };
-    match check_object(&body) {
-        Ok(()) => endpoint.append(topic, &body).await,
-        Err(reason) => error(StatusCode::BAD_REQUEST, &format!("the body {reason}")),
+    if let Err(reason) = check_object(&body) {
+        return error(StatusCode::BAD_REQUEST, &format!("the body {reason}"));
     }
+    let (index, line) = match endpoint.line(topic, &body) {
+        Ok(line) => line,
+        Err(refused) => return refused,
+    };
+    drop(body);
+    endpoint.append(index, line, held).await
 }
 
 impl Endpoint {
-    /// Appends the event to its topic's partition; `200` once it is synced to disk.
-    async fn append(&self, topic: &str, data: &[u8]) -> Response {
+    /// The index of the topic's partition and the event's line, or the answer that refuses it.
+    #[allow(clippy::result_large_err)] // the error is the response itself, built once per refusal
+    fn line(&self, topic: &str, data: &[u8]) -> Result<(usize, Vec<u8>), Response> {
         let index = partition_of(topic, self.partitions.len() as u32) as usize;
+        let line = event_line(topic, data).map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?;
+        Ok((index, line))
+    }
+
+    /// Appends the line to partition `index`; `200` once it is synced to disk. `held` goes
+    /// with the line and is released by the writer.
+    async fn append(&self, index: usize, line: Vec<u8>, held: OwnedSemaphorePermit) -> Response {
         let Some(log) = self.partitions.get(index) else {
             return error(StatusCode::INTERNAL_SERVER_ERROR, "no partition for the topic");
         };
-        let line = match event_line(topic, data) {
-            Ok(line) => line,
-            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-        };
-        match log.append(line).await {
+        match log.append(line, held).await {
             Ok(offset) => json(
                 StatusCode::OK,
                 &serde_json::json!({"partition": log.id, "offset": offset}),
@@ -268,7 +287,7 @@ impl Endpoint {
     /// received pass the limit, so an oversized body is never buffered; refused with `503`
     /// when the budget of bodies in progress cannot hold it.
     #[allow(clippy::result_large_err)] // the error is the response itself, built once per refusal
-    async fn read_body(&self, headers: &HeaderMap, body: Body) -> Result<(Vec<u8>, SemaphorePermit<'_>), Response> {
+    async fn read_body(&self, headers: &HeaderMap, body: Body) -> Result<(Vec<u8>, OwnedSemaphorePermit), Response> {
         let limit = self.max_body_bytes;
         let too_large = || {
             error(
@@ -320,10 +339,10 @@ impl Endpoint {
 
     /// `bytes` more of the in-flight budget, or `503` with `Retry-After` when it is full.
     #[allow(clippy::result_large_err)] // the error is the response itself, built once per refusal
-    fn reserve(&self, bytes: usize) -> Result<SemaphorePermit<'_>, Response> {
+    fn reserve(&self, bytes: usize) -> Result<OwnedSemaphorePermit, Response> {
         // `bytes` is at most `max_body_bytes`, which the configuration keeps within a u32.
         let permits = u32::try_from(bytes).unwrap_or(u32::MAX);
-        self.budget.try_acquire_many(permits).map_err(|_| {
+        Arc::clone(&self.budget).try_acquire_many_owned(permits).map_err(|_| {
             self.refused_busy.count(&self.name, self.max_in_flight_bytes);
             let mut refused = error(
                 StatusCode::SERVICE_UNAVAILABLE,

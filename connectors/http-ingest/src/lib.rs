@@ -37,7 +37,10 @@
 //! **Memory bound.** The bodies of all publishes in progress (read, queued for the group
 //! commit, or waiting for its fsync) hold at most `max_in_flight_bytes` together: a request
 //! reserves its declared length before reading, a chunked one reserves as its bytes arrive,
-//! and the reservation is returned with the answer. A publish that would pass the budget gets
+//! and the reservation travels with the event's line to the log's writer, which returns it
+//! once the line is written: a publisher that hangs up while its line waits for the disk
+//! does not free memory still in use. The body is dropped once its line is made, so one copy
+//! waits. A publish that would pass the budget gets
 //! `503` with `Retry-After: 1` at once, before more of it is read: under a flood of
 //! publishers (or a disk slower than they are) memory stays bounded and publishers back off,
 //! instead of the process growing until it is killed. Refusals are logged at most every
@@ -79,7 +82,9 @@
 //! and the newest segment is cut after its last complete line (a tail without `\n`, or a
 //! line holding a NUL byte, which JSON never does, is a batch whose fsync never returned,
 //! so it was never acknowledged). Its lines are counted from its sidecar on; older segments
-//! are not read.
+//! are not read. Whole lines whose fsync never returned (a crash, not a power loss, leaves
+//! them in the page cache) are synced before they are read, so nothing read and delivered
+//! can be taken back later, and a new partition's directory entry is synced when created.
 //!
 //! **Reading.** A partition's native position is [`Position::Line`]: the global byte offset
 //! of the next unread line and the number of lines before it. Readers never read past the
@@ -251,7 +256,7 @@ impl HttpIngestSource {
             name: config.name.clone(),
             secret: config.jwt_secret,
             max_body_bytes: config.max_body_bytes,
-            budget: tokio::sync::Semaphore::new(config.max_in_flight_bytes),
+            budget: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight_bytes)),
             max_in_flight_bytes: config.max_in_flight_bytes,
             body_timeout: config.body_timeout,
             refused_busy: http::Refusals::default(),

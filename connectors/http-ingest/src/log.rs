@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread::JoinHandle;
 
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use crate::IngestError;
 use crate::commit::Committer;
@@ -144,6 +144,8 @@ pub(crate) enum AppendError {
 struct Append {
     line: Vec<u8>,
     reply: oneshot::Sender<Result<u64, AppendError>>,
+    /// The endpoint's memory reservation for the line, released once it is answered.
+    held: OwnedSemaphorePermit,
 }
 
 enum Msg {
@@ -174,6 +176,11 @@ impl PartitionLog {
             source,
         };
         fs::create_dir_all(&dir).map_err(log_error)?;
+        // The partition's directory entry, so a power loss right after the first acknowledged
+        // publish cannot take the whole partition back.
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent).map_err(log_error)?;
+        }
         let durable = Arc::new(Durable::default());
         let writer = recover(&dir, segment_bytes, Arc::clone(&durable))?;
         let (appends, queue) = mpsc::channel();
@@ -201,11 +208,12 @@ impl PartitionLog {
     }
 
     /// Appends `line` (one event and its newline) and returns its line number once it is
-    /// synced to disk.
-    pub(crate) async fn append(&self, line: Vec<u8>) -> Result<u64, AppendError> {
+    /// synced to disk. `held` is released when the line is answered, even if the caller has
+    /// stopped waiting.
+    pub(crate) async fn append(&self, line: Vec<u8>, held: OwnedSemaphorePermit) -> Result<u64, AppendError> {
         let (reply, answer) = oneshot::channel();
         self.appends
-            .send(Msg::Append(Append { line, reply }))
+            .send(Msg::Append(Append { line, reply, held }))
             .map_err(|_| AppendError::Stopped)?;
         answer.await.map_err(|_| AppendError::Stopped)?
     }
@@ -240,12 +248,14 @@ impl Writer {
     fn run(mut self, queue: &mpsc::Receiver<Msg>) {
         let mut batch = Vec::with_capacity(64 * 1024);
         let mut replies = Vec::new();
+        let mut held = Vec::new();
         let mut stop = false;
         while !stop {
             match queue.recv() {
                 Ok(Msg::Append(a)) => {
                     batch.extend_from_slice(&a.line);
                     replies.push(a.reply);
+                    held.push(a.held);
                 }
                 Ok(Msg::Stop) | Err(_) => break,
             }
@@ -254,6 +264,7 @@ impl Writer {
                     Ok(Msg::Append(a)) => {
                         batch.extend_from_slice(&a.line);
                         replies.push(a.reply);
+                        held.push(a.held);
                     }
                     Ok(Msg::Stop) => {
                         stop = true;
@@ -262,7 +273,11 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            match self.write(&batch, replies.len() as u64) {
+            let written = self.write(&batch, replies.len() as u64);
+            // The lines are out of the queue (the batch buffer is reused): their budget is free,
+            // before the answers, so a publisher that sends again at once finds it free.
+            held.clear();
+            match written {
                 Ok(first) => {
                     for (n, reply) in (first..).zip(replies.drain(..)) {
                         let _ = reply.send(Ok(n));
@@ -381,6 +396,12 @@ fn recover(dir: &Path, segment_bytes: u64, durable: Arc<Durable>) -> Result<Writ
         file.set_len(len)
             .and_then(|()| file.sync_all())
             .map_err(io_error(&path))?;
+    } else {
+        // A crash (not a power loss) leaves lines written but never synced in the page cache,
+        // whole and readable: they are about to be read and committed as durable, so make
+        // them so first. Otherwise a power loss now would take back lines already delivered,
+        // and the next ones would reuse their line numbers (and delivery ids).
+        file.sync_data().map_err(io_error(&path))?;
     }
     durable.publish(start + len, base + lines);
     Ok(Writer {
