@@ -68,6 +68,41 @@ pub enum NotADelivery {
     Secret(#[from] crate::sign::BadSecret),
 }
 
+/// Headers an event may not set: they frame the message or steer the connection, which the
+/// HTTP client does from the real body and URL. Sent as given, a `Content-Length` shorter
+/// than the body truncates it (and breaks its signature), a `Host` reaches another virtual
+/// host behind the subscriber's server, and `Transfer-Encoding` desynchronises the two
+/// ends. They are dropped; every other header is sent as given.
+const CONNECTION_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "expect",
+    "proxy-connection",
+    "proxy-authorization",
+    "proxy-authenticate",
+];
+
+/// The first segment of `url`'s path that is `.` or `..` as the URL standard reads them
+/// (`%2e` for a dot, in any case), if any.
+fn dot_segment(url: &str) -> Option<&str> {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[after_scheme..];
+    let path = &rest[rest.find('/').unwrap_or(rest.len())..];
+    let path = &path[..path.find(['?', '#']).unwrap_or(path.len())];
+    // Backslashes separate segments too in http(s) URLs.
+    path.split(['/', '\\']).find(|segment| {
+        let lower = segment.to_ascii_lowercase();
+        let dots = lower.replace("%2e", ".");
+        dots == "." || dots == ".."
+    })
+}
+
 impl Delivery {
     /// Reads a delivery row's value.
     pub fn from_row(row: &Row) -> Result<Delivery, NotADelivery> {
@@ -108,6 +143,14 @@ impl Delivery {
 
     /// The parts of the request, parsed once for every attempt.
     pub fn prepare(&self) -> Result<Prepared, NotADelivery> {
+        if let Some(segment) = dot_segment(&self.url) {
+            // The URL parser would remove it with the segment before: a path parameter of `..`
+            // would send the request outside the path the subscriber registered.
+            return Err(NotADelivery::Url(format!(
+                "url `{}` has a `{segment}` path segment, which would leave the subscriber's path",
+                self.url
+            )));
+        }
         let url = Url::parse(&self.url).map_err(|e| NotADelivery::Url(format!("url `{}`: {e}", self.url)))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(NotADelivery::Url(format!("url `{}` is not http or https", self.url)));
@@ -129,6 +172,9 @@ impl Delivery {
             Method::from_bytes(self.method.as_bytes()).map_err(|_| NotADelivery::Method(self.method.to_string()))?;
         let mut headers = HeaderMap::with_capacity(self.headers.len() + 3);
         for (name, value) in &self.headers {
+            if CONNECTION_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name)) {
+                continue;
+            }
             let bad = || NotADelivery::Header(name.to_string());
             let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad())?;
             let value = HeaderValue::from_str(value).map_err(|_| bad())?;
@@ -231,6 +277,31 @@ pub struct Prepared {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dot_segments_are_found_in_the_path_only() {
+        for url in [
+            "http://h/a/../b",
+            "http://h/a/..",
+            "http://h/./b",
+            "https://h/a/%2E%2e/b",
+            "http://h/a/.%2E?q=1",
+            "http://h/a\\..\\b",
+        ] {
+            assert!(dot_segment(url).is_some(), "{url}");
+        }
+        for url in [
+            "http://h/a/b",
+            "http://h/a/...",
+            "http://h/a/..b/c",
+            "http://h/a/b?x=/../",
+            "http://h/a#/../",
+            "http://h",
+            "http://h:80/v1.2/x",
+        ] {
+            assert_eq!(dot_segment(url), None, "{url}");
+        }
+    }
 
     fn row(fields: Vec<(&str, Value)>) -> Row {
         Row::derived(Value::Null, Value::map(fields))

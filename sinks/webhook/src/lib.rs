@@ -42,6 +42,14 @@
 //! not register — possibly internal, past the SSRF guard's look at the registered URL — and
 //! a 301/302 turns a POST into a GET; a moved endpoint should be fixed in the subscription.
 //!
+//! **What an event cannot change.** Its headers may not frame the request or steer the
+//! connection: `Host`, `Content-Length`, `Transfer-Encoding`, `Connection`, `Keep-Alive`,
+//! `Upgrade`, `TE`, `Trailer`, `Expect` and `Proxy-*` are dropped (a short `Content-Length`
+//! would truncate the body, a `Host` reach another virtual host). A URL with a `.` or `..`
+//! path segment (also spelt `%2e`), which a `:placeholder` filled with `..` makes, is refused
+//! for good: the URL parser would resolve it and send the request outside the path the
+//! subscriber registered.
+//!
 //! **SSRF guard.** Unless `allow_private_targets`, targets that are or resolve to loopback,
 //! private, link-local (cloud metadata included), unspecified, broadcast, multicast, carrier
 //! NAT or reserved addresses, IPv4-mapped forms included, are refused for good — checked on

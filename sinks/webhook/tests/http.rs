@@ -54,6 +54,60 @@ fn a_2xx_is_one_attempt_with_method_headers_body_and_query_as_sent() {
 }
 
 #[test]
+fn an_event_cannot_set_the_headers_that_frame_the_request() {
+    let receiver = Receiver::status(200);
+    let (mut sink, letters, _stop) = open(config());
+    let headers = Value::map([
+        ("Content-Length", Value::from("1")),
+        ("HOST", Value::from("admin.internal")),
+        ("Transfer-Encoding", Value::from("chunked")),
+        ("Connection", Value::from("upgrade")),
+        ("Upgrade", Value::from("websocket")),
+        ("Expect", Value::from("100-continue")),
+        ("X-Kept", Value::from("yes")),
+    ]);
+    let row = with(delivery("d-1", &receiver.url("/hooks")), "headers", headers);
+    let row = with(row, "body", Value::from(r#"{"order":7,"lines":[1,2,3]}"#));
+    sink.write(1, &[(row, 1)]).expect("write");
+    sink.commit(None).expect("commit");
+
+    let seen = receiver.seen();
+    assert_eq!(seen.len(), 1);
+    let s = &seen[0];
+    // The whole body, framed by its real length, to the URL's host.
+    assert_eq!(s.body, r#"{"order":7,"lines":[1,2,3]}"#);
+    assert_eq!(s.header("content-length").as_deref(), Some("27"));
+    assert_eq!(s.header("transfer-encoding"), None);
+    assert_eq!(s.header("host"), Some(receiver.addr.to_string()));
+    assert_eq!(s.header("upgrade"), None);
+    assert_eq!(s.header("expect"), None);
+    assert_eq!(s.header("x-kept").as_deref(), Some("yes"));
+    assert!(letters.rows().is_empty());
+}
+
+#[test]
+fn a_path_that_climbs_out_of_the_subscribers_path_is_refused() {
+    let receiver = Receiver::status(200);
+    let (mut sink, letters, _stop) = open(config());
+    // What a `:id` placeholder filled with `..` or `%2e%2E` gives.
+    let rows = [
+        (delivery("d-1", &receiver.url("/tenant-a/../admin")), 1),
+        (delivery("d-2", &receiver.url("/tenant-a/%2e%2E")), 1),
+        (delivery("d-3", &receiver.url("/tenant-a/..x/ok")), 1),
+    ];
+    sink.write(1, &rows).expect("write");
+    sink.commit(None).expect("commit");
+    let seen: Vec<String> = receiver.seen().into_iter().map(|s| s.uri).collect();
+    assert_eq!(seen, ["/tenant-a/..x/ok"]);
+    let rows = letters.rows();
+    assert_eq!(rows.len(), 2);
+    for row in &rows {
+        assert_eq!(int(row, "attempts"), Some(0));
+        assert!(text(row, "last_error").contains("path segment"), "{row:?}");
+    }
+}
+
+#[test]
 fn retractions_are_ignored_and_a_diff_of_two_sends_twice() {
     let receiver = Receiver::status(204);
     let (mut sink, letters, _stop) = open(config());
