@@ -286,6 +286,7 @@ impl Wiring for SluiceWiring {
                     per_target_concurrency: w.per_target_concurrency as usize,
                     max_in_flight: w.max_in_flight as usize,
                     max_queued: w.max_queued as usize,
+                    max_pending_per_target: usize::try_from(w.max_pending_per_target).unwrap_or(usize::MAX),
                     allow_private_targets: w.allow_private_targets,
                 };
                 let sink = sluice_sink_webhook::open(config, dead_letters, resume, Arc::clone(&self.stop))?;

@@ -357,6 +357,8 @@ pub struct WebhookSinkSpec {
     pub max_in_flight: u32,
     /// Deliveries not yet attempted at most; above it the sink holds the pipeline back.
     pub max_queued: u64,
+    /// Unresolved deliveries one target may have; one more is dead-lettered unattempted.
+    pub max_pending_per_target: u64,
     /// Whether targets on loopback, private, link-local or metadata addresses are allowed.
     pub allow_private_targets: bool,
     /// Where deliveries that failed for good are written (the spec's `dead_letters` output).

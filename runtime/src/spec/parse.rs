@@ -74,6 +74,7 @@ const WEBHOOK_SINK_KEYS: &[&str] = &[
     "per_target_concurrency",
     "max_in_flight",
     "max_queued",
+    "max_pending_per_target",
     "allow_private_targets",
     "dead_letters",
 ];
@@ -1069,6 +1070,7 @@ fn webhook_sink(
     let per_target_concurrency = ms(w, "per_target_concurrency", 1..=1024, 8) as u32;
     let max_in_flight = ms(w, "max_in_flight", 1..=65_536, 256) as u32;
     let max_queued = ms(w, "max_queued", 1..=100_000_000, 100_000);
+    let max_pending_per_target = ms(w, "max_pending_per_target", 1..=100_000_000, 10_000);
     let allow_private_targets = w.bool(t, "allow_private_targets", path).is_some_and(|b| b.value);
     let dl_path = join(path, "dead_letters");
     let dead_letters = match w.table(t, "dead_letters", path) {
@@ -1113,6 +1115,7 @@ fn webhook_sink(
         per_target_concurrency,
         max_in_flight,
         max_queued,
+        max_pending_per_target,
         allow_private_targets,
         dead_letters: Box::new(dead_letters),
     })

@@ -20,6 +20,9 @@ pub const DEFAULT_PER_TARGET_CONCURRENCY: usize = 8;
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
 /// Default [`WebhookConfig::max_queued`]: 100 000.
 pub const DEFAULT_MAX_QUEUED: usize = 100_000;
+/// Default [`WebhookConfig::max_pending_per_target`]: 10 000, a tenth of `max_queued`, so a
+/// few stuck targets cannot take the whole queue.
+pub const DEFAULT_MAX_PENDING_PER_TARGET: usize = 10_000;
 
 /// How the webhook sink sends, retries and limits its requests.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,6 +51,11 @@ pub struct WebhookConfig {
     /// Deliveries written but not yet attempted before `write` blocks, as backpressure
     /// ([`DEFAULT_MAX_QUEUED`]).
     pub max_queued: usize,
+    /// Unresolved deliveries (queued, in flight or waiting to retry) one target may have; a
+    /// delivery beyond is dead-lettered at once, unattempted, so a target that is down or
+    /// hangs for long holds neither the other targets nor unbounded memory
+    /// ([`DEFAULT_MAX_PENDING_PER_TARGET`]).
+    pub max_pending_per_target: usize,
     /// Whether targets on loopback, private, link-local, metadata and other internal
     /// addresses may be sent to (default `false`; tests set it).
     pub allow_private_targets: bool,
@@ -66,6 +74,7 @@ impl Default for WebhookConfig {
             per_target_concurrency: DEFAULT_PER_TARGET_CONCURRENCY,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             max_queued: DEFAULT_MAX_QUEUED,
+            max_pending_per_target: DEFAULT_MAX_PENDING_PER_TARGET,
             allow_private_targets: false,
         }
     }
@@ -79,6 +88,7 @@ impl WebhookConfig {
             ("per_target_concurrency", self.per_target_concurrency),
             ("max_in_flight", self.max_in_flight),
             ("max_queued", self.max_queued),
+            ("max_pending_per_target", self.max_pending_per_target),
         ];
         for (name, value) in positive {
             if value == 0 {

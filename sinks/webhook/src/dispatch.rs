@@ -278,7 +278,7 @@ impl Dispatcher {
         match outcome {
             Outcome::Success => {
                 let time = entry.time;
-                state.pending.remove(&seq);
+                state.forget(seq, true);
                 state.release(time);
                 WebhookStats::add(&stats.successes, 1);
                 stats.delivery_seconds.observe(age);

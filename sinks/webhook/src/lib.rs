@@ -59,7 +59,14 @@
 //! endpoint: subscribers sharing a host do not share a limit; scheme, host and port for a
 //! row without a subscriber) and `max_in_flight` in all; each target has its own queue, so a slow or hanging
 //! target never delays others. `write` blocks while `max_queued` deliveries wait for their
-//! first attempt: backpressure on the dataflow.
+//! first attempt: backpressure on the dataflow. One target may have at most
+//! `max_pending_per_target` unresolved deliveries (queued, in flight, or waiting to retry).
+//! When it has that many and no success for a request timeout (it is down, hangs, or fails
+//! every attempt), one more is dead-lettered at once, unattempted, with the reason; a full
+//! target that does succeed (a burst) holds `write` back until it has room instead. Without
+//! that bound a target that hangs or is down for days would fill `max_queued` by itself,
+//! and `write` would then admit everyone's deliveries at its pace; and its retries would
+//! fill memory and every checkpoint.
 //!
 //! **Dead letters go to an inner sink**, opened by the caller (a file, Kafka), not back into
 //! the dataflow: a delivery fails at wall-clock time, possibly days after its epoch became
@@ -101,7 +108,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 pub use config::{
     DEFAULT_INITIAL_BACKOFF, DEFAULT_MAX_AGE, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_BACKOFF, DEFAULT_MAX_IN_FLIGHT,
-    DEFAULT_MAX_QUEUED, DEFAULT_PER_TARGET_CONCURRENCY, DEFAULT_TIMEOUT, WebhookConfig,
+    DEFAULT_MAX_PENDING_PER_TARGET, DEFAULT_MAX_QUEUED, DEFAULT_PER_TARGET_CONCURRENCY, DEFAULT_TIMEOUT, WebhookConfig,
 };
 pub use sign::{BadSecret, WHSEC_PREFIX, signature, signing_key};
 pub use state::WebhookStats;
@@ -134,6 +141,32 @@ pub struct WebhookSink {
     /// Dead letters written to the inner sink at a time, not yet durable there, with the
     /// output times of their deliveries.
     unsettled: VecDeque<(Time, Vec<Option<Time>>)>,
+    /// Deliveries dead-lettered for a full target backlog since the last log line about it.
+    overflowed: Overflowed,
+}
+
+/// Deliveries refused for a full target backlog, logged at most every [`LOG_EVERY`].
+#[derive(Default)]
+struct Overflowed {
+    count: u64,
+    logged: Option<Instant>,
+}
+
+impl Overflowed {
+    fn count(&mut self, sink: &str, target: &str, backlog: usize) {
+        self.count += 1;
+        if self.logged.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
+            tracing::warn!(
+                sink,
+                target,
+                backlog,
+                dead_lettered = self.count,
+                "deliveries dead-lettered unattempted: their target has max_pending_per_target unresolved"
+            );
+            self.count = 0;
+            self.logged = Some(Instant::now());
+        }
+    }
 }
 
 /// Opens a webhook sink writing its dead letters to `dead_letters` (opened by the caller
@@ -185,6 +218,7 @@ pub fn open(
         high: 0,
         inner_time: 0,
         unsettled: VecDeque::new(),
+        overflowed: Overflowed::default(),
     };
     if let Some(saved) = saved {
         sink.restore(saved)?;
@@ -269,22 +303,53 @@ impl WebhookSink {
             .map_err(|_| SinkError::Io(format!("webhook sink {}: its dispatcher stopped", self.config.name)))
     }
 
-    /// Adds one delivery row at `time`, or dead-letters it if it is not one.
+    /// Adds one delivery row at `time`, or dead-letters it if it is not one, or if its target
+    /// has `max_pending_per_target` unresolved deliveries and no success for a request
+    /// timeout. A target that is full but works (a burst) holds `write` back until it has
+    /// room, as `max_queued` does.
     fn admit(&mut self, time: Time, row: &Row) -> Result<(), SinkError> {
-        match Delivery::from_row(row).and_then(|d| d.prepare()) {
-            Ok(prepared) => {
-                let seq = self.shared.lock().admit(prepared, Progress::default(), Some(time));
-                self.send(seq)
+        let prepared = match Delivery::from_row(row).and_then(|d| d.prepare()) {
+            Ok(prepared) => prepared,
+            Err(e) => return self.dead_letter(time, invalid_dead_letter(row, &e, now_ms())),
+        };
+        loop {
+            let state = self.shared.lock();
+            let (backlog, stuck) = match state.load(&prepared.target) {
+                Some(load) if load.pending >= self.config.max_pending_per_target => {
+                    (load.pending, load.since.elapsed() >= self.config.timeout)
+                }
+                _ => {
+                    let mut state = state;
+                    let seq = state.admit(prepared, Progress::default(), Some(time));
+                    drop(state);
+                    return self.send(seq);
+                }
+            };
+            if stuck || self.shared.stopping() {
+                drop(state);
+                self.overflowed.count(&self.config.name, &prepared.target, backlog);
+                let progress = Progress {
+                    last_error: Some(format!(
+                        "not attempted: {backlog} deliveries to this target are unresolved \
+                         (max_pending_per_target) and none succeeded for {} ms: it is down or hanging",
+                        self.config.timeout.as_millis()
+                    )),
+                    ..Progress::default()
+                };
+                return self.dead_letter(time, prepared.delivery.dead_letter(&progress, now_ms()));
             }
-            Err(e) => {
-                let dead = invalid_dead_letter(row, &e, now_ms());
-                let mut state = self.shared.lock();
-                state.hold(Some(time));
-                state.dead.push(Dead::Row(Some(time), dead));
-                WebhookStats::add(&self.shared.stats.dead_lettered, 1);
-                Ok(())
-            }
+            let _ = self.shared.changed.wait_timeout(state, WAKE_EVERY);
+            self.drain()?;
         }
+    }
+
+    /// Queues a dead letter made already, for a row written at `time`.
+    fn dead_letter(&mut self, time: Time, row: Row) -> Result<(), SinkError> {
+        let mut state = self.shared.lock();
+        state.hold(Some(time));
+        state.dead.push(Dead::Row(Some(time), row));
+        WebhookStats::add(&self.shared.stats.dead_lettered, 1);
+        Ok(())
     }
 
     /// Waits while `max_queued` deliveries wait for their first attempt, writing dead
@@ -312,7 +377,7 @@ impl WebhookSink {
             for dead in std::mem::take(&mut state.dead) {
                 match dead {
                     Dead::Delivery(seq) => {
-                        if let Some(entry) = state.pending.remove(&seq) {
+                        if let Some(entry) = state.forget(seq, false) {
                             rows.push((entry.prepared.delivery.dead_letter(&entry.progress, now), 1));
                             times.push(entry.time);
                         }

@@ -77,6 +77,15 @@ pub(crate) struct State {
     pub queued: usize,
     /// Requests in flight.
     pub in_flight: usize,
+    /// Unresolved deliveries per target (entries of `pending`), and how it is doing.
+    pub per_target: HashMap<Arc<str>, TargetLoad>,
+}
+
+/// A target's unresolved deliveries, and the last sign that it works.
+pub(crate) struct TargetLoad {
+    pub pending: usize,
+    /// Its last success, or when its first unresolved delivery came if none since.
+    pub since: std::time::Instant,
 }
 
 impl State {
@@ -99,12 +108,24 @@ impl State {
         }
     }
 
+    /// Unresolved deliveries to `target`, and the last sign that it works.
+    pub fn load(&self, target: &str) -> Option<&TargetLoad> {
+        self.per_target.get(target)
+    }
+
     /// Adds a delivery; returns its sequence number.
     pub fn admit(&mut self, prepared: Prepared, progress: Progress, time: Option<Time>) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.hold(time);
         self.queued += 1;
+        self.per_target
+            .entry(Arc::clone(&prepared.target))
+            .or_insert_with(|| TargetLoad {
+                pending: 0,
+                since: std::time::Instant::now(),
+            })
+            .pending += 1;
         let entry = Entry {
             prepared: Arc::new(prepared),
             progress,
@@ -115,6 +136,22 @@ impl State {
         };
         self.pending.insert(seq, entry);
         seq
+    }
+
+    /// Removes a resolved delivery: `succeeded`, or its dead letter made.
+    pub fn forget(&mut self, seq: u64, succeeded: bool) -> Option<Entry> {
+        let entry = self.pending.remove(&seq)?;
+        let target = &entry.prepared.target;
+        if let Some(load) = self.per_target.get_mut(target) {
+            load.pending -= 1;
+            if succeeded {
+                load.since = std::time::Instant::now();
+            }
+            if load.pending == 0 {
+                self.per_target.remove(target);
+            }
+        }
+        Some(entry)
     }
 
     /// Marks a delivery failed for good and queues its dead letter.

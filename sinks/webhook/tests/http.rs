@@ -517,6 +517,75 @@ fn a_hanging_target_does_not_hold_back_another() {
 }
 
 #[test]
+fn a_full_target_that_never_succeeds_gets_dead_letters_and_holds_no_one_back() {
+    let hanging = Receiver::start(|_, _| Reply::Hang);
+    let failing = Receiver::status(503);
+    let fast = Receiver::status(200);
+    let timeout = Duration::from_secs(1);
+    // `max_queued` is smaller than the slow targets' rows: without the per-target limit the
+    // hanging one's queued deliveries fill it and `write` blocks for everyone.
+    let (mut sink, letters, stop) = open(WebhookConfig {
+        timeout,
+        per_target_concurrency: 1,
+        max_queued: 6,
+        max_pending_per_target: 3,
+        max_attempts: 1000,
+        initial_backoff: Duration::from_secs(60),
+        max_backoff: Duration::from_secs(60),
+        ..config()
+    });
+    let rows = |prefix: &str, receiver: &Receiver, subscriber: &str, n: usize| {
+        (0..n)
+            .map(|i| {
+                let row = delivery(&format!("{prefix}{i}"), &receiver.url("/x"));
+                (with(row, "subscriber", subscriber.into()), 1)
+            })
+            .collect::<Vec<_>>()
+    };
+    let start = Instant::now();
+    sink.write(1, &rows("h", &hanging, "hanging", 20)).expect("write");
+    sink.write(2, &rows("r", &failing, "retrying", 20)).expect("write");
+    // Fifty to a target that works: more than its backlog limit, so `write` waits for room
+    // (it succeeds), and none is dead-lettered.
+    sink.write(3, &rows("f", &fast, "fast", 50)).expect("write");
+    assert!(
+        wait_for(Duration::from_secs(3), || fast.count() == 50),
+        "{} of 50",
+        fast.count()
+    );
+    // The hanging and the failing target each held `write` back for at most a request
+    // timeout after their first delivery, not for as long as they fail.
+    assert!(start.elapsed() < 4 * timeout, "{:?}", start.elapsed());
+    sink.commit(Some(4)).expect("commit");
+    // Each keeps three deliveries (in flight, queued, or waiting to retry); the other
+    // seventeen are dead letters, unattempted, with the reason.
+    let letters_of = |prefix: &str| -> Vec<sluice_runtime::Row> {
+        letters
+            .rows()
+            .into_iter()
+            .filter(|r| text(r, "delivery_id").starts_with(prefix))
+            .collect()
+    };
+    for prefix in ["h", "r"] {
+        let dead = letters_of(prefix);
+        assert_eq!(dead.len(), 17, "{prefix}: {dead:?}");
+        for row in &dead {
+            assert_eq!(int(row, "attempts"), Some(0));
+            assert!(text(row, "last_error").contains("max_pending_per_target"), "{row:?}");
+        }
+    }
+    assert!(letters_of("f").is_empty());
+    assert_eq!(sink.pending(), 6);
+    assert_eq!(
+        failing.count(),
+        3,
+        "each of the three tried once, the retries wait 30-60 s"
+    );
+    stop.store(true, Ordering::Relaxed);
+    drop(sink);
+}
+
+#[test]
 fn a_checkpoint_of_another_format_is_refused() {
     let stop = Arc::new(AtomicBool::new(false));
     let opened = sluice_sink_webhook::open(config(), support::Letters::default().boxed(), Some(&[7, 1, 2]), stop);
