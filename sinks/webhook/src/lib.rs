@@ -314,8 +314,10 @@ impl WebhookSink {
         };
         loop {
             let state = self.shared.lock();
+            // A stopping pipeline is not held up, as in `wait_for_room`: the checkpoint keeps
+            // what it could not send.
             let (backlog, stuck) = match state.load(&prepared.target) {
-                Some(load) if load.pending >= self.config.max_pending_per_target => {
+                Some(load) if load.pending >= self.config.max_pending_per_target && !self.shared.stopping() => {
                     (load.pending, load.since.elapsed() >= self.config.timeout)
                 }
                 _ => {
@@ -325,7 +327,7 @@ impl WebhookSink {
                     return self.send(seq);
                 }
             };
-            if stuck || self.shared.stopping() {
+            if stuck {
                 drop(state);
                 self.overflowed.count(&self.config.name, &prepared.target, backlog);
                 let progress = Progress {
