@@ -699,7 +699,7 @@ pub fn run<W: Wiring>(pipeline: Arc<Pipeline>, wiring: Arc<W>, options: RunOptio
             .read()
             .map(|p| p.iter().map(|q| q.id.as_str()).collect::<Vec<_>>().join("\n"))
             .unwrap_or_default();
-        h.rotate_left(7) ^ crate::source::stable_hash(&format!("{}\n{ids}", e.name))
+        h.rotate_left(7) ^ crate::source::stable_hash(format!("{}\n{ids}", e.name))
     });
     let catalog = Arc::new(Catalog {
         sources: entries,

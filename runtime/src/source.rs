@@ -241,9 +241,11 @@ pub fn assign_by_id(source: usize, id: &str, peers: usize) -> usize {
     (stable_hash(id).wrapping_add(source as u64) % peers.max(1) as u64) as usize
 }
 
-/// FNV-1a: the same in every process and build, unlike the standard library's hasher.
-pub fn stable_hash(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+/// 64-bit FNV-1a: the same in every process and build, unlike the standard library's
+/// hasher, for what must agree across processes or outlive a build (partition owners, the
+/// publish log's topic partitions, hashes kept in checkpoints).
+pub fn stable_hash(bytes: impl AsRef<[u8]>) -> u64 {
+    bytes.as_ref().iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
 }

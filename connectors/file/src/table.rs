@@ -375,7 +375,7 @@ impl TableReader {
         let rejected: Vec<(u64, parse::Rejected)> = table
             .rejected
             .into_iter()
-            .map(|r| (parse::fnv1a(&r.bytes), r))
+            .map(|r| (sluice_runtime::source::stable_hash(&r.bytes), r))
             .collect();
         // A bad row fixed (or removed) and written again is passed on again.
         let present: HashSet<u64> = rejected.iter().map(|(hash, _)| *hash).collect();

@@ -184,12 +184,7 @@ pub enum IngestError {
 /// The partition (0-based) a topic's events go to among `partitions`: FNV-1a 64 of the
 /// topic's bytes, modulo the count; stable across builds and runs.
 pub fn partition_of(topic: &str, partitions: u32) -> u32 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in topic.as_bytes() {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    (hash % u64::from(partitions.max(1))) as u32
+    (sluice_runtime::source::stable_hash(topic) % u64::from(partitions.max(1))) as u32
 }
 
 /// A running publish endpoint and its log, read as a source; dropping it stops both.

@@ -58,11 +58,9 @@ pub fn ordinal(seq: &str) -> u64 {
     }
 }
 
-/// A stable 64-bit FNV-1a hash, for strings that are not numbers at all.
+/// A stable hash, for strings that are not numbers at all.
 fn fallback(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    sluice_runtime::source::stable_hash(s)
 }
 
 #[cfg(test)]

@@ -69,7 +69,9 @@ impl ParsedTable {
         match key_from_fields(row, keys) {
             Ok(key) => {
                 let json = row.to_json_string().into_bytes();
-                let hash = fnv1a(&json);
+                // A fixed hash: row hashes are kept in checkpoints and must mean the same to the next
+                // build.
+                let hash = sluice_runtime::source::stable_hash(&json);
                 self.rows.insert(key.to_json_string(), TableRow { line, json, hash });
             }
             Err(_) => self.rejected.push(Rejected { line, bytes: raw() }),
@@ -184,12 +186,4 @@ fn toml_value(value: &TomlValue) -> Value {
         TomlValue::Array(a) => Value::list(a.iter().map(toml_value)),
         TomlValue::InlineTable(t) => Value::map(t.iter().map(|(k, v)| (k, toml_value(v)))),
     }
-}
-
-/// 64-bit FNV-1a: a fixed function, because row hashes are kept in checkpoints and must
-/// mean the same to the next build (std's `DefaultHasher` promises no such thing).
-pub(super) fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
