@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod envelope;
 pub mod exec;
 pub mod ingest;
+pub mod log_limit;
 pub mod metrics;
 pub mod operators;
 pub mod progress;

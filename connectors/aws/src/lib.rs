@@ -28,7 +28,8 @@ use aws_config::timeout::TimeoutConfig;
 use sluice_runtime::spec::AwsSpec;
 
 pub use failure::{Failure, Kind};
-pub use retry::{Backoff, LogLimit};
+pub use retry::Backoff;
+pub use sluice_runtime::log_limit::LogLimit;
 pub use stream::StreamRef;
 
 /// How long one request may take before it counts as a network failure (and is retried):

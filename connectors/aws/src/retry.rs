@@ -1,8 +1,8 @@
-//! How the AWS connectors wait between attempts and keep retry warnings from flooding the log.
+//! How the AWS connectors wait between attempts.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Exponential backoff with jitter: 100 ms doubling to 5 s, each wait drawn from its upper
 /// half so that many shards or segments throttled together do not retry in step.
@@ -55,37 +55,6 @@ impl Backoff {
     }
 }
 
-/// Lets a repeated warning through at most once per interval, counting the ones held back.
-#[derive(Debug)]
-pub struct LogLimit {
-    every: Duration,
-    last: Option<Instant>,
-    held_back: u64,
-}
-
-impl LogLimit {
-    /// A limit of one message per `every`.
-    pub fn new(every: Duration) -> Self {
-        LogLimit {
-            every,
-            last: None,
-            held_back: 0,
-        }
-    }
-
-    /// `Some(n)` if a message may be logged now, `n` being how many were held back since the
-    /// last one; `None` if it must be held back.
-    pub fn allow(&mut self) -> Option<u64> {
-        let now = Instant::now();
-        if self.last.is_some_and(|t| now.duration_since(t) < self.every) {
-            self.held_back += 1;
-            return None;
-        }
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.held_back))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,15 +86,5 @@ mod tests {
         let a: Vec<Duration> = (0..20).map(|_| a.next_wait()).collect();
         let b: Vec<Duration> = (0..20).map(|_| b.next_wait()).collect();
         assert_ne!(a, b);
-    }
-
-    #[test]
-    fn a_log_limit_lets_one_message_through_per_interval_and_counts_the_rest() {
-        let mut limit = LogLimit::new(Duration::from_millis(50));
-        assert_eq!(limit.allow(), Some(0));
-        assert_eq!(limit.allow(), None);
-        assert_eq!(limit.allow(), None);
-        std::thread::sleep(Duration::from_millis(60));
-        assert_eq!(limit.allow(), Some(2));
     }
 }

@@ -3,8 +3,8 @@
 use std::future::poll_fn;
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -14,6 +14,7 @@ use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTE
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use sluice_runtime::log_limit::LogLimit;
 use sluice_runtime::metrics::Histogram;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
@@ -24,7 +25,7 @@ use crate::partition_of;
 /// How long open connections may take to finish after shutdown before they are cut.
 const DRAIN: Duration = Duration::from_secs(2);
 /// The shortest time between two log lines about publishes refused for the budget.
-const BUSY_LOG_EVERY: Duration = Duration::from_secs(10);
+pub(crate) const BUSY_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// What every request needs.
 pub(crate) struct Endpoint {
@@ -36,7 +37,8 @@ pub(crate) struct Endpoint {
     pub(crate) budget: Arc<Semaphore>,
     pub(crate) max_in_flight_bytes: usize,
     pub(crate) body_timeout: Duration,
-    pub(crate) refused_busy: Refusals,
+    /// Log lines about publishes refused for the budget, at most one per [`BUSY_LOG_EVERY`].
+    pub(crate) refused_busy: Mutex<LogLimit>,
     pub(crate) partitions: Vec<Arc<PartitionLog>>,
     pub(crate) stats: Arc<PublishStats>,
 }
@@ -110,29 +112,6 @@ impl PublishStats {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         response
-    }
-}
-
-/// Publishes refused for the in-flight budget since the last log line, and when that was.
-#[derive(Default)]
-pub(crate) struct Refusals(Mutex<(u64, Option<Instant>)>);
-
-impl Refusals {
-    /// Counts one refusal; logs the count once [`BUSY_LOG_EVERY`] has passed since the last line.
-    fn count(&self, source: &str, budget: usize) {
-        let mut guard = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (count, last) = &mut *guard;
-        *count += 1;
-        if last.is_none_or(|at| at.elapsed() >= BUSY_LOG_EVERY) {
-            tracing::warn!(
-                source,
-                refused = *count,
-                max_in_flight_bytes = budget,
-                "publishes refused with 503: the bodies in progress fill max_in_flight_bytes"
-            );
-            *count = 0;
-            *last = Some(Instant::now());
-        }
     }
 }
 
@@ -343,7 +322,15 @@ impl Endpoint {
         // `bytes` is at most `max_body_bytes`, which the configuration keeps within a u32.
         let permits = u32::try_from(bytes).unwrap_or(u32::MAX);
         Arc::clone(&self.budget).try_acquire_many_owned(permits).map_err(|_| {
-            self.refused_busy.count(&self.name, self.max_in_flight_bytes);
+            let logged = self.refused_busy.lock().unwrap_or_else(PoisonError::into_inner).allow();
+            if let Some(held_back) = logged {
+                tracing::warn!(
+                    source = %self.name,
+                    refused = held_back + 1,
+                    max_in_flight_bytes = self.max_in_flight_bytes,
+                    "publishes refused with 503: the bodies in progress fill max_in_flight_bytes"
+                );
+            }
             let mut refused = error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &format!(

@@ -254,7 +254,7 @@ impl HttpIngestSource {
             budget: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight_bytes)),
             max_in_flight_bytes: config.max_in_flight_bytes,
             body_timeout: config.body_timeout,
-            refused_busy: http::Refusals::default(),
+            refused_busy: std::sync::Mutex::new(sluice_runtime::log_limit::LogLimit::new(http::BUSY_LOG_EVERY)),
             partitions: source.partitions.clone(),
             stats: Arc::clone(&source.stats),
         });

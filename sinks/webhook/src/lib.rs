@@ -102,6 +102,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
+use sluice_runtime::log_limit::LogLimit;
 use sluice_runtime::sink::{Sink, SinkError};
 use sluice_runtime::{Diff, Row, Time};
 use tokio::sync::mpsc::UnboundedSender;
@@ -141,32 +142,9 @@ pub struct WebhookSink {
     /// Dead letters written to the inner sink at a time, not yet durable there, with the
     /// output times of their deliveries.
     unsettled: VecDeque<(Time, Vec<Option<Time>>)>,
-    /// Deliveries dead-lettered for a full target backlog since the last log line about it.
-    overflowed: Overflowed,
-}
-
-/// Deliveries refused for a full target backlog, logged at most every [`LOG_EVERY`].
-#[derive(Default)]
-struct Overflowed {
-    count: u64,
-    logged: Option<Instant>,
-}
-
-impl Overflowed {
-    fn count(&mut self, sink: &str, target: &str, backlog: usize) {
-        self.count += 1;
-        if self.logged.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
-            tracing::warn!(
-                sink,
-                target,
-                backlog,
-                dead_lettered = self.count,
-                "deliveries dead-lettered unattempted: their target has max_pending_per_target unresolved"
-            );
-            self.count = 0;
-            self.logged = Some(Instant::now());
-        }
-    }
+    /// Log lines about deliveries dead-lettered for a full target backlog, at most one per
+    /// [`LOG_EVERY`].
+    overflowed: LogLimit,
 }
 
 /// Opens a webhook sink writing its dead letters to `dead_letters` (opened by the caller
@@ -218,7 +196,7 @@ pub fn open(
         high: 0,
         inner_time: 0,
         unsettled: VecDeque::new(),
-        overflowed: Overflowed::default(),
+        overflowed: LogLimit::new(LOG_EVERY),
     };
     if let Some(saved) = saved {
         sink.restore(saved)?;
@@ -329,7 +307,15 @@ impl WebhookSink {
             };
             if stuck {
                 drop(state);
-                self.overflowed.count(&self.config.name, &prepared.target, backlog);
+                if let Some(held_back) = self.overflowed.allow() {
+                    tracing::warn!(
+                        sink = %self.config.name,
+                        target = %prepared.target,
+                        backlog,
+                        dead_lettered = held_back + 1,
+                        "deliveries dead-lettered unattempted: their target has max_pending_per_target unresolved"
+                    );
+                }
                 let progress = Progress {
                     last_error: Some(format!(
                         "not attempted: {backlog} deliveries to this target are unresolved \
