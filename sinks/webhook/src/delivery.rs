@@ -95,12 +95,12 @@ fn dot_segment(url: &str) -> Option<&str> {
     let rest = &url[after_scheme..];
     let path = &rest[rest.find('/').unwrap_or(rest.len())..];
     let path = &path[..path.find(['?', '#']).unwrap_or(path.len())];
+    // Every spelling the URL standard reads as `.` or `..`, compared without allocating: this
+    // runs for every delivery.
+    const DOT_SEGMENTS: [&str; 6] = [".", "%2e", "..", ".%2e", "%2e.", "%2e%2e"];
     // Backslashes separate segments too in http(s) URLs.
-    path.split(['/', '\\']).find(|segment| {
-        let lower = segment.to_ascii_lowercase();
-        let dots = lower.replace("%2e", ".");
-        dots == "." || dots == ".."
-    })
+    path.split(['/', '\\'])
+        .find(|segment| DOT_SEGMENTS.iter().any(|d| segment.eq_ignore_ascii_case(d)))
 }
 
 impl Delivery {
