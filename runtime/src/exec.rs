@@ -929,6 +929,45 @@ impl<W> Ctx<W> {
         acks.get(&frontier).copied().unwrap_or(0) + 1 >= o.processes()
     }
 
+    /// Notes that the final checkpoint of a bounded run was requested at `frontier`: its
+    /// frontier first, so a worker that sees the request sees where it is.
+    fn final_requested_at(&self, frontier: Time) {
+        self.final_at.store(frontier, Ordering::SeqCst);
+        self.final_requested.store(true, Ordering::SeqCst);
+    }
+
+    /// Notes that a partition was read to its end, and tells the other processes the first
+    /// time.
+    fn partition_finished(&self, source: usize, id: &str, epoch: Time) {
+        if self.catalog.mark_finished(source, id, epoch) {
+            let partition = id.to_owned();
+            self.tell(
+                To::Others,
+                Control::Finished {
+                    source: source as u32,
+                    partition,
+                    epoch,
+                },
+            );
+        }
+    }
+
+    /// Notes that a partition of an unbounded source has nothing more to read for now, and
+    /// tells the other processes the first time.
+    fn partition_caught_up(&self, source: usize, id: &str, epoch: Time) {
+        if self.catalog.mark_caught_up(source, id, epoch) {
+            let partition = id.to_owned();
+            self.tell(
+                To::Others,
+                Control::CaughtUp {
+                    source: source as u32,
+                    partition,
+                    epoch,
+                },
+            );
+        }
+    }
+
     /// Queues an event for other processes, when there are any.
     fn tell(&self, to: To, event: Control) {
         if let Some(o) = &self.outbox {
@@ -962,8 +1001,7 @@ impl<W> Ctx<W> {
                     c.maybe_start(frontier, true);
                 }
                 if last {
-                    self.final_at.store(frontier, Ordering::SeqCst);
-                    self.final_requested.store(true, Ordering::SeqCst);
+                    self.final_requested_at(frontier);
                 }
                 // The cut is registered: this process's operators will take it.
                 self.tell(To::Leader, Control::Ack { frontier });
@@ -1450,8 +1488,7 @@ fn run_worker<W: Wiring>(
                         last: true,
                     },
                 );
-                ctx.final_at.store(last + 1, Ordering::SeqCst);
-                ctx.final_requested.store(true, Ordering::SeqCst);
+                ctx.final_requested_at(last + 1);
             }
             // Worker 0's open inputs hold the dataflow before the cut until every process has
             // registered it.
@@ -1552,30 +1589,14 @@ fn run_worker<W: Wiring>(
                     ReadState::More => busy = true,
                     ReadState::Idle | ReadState::Waiting if a.idle_until.is_some_and(|t| t > now) => {}
                     ReadState::Idle | ReadState::Waiting => {
-                        if state == ReadState::Idle && ctx.catalog.mark_caught_up(a.source, &a.id, epoch) {
-                            ctx.tell(
-                                To::Others,
-                                Control::CaughtUp {
-                                    source: a.source as u32,
-                                    partition: a.id.clone(),
-                                    epoch,
-                                },
-                            );
+                        if state == ReadState::Idle {
+                            ctx.partition_caught_up(a.source, &a.id, epoch);
                         }
                         a.idle_until = Some(now + Duration::from_millis(idle_poll_ms(p, a.source)))
                     }
                     ReadState::Finished => {
                         a.finished = true;
-                        if ctx.catalog.mark_finished(a.source, &a.id, epoch) {
-                            ctx.tell(
-                                To::Others,
-                                Control::Finished {
-                                    source: a.source as u32,
-                                    partition: a.id.clone(),
-                                    epoch,
-                                },
-                            );
-                        }
+                        ctx.partition_finished(a.source, &a.id, epoch);
                     }
                 }
                 ctx.status
