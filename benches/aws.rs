@@ -57,9 +57,8 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::{
@@ -71,8 +70,8 @@ use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ShardIteratorType, StreamSt
 use base64::Engine as _;
 use common::procfs::{cpu_by_thread, cpu_report, mib, peak_rss};
 use common::{between, list};
+use sluice_testkit::aws::{REGION, Server, sdk_config};
 
-const REGION: &str = "us-east-1";
 const TABLE: &str = "Accounts";
 const STREAM: &str = "account-changes";
 /// How long one request may take before the load or a ceiling fails instead of hanging.
@@ -137,128 +136,7 @@ fn parse_args() -> Args {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Servers (as tests/aws_support starts them)
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Where `scripts/services` installed kinesalite and dynalite.
-fn tools() -> PathBuf {
-    let dir = std::env::var_os("SLUICE_AWS_TOOLS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join(".tools/aws"));
-    for package in ["kinesalite", "dynalite"] {
-        assert!(
-            dir.join("node_modules").join(package).join("package.json").exists(),
-            "{package} is not installed in {}: run scripts/services",
-            dir.display()
-        );
-    }
-    dir
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// A node server on 127.0.0.1, killed (by its PID) on drop.
-struct Server {
-    child: Child,
-    port: u16,
-    /// Kept open: the kinesalite launcher exits when its stdin closes.
-    _stdin: Option<ChildStdin>,
-}
-
-impl Server {
-    fn start(what: &str, args: impl Fn(u16) -> Vec<String>) -> Server {
-        for _ in 0..5 {
-            let port = free_port();
-            let mut child = Command::new("node")
-                .args(args(port))
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .unwrap_or_else(|e| panic!("start {what} with `node`: {e}"));
-            let stdin = child.stdin.take();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Server {
-                        child,
-                        port,
-                        _stdin: stdin,
-                    };
-                }
-                if let Ok(Some(_)) = child.try_wait() {
-                    // Another process took the port meanwhile: try another.
-                    break;
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("{what} did not listen on 127.0.0.1:{port} within 20 s");
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-        panic!("{what} exited before listening, five times");
-    }
-
-    fn kinesalite() -> Server {
-        let tools = tools();
-        let launcher = root().join("scripts/kinesalite.js");
-        Server::start("kinesalite", |port| {
-            vec![
-                launcher.display().to_string(),
-                port.to_string(),
-                tools.display().to_string(),
-            ]
-        })
-    }
-
-    fn dynalite() -> Server {
-        let cli = tools().join("node_modules/dynalite/cli.js");
-        Server::start("dynalite", |port| {
-            let mut args = vec![cli.display().to_string()];
-            args.extend(
-                [
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    &port.to_string(),
-                    "--createTableMs",
-                    "0",
-                    "--deleteTableMs",
-                    "0",
-                    "--updateTableMs",
-                    "0",
-                ]
-                .map(str::to_string),
-            );
-            args
-        })
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn pid(&self) -> String {
-        self.child.id().to_string()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+// Servers (sluice-testkit starts them) and clients
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -267,34 +145,22 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("a tokio runtime")
 }
 
+fn timeouts() -> aws_sdk_kinesis::config::timeout::TimeoutConfig {
+    aws_sdk_kinesis::config::timeout::TimeoutConfig::builder()
+        .operation_timeout(OPERATION_TIMEOUT)
+        .build()
+}
+
 fn dynamo_client(endpoint: &str) -> aws_sdk_dynamodb::Client {
-    use aws_sdk_dynamodb::config;
-    let config = config::Builder::new()
-        .behavior_version(config::BehaviorVersion::latest())
-        .region(config::Region::new(REGION))
-        .credentials_provider(config::Credentials::new("x", "x", None, None, "bench"))
-        .endpoint_url(endpoint)
-        .timeout_config(
-            config::timeout::TimeoutConfig::builder()
-                .operation_timeout(OPERATION_TIMEOUT)
-                .build(),
-        )
+    let config = aws_sdk_dynamodb::config::Builder::from(&sdk_config(endpoint))
+        .timeout_config(timeouts())
         .build();
     aws_sdk_dynamodb::Client::from_conf(config)
 }
 
 fn kinesis_client(endpoint: &str) -> aws_sdk_kinesis::Client {
-    use aws_sdk_kinesis::config;
-    let config = config::Builder::new()
-        .behavior_version(config::BehaviorVersion::latest())
-        .region(config::Region::new(REGION))
-        .credentials_provider(config::Credentials::new("x", "x", None, None, "bench"))
-        .endpoint_url(endpoint)
-        .timeout_config(
-            config::timeout::TimeoutConfig::builder()
-                .operation_timeout(OPERATION_TIMEOUT)
-                .build(),
-        )
+    let config = aws_sdk_kinesis::config::Builder::from(&sdk_config(endpoint))
+        .timeout_config(timeouts())
         .build();
     aws_sdk_kinesis::Client::from_conf(config)
 }
@@ -732,7 +598,7 @@ impl Threads {
 /// What the server used between `before` and now, over `secs`: (cores, per thread).
 fn server_use(server: &Server, before: &Threads, secs: f64) -> (f64, String) {
     let mut after = before.clone();
-    after.sample(&server.pid());
+    after.sample(&server.pid().to_string());
     let cores = (after.total() - before.total()) / secs;
     (cores, cpu_report(&before.by_name(), &after.by_name(), secs))
 }
@@ -741,7 +607,7 @@ fn server_use(server: &Server, before: &Threads, secs: f64) -> (f64, String) {
 fn measure_raw(args: &[&str], server: &Server) -> Measured {
     let exe = std::env::current_exe().expect("this benchmark's path");
     let mut server_before = Threads::default();
-    server_before.sample(&server.pid());
+    server_before.sample(&server.pid().to_string());
     let started = Instant::now();
     let out = Command::new(exe)
         .arg("--raw")
@@ -786,7 +652,7 @@ fn measure_sluice(pipeline: &str, workers: usize, server: &Server, perf: Option<
     std::fs::write(d.join("changes.jsonl"), "").expect("write changes");
     let log = std::fs::File::create(d.join("sluice.log")).expect("log");
     let mut server_before = Threads::default();
-    server_before.sample(&server.pid());
+    server_before.sample(&server.pid().to_string());
     let started = Instant::now();
     // Under perf, `perf record` is the child and sluice its child.
     let mut command = match perf {
@@ -844,7 +710,7 @@ fn measure_sluice(pipeline: &str, workers: usize, server: &Server, perf: Option<
             sampled = started.elapsed().as_secs_f64();
         }
         let before = server_now.total();
-        server_now.sample(&server.pid());
+        server_now.sample(&server.pid().to_string());
         let now = started.elapsed().as_secs_f64();
         if server_now.total() - before >= 0.4 * SAMPLE_EVERY.as_secs_f64() {
             busy = Some((busy.map_or(now, |b| b.0), now));

@@ -3,7 +3,7 @@
 //! stream from Kinesis (split mid-stream), `cds_updates` written to Kinesis, compared with the
 //! same input read from files; an interrupted scan resumed from its checkpoint; throttling.
 
-mod aws_support;
+use sluice_testkit::aws as aws_support;
 mod common;
 
 use std::collections::BTreeMap;

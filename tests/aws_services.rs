@@ -1,7 +1,7 @@
 //! The Kinesis and DynamoDB test services start and do what the tests rely on (see
 //! docs/aws-test-services.md): streams, records, resharding, tables and parallel scans.
 
-mod aws_support;
+use sluice_testkit::aws as aws_support;
 
 use std::collections::BTreeSet;
 

@@ -1,16 +1,13 @@
 //! The scan source against dynalite (a DynamoDB implementation on node, installed by
-//! `scripts/services`), started on a free 127.0.0.1 port and stopped by its PID on drop.
+//! `scripts/services`), which sluice-testkit starts on a free 127.0.0.1 port and stops by its
+//! PID on drop.
 
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, PutRequest, ScalarAttributeType,
@@ -20,83 +17,11 @@ use sluice_connector_dynamodb::ScanSource;
 use sluice_runtime::source::{PartitionInfo, PartitionReader, Position, RawRecord, ReadState, Source, SourceError};
 use sluice_runtime::spec::{AwsSpec, DynamodbScanSpec};
 use sluice_runtime::value::Value;
+use sluice_testkit::aws::Dynamo;
 
 const ITEMS: u32 = 10_000;
 const SEGMENTS: u32 = 8;
 const PAGE: u32 = 100;
-
-/// dynalite's command line: `$SLUICE_AWS_TOOLS`, else where `scripts/services` installs it.
-fn dynalite_cli() -> PathBuf {
-    let tools = std::env::var_os("SLUICE_AWS_TOOLS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.tools/aws"));
-    let cli = tools.join("node_modules/dynalite/cli.js");
-    assert!(
-        cli.exists(),
-        "dynalite is not installed at {}: run scripts/services (scripts/test does)",
-        cli.display()
-    );
-    cli
-}
-
-/// A running dynalite, killed (by its PID) on drop.
-struct Dynalite {
-    child: Child,
-    endpoint: String,
-}
-
-impl Dynalite {
-    fn start() -> Dynalite {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
-        let child = Command::new("node")
-            .arg(dynalite_cli())
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--createTableMs",
-                "0",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start dynalite with node");
-        let dynalite = Dynalite {
-            child,
-            endpoint: format!("http://127.0.0.1:{port}"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "dynalite never listened on 127.0.0.1:{port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        dynalite
-    }
-
-    /// A client for it: fixed test credentials, so nothing looks for real ones.
-    fn client(&self) -> Client {
-        let config = aws_sdk_dynamodb::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .endpoint_url(&self.endpoint)
-            .credentials_provider(Credentials::new("test", "test", None, None, "test"))
-            .build();
-        Client::from_conf(config)
-    }
-}
-
-impl Drop for Dynalite {
-    fn drop(&mut self) {
-        // `Child::kill` signals this child's PID only.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The 16-byte account UUID of item `i`, spread over the key space like random UUIDs.
 fn uuid(i: u32) -> Vec<u8> {
@@ -245,8 +170,9 @@ fn partition(n: u32) -> PartitionInfo {
 
 #[test]
 fn a_parallel_scan_reads_every_item_once_and_resumes_exactly() {
-    let dynalite = Dynalite::start();
-    let client = dynalite.client();
+    let dynalite = Dynamo::start();
+    // A client of its own, used on the connector's runtime as the source uses its client.
+    let client = Client::new(&dynalite.sdk_config());
     fill(&client);
 
     // The whole table, segment by segment, 37 items per poll so polls end mid-page.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use sluice_connector_kinesis::KinesisSource;
 use sluice_runtime::source::{Position, ReadState, Source, SourceError};
 use sluice_runtime::spec::{KinesisSourceSpec, KinesisStart, TrimmedPolicy};
-use support::{Kinesalite, read_all};
+use support::{Kinesis, read_all};
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -23,8 +23,8 @@ fn spec(stream: &str, start: KinesisStart, on_trimmed: TrimmedPolicy) -> Kinesis
     }
 }
 
-fn source(k: &Kinesalite, spec: &KinesisSourceSpec) -> KinesisSource {
-    KinesisSource::with_sdk_config(spec, "test", &k.sdk()).expect("a source")
+fn source(k: &Kinesis, spec: &KinesisSourceSpec) -> KinesisSource {
+    KinesisSource::with_sdk_config(spec, "test", &k.sdk_config()).expect("a source")
 }
 
 /// `n` records: key `k{i % keys}`, data `{"k":…,"i":i}`.
@@ -52,7 +52,7 @@ fn per_key(read: &support::ReadAll) -> BTreeMap<String, Vec<u64>> {
 
 #[test]
 fn a_bounded_read_returns_every_record_in_shard_order_and_resumes_after_it() {
-    let k = Kinesalite::start();
+    let k = Kinesis::start();
     k.create_stream("two", 2);
     k.put("two", &records(0, 600, 23));
     let source = source(&k, &spec("two", KinesisStart::TrimHorizon, TrimmedPolicy::Fail));
@@ -93,7 +93,7 @@ fn a_bounded_read_returns_every_record_in_shard_order_and_resumes_after_it() {
 
 #[test]
 fn a_resume_position_in_the_middle_of_a_shard_reads_what_follows_it() {
-    let k = Kinesalite::start();
+    let k = Kinesis::start();
     k.create_stream("one", 1);
     k.put("one", &records(0, 100, 5));
     let source = source(&k, &spec("one", KinesisStart::TrimHorizon, TrimmedPolicy::Fail));
@@ -120,14 +120,14 @@ fn a_resume_position_in_the_middle_of_a_shard_reads_what_follows_it() {
 
 #[test]
 fn children_of_a_split_are_read_after_their_parent_in_per_key_order() {
-    let k = Kinesalite::start();
+    let k = Kinesis::start();
     k.create_stream("split", 1);
     k.put("split", &records(0, 300, 17));
-    k.split_in_half("split", "shardId-000000000000");
+    k.split_shard("split", "shardId-000000000000");
     k.put("split", &records(300, 300, 17));
-    let shards = k.shards("split");
+    let shards = k.list_shards("split");
     assert_eq!(shards.len(), 3, "{shards:?}");
-    assert!(shards[0].2, "the parent is closed");
+    assert!(!shards[0].is_open(), "the parent is closed");
 
     let source = source(&k, &spec("split", KinesisStart::TrimHorizon, TrimmedPolicy::Fail));
     let parts = source.discover().expect("discover");
@@ -159,7 +159,7 @@ fn children_of_a_split_are_read_after_their_parent_in_per_key_order() {
 
 #[test]
 fn a_resume_position_the_service_refuses_fails_or_restarts_from_the_oldest_record() {
-    let k = Kinesalite::start();
+    let k = Kinesis::start();
     k.create_stream("trim", 2);
     k.put("trim", &records(0, 200, 11));
     // A sequence number of the other shard: kinesalite refuses it as it refuses a trimmed one.
@@ -205,7 +205,7 @@ fn a_resume_position_the_service_refuses_fails_or_restarts_from_the_oldest_recor
 
 #[test]
 fn latest_reads_only_what_is_written_after_the_shard_opened() {
-    let k = Kinesalite::start();
+    let k = Kinesis::start();
     k.create_stream("latest", 1);
     k.put("latest", &records(0, 10, 3));
     let s = source(&k, &spec("latest", KinesisStart::Latest, TrimmedPolicy::Fail));
@@ -215,7 +215,7 @@ fn latest_reads_only_what_is_written_after_the_shard_opened() {
 
 #[test]
 fn a_missing_stream_is_a_configuration_error() {
-    let k = Kinesalite::start();
+    let k = Kinesis::start();
     let s = source(&k, &spec("nope", KinesisStart::TrimHorizon, TrimmedPolicy::Fail));
     match s.discover() {
         Err(SourceError::Config(m)) => assert!(m.contains("nope"), "{m}"),
@@ -225,8 +225,8 @@ fn a_missing_stream_is_a_configuration_error() {
 
 #[test]
 fn an_unreachable_service_is_transient() {
-    let k = Kinesalite::start();
-    let sdk = k.sdk().into_builder().endpoint_url("http://127.0.0.1:9").build();
+    let k = Kinesis::start();
+    let sdk = k.sdk_config().into_builder().endpoint_url("http://127.0.0.1:9").build();
     let s = KinesisSource::with_sdk_config(
         &spec("two", KinesisStart::TrimHorizon, TrimmedPolicy::Fail),
         "test",

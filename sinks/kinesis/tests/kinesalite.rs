@@ -12,19 +12,19 @@ use sluice_runtime::sink::{Sink, SinkError};
 use sluice_runtime::spec::{KinesisSinkSpec, KinesisSourceSpec, KinesisStart, SinkMode, TrimmedPolicy};
 use sluice_runtime::value::Value;
 use sluice_sink_kinesis::KinesisSink;
-use support::{Kinesalite, read_all};
+use support::{Kinesis, read_all};
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
-fn sink(k: &Kinesalite, stream: &str, mode: SinkMode) -> KinesisSink {
+fn sink(k: &Kinesis, stream: &str, mode: SinkMode) -> KinesisSink {
     let spec = KinesisSinkSpec {
         stream: stream.to_owned(),
         aws: Default::default(),
     };
-    KinesisSink::with_sdk_config(&spec, mode, None, &k.sdk()).expect("a sink")
+    KinesisSink::with_sdk_config(&spec, mode, None, &k.sdk_config()).expect("a sink")
 }
 
-fn source(k: &Kinesalite, stream: &str) -> KinesisSource {
+fn source(k: &Kinesis, stream: &str) -> KinesisSource {
     let spec = KinesisSourceSpec {
         stream: stream.to_owned(),
         aws: Default::default(),
@@ -33,7 +33,7 @@ fn source(k: &Kinesalite, stream: &str) -> KinesisSource {
         bounded: true,
         shard_refresh_ms: 0,
     };
-    KinesisSource::with_sdk_config(&spec, "test", &k.sdk()).expect("a source")
+    KinesisSource::with_sdk_config(&spec, "test", &k.sdk_config()).expect("a source")
 }
 
 fn event(i: u64) -> Row {
@@ -52,7 +52,7 @@ fn event(i: u64) -> Row {
 
 #[test]
 fn a_thousand_records_over_two_shards_are_read_back_in_per_key_order() {
-    let k = Kinesalite::start();
+    let k = Kinesis::start();
     k.create_stream("out", 2);
     let mut s = sink(&k, "out", SinkMode::Append);
     // Ten times of 100 records; within a time the sink restores source order.
@@ -96,7 +96,7 @@ fn a_thousand_records_over_two_shards_are_read_back_in_per_key_order() {
 
 #[test]
 fn upsert_deletions_are_read_back_as_tombstones() {
-    let k = Kinesalite::start();
+    let k = Kinesis::start();
     k.create_stream("table", 1);
     let mut s = sink(&k, "table", SinkMode::Upsert);
     let a = Row::derived(Value::from("a"), Value::map([("v", Value::from(1u64))]));
@@ -120,7 +120,7 @@ fn upsert_deletions_are_read_back_as_tombstones() {
 
 #[test]
 fn a_missing_stream_fails_the_sink() {
-    let k = Kinesalite::start();
+    let k = Kinesis::start();
     let mut s = sink(&k, "absent", SinkMode::Append);
     s.write(1, &[(event(1), 1)]).expect("write is asynchronous");
     match s.commit(None) {

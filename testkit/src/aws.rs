@@ -1,7 +1,7 @@
-//! Real Kinesis and DynamoDB implementations for tests: kinesalite and dynalite, npm packages
-//! that `scripts/services` installs into `.tools/aws`, run with the `node` on `PATH`, started on
-//! free 127.0.0.1 ports and stopped (by their PID) on drop. What they do and do not implement
-//! is in docs/aws-test-services.md.
+//! Real Kinesis and DynamoDB implementations: kinesalite and dynalite, npm packages that
+//! `scripts/services` installs into `.tools/aws`, run with the `node` on `PATH`, started on free
+//! 127.0.0.1 ports and stopped (by their PID) on drop. What they do and do not implement is in
+//! docs/aws-test-services.md.
 //!
 //! Each server comes with a client of the Rust AWS SDK (static dummy credentials, region
 //! us-east-1, the server as endpoint) and blocking helpers that set up and drive tests; each
@@ -10,11 +10,9 @@
 //!
 //! One server serves a whole test binary if each test uses its own stream and table names.
 
-#![allow(dead_code)]
-
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -29,16 +27,13 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Map, Value, json};
 
+use crate::{free_port, root};
+
 /// The region every client uses (kinesalite puts it in its ARNs; any would do).
 pub const REGION: &str = "us-east-1";
 
 /// How long a helper waits for a stream or table to become active, or retries throttled writes.
 const PATIENCE: Duration = Duration::from_secs(30);
-
-/// The repository root.
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// Where `scripts/services` installs the npm packages: `$SLUICE_AWS_TOOLS`, else `.tools/aws`.
 pub fn tools() -> PathBuf {
@@ -55,16 +50,9 @@ pub fn tools() -> PathBuf {
     dir
 }
 
-/// A port nobody listens on right now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// A node server process, killed (by its PID) on drop.
-struct Server {
+/// A kinesalite or dynalite process on 127.0.0.1, killed (by its PID) on drop; what
+/// [`Kinesis`] and [`Dynamo`] run, and what benchmarks that bring their own clients start.
+pub struct Server {
     child: Child,
     port: u16,
     /// Kept open: the kinesalite launcher exits when its stdin closes, so a test process that
@@ -111,8 +99,52 @@ impl Server {
         panic!("{what} exited before listening: {exits:?}");
     }
 
-    fn endpoint(&self) -> String {
+    /// `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The server's process id (a benchmark samples its CPU time).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Starts kinesalite (through `scripts/kinesalite.js`, which binds 127.0.0.1 only and has
+    /// no stream creation or resharding delays, and a 100-shard limit).
+    pub fn kinesalite() -> Server {
+        let tools = tools();
+        let launcher = root().join("scripts/kinesalite.js");
+        Server::start("kinesalite", |port| {
+            vec![
+                launcher.display().to_string(),
+                port.to_string(),
+                tools.display().to_string(),
+            ]
+        })
+    }
+
+    /// Starts dynalite (its CLI, bound to 127.0.0.1, with no table creation delays).
+    pub fn dynalite() -> Server {
+        let cli = tools().join("node_modules/dynalite/cli.js");
+        Server::start("dynalite", |port| {
+            let mut args = vec![cli.display().to_string()];
+            args.extend(
+                [
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    &port.to_string(),
+                    "--createTableMs",
+                    "0",
+                    "--deleteTableMs",
+                    "0",
+                    "--updateTableMs",
+                    "0",
+                ]
+                .map(str::to_string),
+            );
+            args
+        })
     }
 }
 
@@ -137,15 +169,86 @@ fn runtime() -> tokio::runtime::Runtime {
 /// requests, e.g. GetShardIterator AT_TIMESTAMP past a shard's last record).
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
 
-// ---------------------------------------------------------------------------------------------
-// Kinesis
+fn operation_timeout() -> aws_config::timeout::TimeoutConfig {
+    aws_config::timeout::TimeoutConfig::builder()
+        .operation_timeout(OPERATION_TIMEOUT)
+        .build()
+}
 
-/// A running kinesalite (stopped on drop) and a Kinesis client for it.
-pub struct Kinesis {
-    client: aws_sdk_kinesis::Client,
+/// The SDK configuration of a server at `endpoint`: region [`REGION`] and static test
+/// credentials, so nothing looks for real ones. What a connector under test is given; the
+/// helpers' own clients add an operation timeout.
+pub fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(REGION))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_kinesis::config::SharedCredentialsProvider::new(
+            aws_sdk_kinesis::config::Credentials::new("test", "test", None, None, "sluice-tests"),
+        ))
+        .build()
+}
+
+/// A running server (stopped on drop), an SDK client for it, and the small runtime its
+/// blocking helpers run on.
+pub struct Served<C> {
+    client: C,
     runtime: Option<tokio::runtime::Runtime>,
     server: Server,
 }
+
+/// kinesalite and a Kinesis client for it.
+pub type Kinesis = Served<aws_sdk_kinesis::Client>;
+
+/// dynalite and a DynamoDB client for it.
+pub type Dynamo = Served<aws_sdk_dynamodb::Client>;
+
+impl<C> Served<C> {
+    fn new(server: Server, client: C) -> Served<C> {
+        Served {
+            client,
+            runtime: Some(runtime()),
+            server,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        self.server.endpoint()
+    }
+
+    /// The SDK configuration for a connector under test (see [`sdk_config`]).
+    pub fn sdk_config(&self) -> aws_config::SdkConfig {
+        sdk_config(&self.endpoint())
+    }
+
+    /// The port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.server.port
+    }
+
+    /// The SDK client the helpers use (for requests they do not cover).
+    pub fn client(&self) -> &C {
+        &self.client
+    }
+
+    /// Runs `future` (e.g. a `client()` request) on this server's runtime.
+    pub fn block_on<F: Future>(&self, future: F) -> F::Output {
+        self.runtime.as_ref().expect("runtime").block_on(future)
+    }
+}
+
+impl<C> Drop for Served<C> {
+    fn drop(&mut self) {
+        // Allowed even inside another runtime, unlike dropping a runtime.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kinesis
 
 /// One shard as ListShards describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -194,60 +297,13 @@ pub struct Record {
 }
 
 impl Kinesis {
-    /// Starts kinesalite (through `scripts/kinesalite.js`, which binds 127.0.0.1 only and has
-    /// no stream creation or resharding delays, and a 100-shard limit).
+    /// Starts kinesalite ([`Server::kinesalite`]) and a client for it.
     pub fn start() -> Kinesis {
-        let tools = tools();
-        let launcher = root().join("scripts/kinesalite.js");
-        let server = Server::start("kinesalite", |port| {
-            vec![
-                launcher.display().to_string(),
-                port.to_string(),
-                tools.display().to_string(),
-            ]
-        });
-        let config = aws_sdk_kinesis::Config::builder()
-            .behavior_version(aws_sdk_kinesis::config::BehaviorVersion::latest())
-            .region(aws_sdk_kinesis::config::Region::new(REGION))
-            .credentials_provider(aws_sdk_kinesis::config::Credentials::new(
-                "test",
-                "test",
-                None,
-                None,
-                "sluice-tests",
-            ))
-            .endpoint_url(server.endpoint())
-            .timeout_config(
-                aws_sdk_kinesis::config::timeout::TimeoutConfig::builder()
-                    .operation_timeout(OPERATION_TIMEOUT)
-                    .build(),
-            )
+        let server = Server::kinesalite();
+        let config = aws_sdk_kinesis::config::Builder::from(&sdk_config(&server.endpoint()))
+            .timeout_config(operation_timeout())
             .build();
-        Kinesis {
-            client: aws_sdk_kinesis::Client::from_conf(config),
-            runtime: Some(runtime()),
-            server,
-        }
-    }
-
-    /// `http://127.0.0.1:PORT`.
-    pub fn endpoint(&self) -> String {
-        self.server.endpoint()
-    }
-
-    /// The port kinesalite listens on.
-    pub fn port(&self) -> u16 {
-        self.server.port
-    }
-
-    /// The SDK client the helpers use (for requests they do not cover).
-    pub fn client(&self) -> &aws_sdk_kinesis::Client {
-        &self.client
-    }
-
-    /// Runs `future` (e.g. a `client()` request) on this server's runtime.
-    pub fn block_on<F: Future>(&self, future: F) -> F::Output {
-        self.runtime.as_ref().expect("runtime").block_on(future)
+        Served::new(server, aws_sdk_kinesis::Client::from_conf(config))
     }
 
     /// Creates `name` with `shards` shards and waits until it is ACTIVE.
@@ -462,90 +518,17 @@ impl Kinesis {
     }
 }
 
-impl Drop for Kinesis {
-    fn drop(&mut self) {
-        // Allowed even inside another runtime, unlike dropping a runtime.
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // DynamoDB
 
-/// A running dynalite (stopped on drop) and a DynamoDB client for it.
-pub struct Dynamo {
-    client: aws_sdk_dynamodb::Client,
-    runtime: Option<tokio::runtime::Runtime>,
-    server: Server,
-}
-
 impl Dynamo {
-    /// Starts dynalite (its CLI, bound to 127.0.0.1, with no table creation delays).
+    /// Starts dynalite ([`Server::dynalite`]) and a client for it.
     pub fn start() -> Dynamo {
-        let cli = tools().join("node_modules/dynalite/cli.js");
-        let server = Server::start("dynalite", |port| {
-            let mut args = vec![cli.display().to_string()];
-            args.extend(
-                [
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    &port.to_string(),
-                    "--createTableMs",
-                    "0",
-                    "--deleteTableMs",
-                    "0",
-                    "--updateTableMs",
-                    "0",
-                ]
-                .map(str::to_string),
-            );
-            args
-        });
-        let config = aws_sdk_dynamodb::Config::builder()
-            .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
-            .region(aws_sdk_dynamodb::config::Region::new(REGION))
-            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
-                "test",
-                "test",
-                None,
-                None,
-                "sluice-tests",
-            ))
-            .endpoint_url(server.endpoint())
-            .timeout_config(
-                aws_sdk_dynamodb::config::timeout::TimeoutConfig::builder()
-                    .operation_timeout(OPERATION_TIMEOUT)
-                    .build(),
-            )
+        let server = Server::dynalite();
+        let config = aws_sdk_dynamodb::config::Builder::from(&sdk_config(&server.endpoint()))
+            .timeout_config(operation_timeout())
             .build();
-        Dynamo {
-            client: aws_sdk_dynamodb::Client::from_conf(config),
-            runtime: Some(runtime()),
-            server,
-        }
-    }
-
-    /// `http://127.0.0.1:PORT`.
-    pub fn endpoint(&self) -> String {
-        self.server.endpoint()
-    }
-
-    /// The port dynalite listens on.
-    pub fn port(&self) -> u16 {
-        self.server.port
-    }
-
-    /// The SDK client the helpers use (for requests they do not cover).
-    pub fn client(&self) -> &aws_sdk_dynamodb::Client {
-        &self.client
-    }
-
-    /// Runs `future` (e.g. a `client()` request) on this server's runtime.
-    pub fn block_on<F: Future>(&self, future: F) -> F::Output {
-        self.runtime.as_ref().expect("runtime").block_on(future)
+        Served::new(server, aws_sdk_dynamodb::Client::from_conf(config))
     }
 
     /// Creates the on-demand table `name` keyed by the attribute `hash_key` of type `key_type`
@@ -652,14 +635,6 @@ impl Dynamo {
             if start.is_none() {
                 return out;
             }
-        }
-    }
-}
-
-impl Drop for Dynamo {
-    fn drop(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
         }
     }
 }
