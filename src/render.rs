@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use sluice_connector_dynamodb::ScanSource;
 use sluice_connector_file::{FileSource, TableFileSource, TableFormat};
-use sluice_connector_http_ingest::{HttpIngestSource, IngestConfig, PublishStats};
+use sluice_connector_http_ingest::{HttpIngestSource, IngestConfig, PublishStats, TlsFiles};
 use sluice_connector_kafka::KafkaSource;
 use sluice_connector_kinesis::KinesisSource;
 use sluice_delivery::DeliveryConfig;
@@ -207,6 +207,7 @@ impl Wiring for SluiceWiring {
                     body_timeout: Duration::from_millis(h.body_timeout_ms),
                     partitions: h.partitions,
                     segment_bytes: h.segment_bytes,
+                    tls: h.tls.as_ref().map(|t| TlsFiles::new(&t.cert, &t.key)),
                 };
                 // The address or the log: nothing a retry fixes.
                 let source = HttpIngestSource::start(config).map_err(|e| SourceError::Config(e.to_string()))?;

@@ -105,6 +105,33 @@ fn a_subscriber_added_later_gets_only_the_events_after_it() {
 }
 
 #[test]
+fn events_published_over_https_reach_their_subscriber() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let r = Receiver::start();
+    let tls = common::root().join("connectors/http-ingest/tests/fixtures/tls");
+    let options = HubOptions {
+        tls: Some((tls.join("cert-a.pem"), tls.join("key-a.pem"))),
+        ..HubOptions::default()
+    };
+    let sub = subscriber("s", "t", "", &format!("{}/ok/s/:n", r.base));
+    let hub = Hub::start(dir.path(), &[sub], options);
+    assert!(hub.url.starts_with("https://"), "{}", hub.url);
+    assert_eq!(hub.publish(&r, "t", &json!({"path_params": {"n": 1}})), 200);
+    wait_for(20, "the delivery", || r.to("/ok/s/1").len() == 1);
+
+    // Plain HTTP on the HTTPS port gets no HTTP answer at all.
+    let mut plain = TcpStream::connect(hub.url.trim_start_matches("https://")).expect("connect");
+    plain
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    plain.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(!answer.starts_with(b"HTTP/"), "{}", String::from_utf8_lossy(&answer));
+    hub.stop();
+}
+
+#[test]
 fn retries_dead_letters_and_a_slow_target_that_delays_no_one() {
     let dir = tempfile::tempdir().expect("temp dir");
     let r = Receiver::start();

@@ -195,6 +195,9 @@ pub struct HubOptions {
     pub per_target_concurrency: u32,
     /// Subscribers from a Kafka topic (`brokers`, `topic`) instead of a reloaded file.
     pub kafka_subscribers: Option<(String, String)>,
+    /// Publish over HTTPS with this certificate and key (PEM files); the hub's client trusts
+    /// that certificate only.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Default for HubOptions {
@@ -206,6 +209,7 @@ impl Default for HubOptions {
             timeout_ms: 1000,
             per_target_concurrency: 4,
             kafka_subscribers: None,
+            tls: None,
         }
     }
 }
@@ -260,7 +264,7 @@ listen = "127.0.0.1:{port}"
 log_dir = "publish-log"
 jwt_secret = "{PUBLISH_SECRET}"
 max_body_bytes = 65536
-
+{tls}
 [nodes.hub]
 type = "fanout"
 subscribers = "subscribers"
@@ -292,15 +296,28 @@ mode = "upsert"
             backoff = options.initial_backoff_ms,
             timeout = options.timeout_ms,
             concurrency = options.per_target_concurrency,
+            tls = match &options.tls {
+                Some((cert, key)) => format!("tls = {{ cert = '{}', key = '{}' }}\n", cert.display(), key.display()),
+                None => String::new(),
+            },
         );
+        let (scheme, client) = match &options.tls {
+            Some((cert, _)) => {
+                let pem = std::fs::read(cert).expect("the certificate");
+                let cert = reqwest::Certificate::from_pem(&pem).expect("a PEM certificate");
+                let client = reqwest::Client::builder().tls_certs_only([cert]).build();
+                ("https", client.expect("a client"))
+            }
+            None => ("http", reqwest::Client::new()),
+        };
         std::fs::write(dir.join("pipeline.toml"), pipeline).expect("write the pipeline");
         let mut hub = Hub {
             child: None,
             dir: dir.to_path_buf(),
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("{scheme}://127.0.0.1:{port}"),
             port,
             admin: format!("http://127.0.0.1:{}", free_port()),
-            client: reqwest::Client::new(),
+            client,
         };
         hub.launch();
         hub

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::IngestError;
+use crate::tls::TlsFiles;
 
 /// The largest request body accepted by default: 1 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
@@ -40,6 +41,8 @@ pub struct IngestConfig {
     pub partitions: u32,
     /// A segment at or past this size is closed before the next write, in bytes (at least 1).
     pub segment_bytes: u64,
+    /// Serve HTTPS with this certificate and key; plain HTTP without.
+    pub tls: Option<TlsFiles>,
 }
 
 impl IngestConfig {
@@ -60,6 +63,7 @@ impl IngestConfig {
             body_timeout: DEFAULT_BODY_TIMEOUT,
             partitions: DEFAULT_PARTITIONS,
             segment_bytes: DEFAULT_SEGMENT_BYTES,
+            tls: None,
         }
     }
 
@@ -104,6 +108,7 @@ impl fmt::Debug for IngestConfig {
             .field("body_timeout", &self.body_timeout)
             .field("partitions", &self.partitions)
             .field("segment_bytes", &self.segment_bytes)
+            .field("tls", &self.tls)
             .finish()
     }
 }

@@ -126,7 +126,11 @@ pub(crate) fn router(endpoint: Arc<Endpoint>) -> Router {
 
 /// Serves `router` on `listener` until `shutdown`, then lets connections drain for at most
 /// [`DRAIN`].
-pub(crate) async fn serve(listener: tokio::net::TcpListener, router: Router, shutdown: watch::Receiver<bool>) {
+pub(crate) async fn serve<L>(listener: L, router: Router, shutdown: watch::Receiver<bool>)
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let signal = |mut shutdown: watch::Receiver<bool>| async move {
         // A dropped sender (the source is gone) also means stop.
         let _ = shutdown.wait_for(|stop| *stop).await;

@@ -47,6 +47,15 @@
 //! 10 seconds, with their count. A body must arrive within `body_timeout` (30 s) of its
 //! headers, else `408`: a publisher that stalls mid-body gives its reservation back.
 //!
+//! **HTTPS.** With [`IngestConfig::tls`] the endpoint serves HTTPS only: rustls with the
+//! aws-lc-rs provider (TLS 1.2 and 1.3), ALPN offering HTTP/2 and HTTP/1.1, no client
+//! certificates (publishers authenticate with their token). The certificate and key are
+//! loaded before the port is bound, so a bad file is a start error; afterwards the first
+//! handshake after [`TlsFiles::reload_every`] compares the files' modification times and
+//! loads a changed pair, keeping the previous one if it does not load (a rotation caught
+//! half-way). Handshakes run on tasks of their own, at most 512 at once and 10 s each, so
+//! a client that never finishes one delays neither accepting nor other clients.
+//!
 //! **Line format.** One event per line, `{"topic":T,"data":D}` and `\n`: the same shape the
 //! fanout dataflow reads from Kafka. `D` is the data object as published (key order, numbers
 //! and escapes kept) with the whitespace between its tokens removed, so it fits on one line.
@@ -129,6 +138,7 @@ mod event;
 mod http;
 mod log;
 mod reader;
+mod tls;
 
 pub use config::{
     DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_IN_FLIGHT_BYTES, DEFAULT_PARTITIONS,
@@ -139,6 +149,7 @@ use crate::http::Endpoint;
 pub use crate::http::PublishStats;
 use crate::log::PartitionLog;
 use crate::reader::LogReader;
+pub use crate::tls::TlsFiles;
 
 /// Why an `http-ingest` source could not start.
 #[derive(Debug, thiserror::Error)]
@@ -172,6 +183,16 @@ pub enum IngestError {
     #[error("log file {} is damaged: {reason}", path.display())]
     Corrupt {
         /// The damaged file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The TLS certificate or key cannot be read or used.
+    #[error("tls.{key} {}: {reason}", path.display())]
+    Tls {
+        /// Which of the two: `cert` or `key`.
+        key: &'static str,
+        /// The certificate or key file.
         path: PathBuf,
         /// What is wrong with it.
         reason: String,
@@ -225,6 +246,12 @@ impl HttpIngestSource {
             addr: config.listen.clone(),
             source,
         };
+        // Before binding: a bad certificate is a configuration error, found before anything runs.
+        let tls = config
+            .tls
+            .as_ref()
+            .map(|files| tls::acceptor(files, &config.name))
+            .transpose()?;
         let listener = std::net::TcpListener::bind(&config.listen).map_err(bind_error)?;
         listener.set_nonblocking(true).map_err(bind_error)?;
         let addr = listener.local_addr().map_err(bind_error)?;
@@ -260,8 +287,15 @@ impl HttpIngestSource {
         });
         let (shutdown, signal) = watch::channel(false);
         source.shutdown = Some(shutdown);
-        source.server = Some(spawn_server(listener, http::router(endpoint), signal)?);
-        tracing::info!(source = %config.name, %addr, log_dir = %config.log_dir.display(), "publish endpoint listening");
+        source.server = Some(spawn_server(
+            listener,
+            tls,
+            config.name.clone(),
+            http::router(endpoint),
+            signal,
+        )?);
+        let scheme = if config.tls.is_some() { "https" } else { "http" };
+        tracing::info!(source = %config.name, %addr, scheme, log_dir = %config.log_dir.display(), "publish endpoint listening");
         Ok(source)
     }
 
@@ -338,9 +372,17 @@ impl Drop for HttpIngestSource {
     }
 }
 
+/// The endpoint's listener, once its runtime has adopted it.
+enum Listening {
+    Plain(tokio::net::TcpListener),
+    Tls(tls::TlsListener),
+}
+
 /// Starts the server thread and its runtime, and waits until the runtime holds the listener.
 fn spawn_server(
     listener: std::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    name: String,
     router: axum::Router,
     shutdown: watch::Receiver<bool>,
 ) -> Result<JoinHandle<()>, IngestError> {
@@ -362,10 +404,21 @@ fn spawn_server(
                     return;
                 }
             };
-            match runtime.block_on(async { tokio::net::TcpListener::from_std(listener) }) {
-                Ok(listener) => {
+            // The TLS listener spawns its accept loop, so it is made inside the runtime.
+            let adopted = runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                match tls {
+                    Some(acceptor) => tls::TlsListener::new(listener, acceptor, name).map(Listening::Tls),
+                    None => Ok(Listening::Plain(listener)),
+                }
+            });
+            match adopted {
+                Ok(listening) => {
                     let _ = ready_tx.send(Ok(()));
-                    runtime.block_on(http::serve(listener, router, shutdown));
+                    match listening {
+                        Listening::Plain(listener) => runtime.block_on(http::serve(listener, router, shutdown)),
+                        Listening::Tls(listener) => runtime.block_on(http::serve(listener, router, shutdown)),
+                    }
                 }
                 Err(error) => {
                     let _ = ready_tx.send(Err(error));

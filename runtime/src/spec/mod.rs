@@ -209,6 +209,17 @@ pub struct HttpIngestSpec {
     pub partitions: u32,
     /// The size at which a log segment is closed and a new one started, in bytes.
     pub segment_bytes: u64,
+    /// Serve HTTPS with this certificate and key (`[sources.NAME.tls]`); plain HTTP without.
+    pub tls: Option<TlsSpec>,
+}
+
+/// A certificate chain and its private key, as PEM files, for an endpoint serving HTTPS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsSpec {
+    /// The certificate chain, leaf first, resolved against the pipeline's directory.
+    pub cert: PathBuf,
+    /// The leaf's private key, resolved against the pipeline's directory.
+    pub key: PathBuf,
 }
 
 /// Configuration of a `kafka` source.

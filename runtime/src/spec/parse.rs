@@ -11,7 +11,7 @@ use super::{
     Envelope, FanoutSpec, FileSourceSpec, Format, HttpIngestSpec, JoinKind, KafkaSinkSpec, KafkaSourceSpec, KafkaStart,
     KeyFields, KinesisSinkSpec, KinesisSourceSpec, KinesisStart, Loc, MessagesServiceSpec, MessagesSpec, NodeDecl,
     NodeSpec, Pipeline, Problem, ServedSinkSpec, ServerSpec, SinkDecl, SinkMode, SinkTarget, SourceDecl, SourceSpec,
-    Spanned, TrimmedPolicy, WebhookSinkSpec,
+    Spanned, TlsSpec, TrimmedPolicy, WebhookSinkSpec,
 };
 
 const TOP_KEYS: &[&str] = &["pipeline", "dead_letters", "sources", "nodes", "sinks", "server"];
@@ -33,6 +33,7 @@ const INGEST_SOURCE_KEYS: &[&str] = &[
     "body_timeout_ms",
     "partitions",
     "segment_bytes",
+    "tls",
 ];
 /// Keys of a `kinesis` source besides the common ones.
 const KINESIS_SOURCE_KEYS: &[&str] = &[
@@ -1039,7 +1040,21 @@ fn http_ingest_source(
     let segment_bytes = w
         .uint(t, "segment_bytes", path, 4096..=(1 << 40))
         .map_or(64 << 20, |n| n.value);
+    let tls = match w.table(t, "tls", path) {
+        Some(table) => {
+            let (at, tls_path) = (w.key_loc(t, "tls"), join(path, "tls"));
+            w.deny_unknown(table, &tls_path, &["cert", "key"]);
+            let cert = required(w, table, "cert", &tls_path, at);
+            let key = required(w, table, "key", &tls_path, at);
+            Some(TlsSpec {
+                cert: resolve(base, &cert?.value),
+                key: resolve(base, &key?.value),
+            })
+        }
+        None => None,
+    };
     Some(HttpIngestSpec {
+        tls,
         listen: listen?,
         log_dir: resolve(base, &log_dir?.value),
         jwt_secret: secret?.value,

@@ -1,0 +1,204 @@
+//! The publish endpoint over HTTPS: publishes acknowledged, plain HTTP and untrusted clients
+//! refused, certificates rotated without a restart, slow handshakes delaying no one, and bad
+//! certificate files refused at start. The certificates in `tests/fixtures/tls` are
+//! self-signed test certificates for 127.0.0.1, made with openssl; nothing else trusts them.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{config, publish_body, read, start, text, token};
+use serde_json::json;
+use sluice_connector_http_ingest::{HttpIngestSource, IngestError, TlsFiles};
+use sluice_runtime::source::Position;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tls")
+        .join(name)
+}
+
+/// A client that trusts only the certificate `cert-{which}.pem`, on connections of its own.
+fn trusting(which: &str) -> reqwest::Client {
+    let pem = std::fs::read(fixture(&format!("cert-{which}.pem"))).expect("the test certificate");
+    let cert = reqwest::Certificate::from_pem(&pem).expect("a PEM certificate");
+    reqwest::Client::builder()
+        .tls_certs_only([cert])
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("a client")
+}
+
+/// Publishes one event to `url` (`https://…/publish`) with a valid token.
+async fn publish_to(client: &reqwest::Client, url: &str, n: u64) -> Result<u16, reqwest::Error> {
+    let body = publish_body("orders", &json!({"n": n}));
+    let response = client
+        .post(url)
+        .header("Authorization", format!("Bearer {}", token()))
+        .body(body)
+        .send()
+        .await?;
+    Ok(response.status().as_u16())
+}
+
+fn started_with(dir: &Path, files: TlsFiles) -> HttpIngestSource {
+    let mut config = config(dir);
+    config.tls = Some(files);
+    start(config)
+}
+
+#[tokio::test]
+async fn https_publishes_are_acknowledged_and_plain_http_or_untrusted_clients_get_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let source = started_with(dir.path(), TlsFiles::new(fixture("cert-a.pem"), fixture("key-a.pem")));
+    let addr = source.local_addr();
+    let url = format!("https://127.0.0.1:{}/publish", addr.port());
+
+    assert_eq!(publish_to(&trusting("a"), &url, 1).await.ok(), Some(200));
+    // HTTP/2 is offered too, and works.
+    let h2 = reqwest::Client::builder()
+        .tls_certs_only([
+            reqwest::Certificate::from_pem(&std::fs::read(fixture("cert-a.pem")).expect("cert")).expect("cert"),
+        ])
+        .http2_prior_knowledge()
+        .build()
+        .expect("a client");
+    assert_eq!(publish_to(&h2, &url, 2).await.ok(), Some(200));
+
+    // Plain HTTP to the HTTPS port: the handshake fails, no answer, nothing accepted.
+    let plain = reqwest::Client::new()
+        .post(format!("http://{addr}/publish"))
+        .header("Authorization", format!("Bearer {}", token()))
+        .body(publish_body("orders", &json!({"n": 3})))
+        .send()
+        .await;
+    assert!(plain.is_err(), "plain HTTP got an answer: {plain:?}");
+    // A client that does not trust the certificate refuses to send.
+    let untrusted = publish_to(&trusting("b"), &url, 4).await;
+    assert!(
+        untrusted.is_err(),
+        "an untrusted certificate was accepted: {untrusted:?}"
+    );
+
+    let lines: Vec<String> = read(&source, "p0", &Position::Start).iter().map(text).collect();
+    assert_eq!(
+        lines,
+        [
+            r#"{"topic":"orders","data":{"n":1}}"#,
+            r#"{"topic":"orders","data":{"n":2}}"#
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_rotated_certificate_is_served_after_the_next_check_and_a_broken_one_is_not() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = (certs.path().join("tls.crt"), certs.path().join("tls.key"));
+    let install = |which: &str| {
+        std::fs::copy(fixture(&format!("cert-{which}.pem")), &cert).expect("copy the certificate");
+        std::fs::copy(fixture(&format!("key-{which}.pem")), &key).expect("copy the key");
+    };
+    install("a");
+    let files = TlsFiles {
+        reload_every: Duration::from_millis(100),
+        ..TlsFiles::new(&cert, &key)
+    };
+    let source = started_with(dir.path(), files);
+    let url = format!("https://127.0.0.1:{}/publish", source.local_addr().port());
+    assert_eq!(publish_to(&trusting("a"), &url, 1).await.ok(), Some(200));
+
+    // Rotation: new handshakes get the new certificate once the files are checked again.
+    install("b");
+    // Modification times may be a coarse clock's: make sure the change is seen.
+    let later = std::time::SystemTime::now() + Duration::from_secs(2);
+    for path in [&cert, &key] {
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .and_then(|f| f.set_modified(later))
+            .expect("touch");
+    }
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    // The first handshake after the interval runs the check; it is already served with `b`.
+    assert_eq!(publish_to(&trusting("b"), &url, 2).await.ok(), Some(200));
+    assert!(
+        publish_to(&trusting("a"), &url, 3).await.is_err(),
+        "the old certificate is still served"
+    );
+
+    // A rotation caught half-way (a key that does not match): the previous pair stays.
+    std::fs::copy(fixture("key-a.pem"), &key).expect("copy the key");
+    let later = later + Duration::from_secs(2);
+    std::fs::File::options()
+        .write(true)
+        .open(&key)
+        .and_then(|f| f.set_modified(later))
+        .expect("touch");
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(publish_to(&trusting("b"), &url, 4).await.ok(), Some(200));
+
+    let lines = read(&source, "p0", &Position::Start).len();
+    assert_eq!(lines, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_handshake_delays_no_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let source = started_with(dir.path(), TlsFiles::new(fixture("cert-a.pem"), fixture("key-a.pem")));
+    let addr = source.local_addr();
+    // Connected, sending nothing: the server waits up to its handshake timeout for it.
+    let stalled: Vec<tokio::net::TcpStream> = {
+        let mut streams = Vec::new();
+        for _ in 0..3 {
+            streams.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+        }
+        streams
+    };
+    let started = Instant::now();
+    let url = format!("https://127.0.0.1:{}/publish", addr.port());
+    assert_eq!(publish_to(&trusting("a"), &url, 1).await.ok(), Some(200));
+    // Well inside the 10 s the stalled handshakes may take: they did not hold this one back.
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    drop(stalled);
+}
+
+#[test]
+fn bad_certificate_files_are_start_errors_naming_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let start_with = |cert: PathBuf, key: PathBuf| {
+        let mut config = config(dir.path());
+        config.tls = Some(TlsFiles::new(&cert, key));
+        match HttpIngestSource::start(config) {
+            Err(IngestError::Tls { key, path, reason }) => {
+                // The error names the pipeline key of the file it is about.
+                assert_eq!(key, if path == cert { "cert" } else { "key" }, "{path:?}");
+                (path, reason)
+            }
+            Err(other) => panic!("expected a TLS error, got {other}"),
+            Ok(_) => panic!("started with bad TLS files"),
+        }
+    };
+
+    // A key that is not the certificate's.
+    let (path, reason) = start_with(fixture("cert-a.pem"), fixture("key-b.pem"));
+    assert_eq!(path, fixture("cert-a.pem"));
+    assert!(reason.contains("cannot be used"), "{reason}");
+
+    // A missing key file.
+    let missing = dir.path().join("missing.key");
+    let (path, reason) = start_with(fixture("cert-a.pem"), missing.clone());
+    assert_eq!(path, missing);
+    assert!(reason.contains("No such file"), "{reason}");
+
+    // A certificate file holding only a key.
+    let (path, reason) = start_with(fixture("key-a.pem"), fixture("key-a.pem"));
+    assert_eq!(path, fixture("key-a.pem"));
+    assert!(reason.contains("no CERTIFICATE"), "{reason}");
+
+    // The directory lock was not taken by the failed starts: a good start works.
+    let mut good = config(dir.path());
+    good.tls = Some(TlsFiles::new(fixture("cert-a.pem"), fixture("key-a.pem")));
+    drop(start(good));
+}
