@@ -219,6 +219,7 @@ fn snapshot(n: u32) {
         messages: None,
         client_buffer: 64,
         stall_timeout: Duration::from_secs(60),
+        tls: None,
     })
     .expect("start the server");
     let addr = server.grpc_addr().expect("a gRPC address");

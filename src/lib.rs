@@ -280,5 +280,6 @@ fn server_config(
         }),
         client_buffer: spec.client_buffer,
         stall_timeout: std::time::Duration::from_millis(spec.stall_timeout_ms),
+        tls: spec.tls.as_ref().map(|t| sluice_server::TlsFiles::new(&t.cert, &t.key)),
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::accounts;
 use serde_json::Value;
-use serve_support::{Running, Serving, TOKEN_KEY, append, client, free_port, get, metric, wait_for};
+use serve_support::{Running, Serving, TOKEN_KEY, append, client, free_port, get, get_trusting, metric, wait_for};
 
 const CDS_SECRET: &str = "cds-secret";
 
@@ -314,6 +314,67 @@ fn the_account_stream_serves_snapshot_changes_and_tokens_that_survive_a_restart(
     assert!(again.iter().all(|l| l["clear_all"] == false), "{again:?}");
     assert_eq!(records(&again), got);
     serving.stop();
+}
+
+#[test]
+fn with_tls_both_servers_serve_only_clients_that_trust_the_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (grpc_port, http_port) = (free_port(), free_port());
+    let tls = common::root().join("connectors/http-ingest/tests/fixtures/tls");
+    let (cert, other) = (tls.join("cert-a.pem"), tls.join("cert-b.pem"));
+    let server_tls = format!(
+        "tls = {{ cert = '{}', key = '{}' }}\n",
+        cert.display(),
+        tls.join("key-a.pem").display()
+    );
+    cds_pipeline(d, grpc_port, http_port, &server_tls, 86_400_000);
+    append(&d.join("scan.jsonl"), &snapshot_table());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--quiet", "pipeline.toml"])
+        .current_dir(d)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn sluice");
+    let https = format!("https://127.0.0.1:{http_port}");
+    wait_for(30, "the HTTPS health endpoint", || {
+        get_trusting(&format!("{https}/health"), &[], Some(&cert)).status == 200
+    });
+    let grpc = format!("127.0.0.1:{grpc_port}");
+    let accounts = |ca: Option<&std::path::Path>| {
+        let ca = ca.map(|c| c.display().to_string());
+        let mut args = vec!["accounts", "--addr", &grpc, "--auth", CDS_SECRET, "--until-current"];
+        args.extend(["--timeout", "20"]);
+        if let Some(ca) = &ca {
+            args.extend(["--ca", ca]);
+        }
+        client(&args)
+    };
+    // gRPC over TLS: the same directory a plain client would get.
+    wait_for(30, "the scan in the directory", || {
+        records(&accounts(Some(&cert))).len() == 3
+    });
+    let want: BTreeMap<i64, String> = [11u32, 13, 21]
+        .iter()
+        .map(|n| (15_550_000_000 + i64::from(*n), hex(&accounts::uuid(*n))))
+        .collect();
+    assert_eq!(records(&accounts(Some(&cert))), want);
+
+    // A plain-text client, or one that trusts another certificate, gets nothing.
+    for refused in [accounts(None), accounts(Some(&other))] {
+        assert_eq!(
+            error_of(&refused).map(|e| e.0),
+            Some("UNAVAILABLE".to_owned()),
+            "{refused:?}"
+        );
+        assert!(records(&refused).is_empty());
+    }
+    assert_eq!(get(&format!("http://127.0.0.1:{http_port}/health"), &[]).status, 0);
+    assert_eq!(get_trusting(&format!("{https}/health"), &[], Some(&other)).status, 0);
+    assert!(child.try_wait().expect("wait").is_none(), "sluice exited early");
+    common::stop_cleanly(child);
 }
 
 #[test]

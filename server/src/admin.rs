@@ -42,7 +42,7 @@ pub fn start_admin(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<ServerHand
                 }
             }),
         );
-    let thread = spawn(None, Some((listener, router)), shutdown)?;
+    let thread = spawn(None, Some((listener, router)), None, shutdown)?;
     tracing::info!(addr = %local, "admin endpoint listening (/metrics, /healthz, /readyz)");
     Ok(ServerHandle {
         grpc_addr: None,

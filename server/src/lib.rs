@@ -24,6 +24,11 @@
 //!
 //! The server runs on its own runtime and thread, so the dataflow's worker threads never run
 //! network code, and [`start`] returns once the listeners are bound.
+//!
+//! **TLS.** With [`ServerConfig::tls`] both listeners serve TLS only, through
+//! [`sluice_auth::tls`]: the certificate is checked before binding and reloaded when its
+//! files change, and handshakes run beside the accept loop, so a client that stalls its
+//! handshake delays no other.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -31,15 +36,20 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+pub use sluice_auth::tls::TlsFiles;
+use sluice_auth::tls::TlsListener;
 use sluice_served::ServedView;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+use crate::listen::{Listening, TlsConn};
 
 mod account_stream;
 mod admin;
 mod auth;
 mod follow;
 mod http;
+mod listen;
 pub use sluice_auth::jwt;
 mod messages;
 mod outbox;
@@ -98,6 +108,8 @@ pub struct ServerConfig {
     pub client_buffer: usize,
     /// A stream whose buffer stays full this long is ended with `RESOURCE_EXHAUSTED`.
     pub stall_timeout: Duration,
+    /// Serve TLS on both listeners with this certificate and key (`None`: plain).
+    pub tls: Option<TlsFiles>,
 }
 
 /// The cds account stream over the `directory` view.
@@ -130,6 +142,9 @@ pub enum ServerError {
         /// The operating system's reason.
         source: std::io::Error,
     },
+    /// The TLS certificate or key cannot be used.
+    #[error("server: {0}")]
+    Tls(#[from] sluice_auth::tls::TlsError),
     /// The runtime or its thread could not be created.
     #[error("cannot start the server runtime: {0}")]
     Runtime(std::io::Error),
@@ -189,6 +204,12 @@ pub(crate) struct Shared {
 /// Binds the configured listeners and serves on a runtime of its own.
 pub fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
     check(&config)?;
+    // Before binding: a bad certificate is a configuration error, found before anything runs.
+    let tls = config
+        .tls
+        .as_ref()
+        .map(|files| sluice_auth::tls::acceptor(files, "server"))
+        .transpose()?;
     // Bound here, with std, so a bind error is the caller's to handle and port 0 resolves
     // before `start` returns; the runtime adopts the sockets on its own thread.
     let grpc = config.grpc.map(bind).transpose()?;
@@ -199,7 +220,7 @@ pub fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
     let (grpc_router, http_router) = routers(config, shutdown.clone());
     let grpc = grpc.map(|(listener, _)| (listener, grpc_router));
     let http = http.map(|(listener, _)| (listener, http_router));
-    let thread = spawn(grpc, http, shutdown)?;
+    let thread = spawn(grpc, http, tls, shutdown)?;
     if let Some(addr) = grpc_addr {
         tracing::info!(%addr, "gRPC server listening");
     }
@@ -274,6 +295,7 @@ fn routers(config: ServerConfig, shutdown: watch::Receiver<bool>) -> (tonic::tra
 fn spawn(
     grpc: Option<(std::net::TcpListener, tonic::transport::server::Router)>,
     http: Option<(std::net::TcpListener, axum::Router)>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<JoinHandle<()>, ServerError> {
     // The runtime is built, used and dropped on the server thread only: `start` may be called
@@ -294,10 +316,17 @@ fn spawn(
                     return;
                 }
             };
-            let adopt = |l| TcpListener::from_std(l);
+            // TLS listeners spawn their accept loops, so they are made inside the runtime.
+            let adopt = |l, name: &str| {
+                let listener = TcpListener::from_std(l)?;
+                match &tls {
+                    Some(acceptor) => TlsListener::new(listener, acceptor.clone(), name.to_owned()).map(Listening::Tls),
+                    None => Ok(Listening::Plain(listener)),
+                }
+            };
             let adopted = runtime.block_on(async {
-                let grpc = grpc.map(|(l, r)| adopt(l).map(|l| (l, r))).transpose()?;
-                let http = http.map(|(l, r)| adopt(l).map(|l| (l, r))).transpose()?;
+                let grpc = grpc.map(|(l, r)| adopt(l, "gRPC server").map(|l| (l, r))).transpose()?;
+                let http = http.map(|(l, r)| adopt(l, "HTTP server").map(|l| (l, r))).transpose()?;
                 Ok((grpc, http))
             });
             match adopted {
@@ -356,8 +385,8 @@ fn check(config: &ServerConfig) -> Result<(), ServerError> {
 
 /// Serves until `shutdown`, then lets connections drain for at most [`DRAIN`].
 async fn serve(
-    grpc: Option<(TcpListener, tonic::transport::server::Router)>,
-    http: Option<(TcpListener, axum::Router)>,
+    grpc: Option<(Listening, tonic::transport::server::Router)>,
+    http: Option<(Listening, axum::Router)>,
     shutdown: watch::Receiver<bool>,
 ) {
     let signal = |mut shutdown: watch::Receiver<bool>| async move {
@@ -365,22 +394,39 @@ async fn serve(
         let _ = shutdown.wait_for(|stop| *stop).await;
     };
     let grpc = async {
-        if let Some((listener, router)) = grpc {
-            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-            if let Err(error) = router
-                .serve_with_incoming_shutdown(incoming, signal(shutdown.clone()))
-                .await
-            {
-                tracing::error!(%error, "gRPC server failed");
+        let served = match grpc {
+            None => Ok(()),
+            Some((Listening::Plain(listener), router)) => {
+                let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                router
+                    .serve_with_incoming_shutdown(incoming, signal(shutdown.clone()))
+                    .await
             }
+            Some((Listening::Tls(listener), router)) => {
+                router
+                    .serve_with_incoming_shutdown(TlsConn::incoming(listener), signal(shutdown.clone()))
+                    .await
+            }
+        };
+        if let Err(error) = served {
+            tracing::error!(%error, "gRPC server failed");
         }
     };
     let http = async {
-        if let Some((listener, router)) = http
-            && let Err(error) = axum::serve(listener, router)
-                .with_graceful_shutdown(signal(shutdown.clone()))
-                .await
-        {
+        let served = match http {
+            None => Ok(()),
+            Some((Listening::Plain(listener), router)) => {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(signal(shutdown.clone()))
+                    .await
+            }
+            Some((Listening::Tls(listener), router)) => {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(signal(shutdown.clone()))
+                    .await
+            }
+        };
+        if let Err(error) = served {
             tracing::error!(%error, "HTTP server failed");
         }
     };

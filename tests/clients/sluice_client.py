@@ -103,13 +103,17 @@ def rpc_error(err):
     emit({"error": name, "details": details or ""})
 
 
-def channel(addr, slow=False):
+def channel(addr, slow=False, ca=None):
     import grpc
 
     # A slow reader keeps the transport's receive window at its 64 KiB start (no BDP
     # probing), so what backs up is the server's per-client buffer, as with a real slow
     # client on a slow link, rather than megabytes absorbed by this process.
     options = [("grpc.http2.bdp_probe", 0)] if slow else []
+    if ca:
+        with open(ca, "rb") as f:
+            credentials = grpc.ssl_channel_credentials(root_certificates=f.read())
+        return grpc.secure_channel(addr, credentials, options=options)
     return grpc.insecure_channel(addr, options=options)
 
 
@@ -159,7 +163,7 @@ def cmd_accounts(args):
             "dataset_current": m.dataset_current,
         }
 
-    with channel(args.addr, slow=getattr(args, "stall_after", None) is not None) as ch:
+    with channel(args.addr, slow=getattr(args, "stall_after", None) is not None, ca=getattr(args, "ca", None)) as ch:
         call = pb_grpc.AccountStreamServiceStub(ch).StreamAccountData(
             request, metadata=metadata, timeout=args.timeout
         )
@@ -188,7 +192,7 @@ def cmd_subscribe(args):
             "current": m.current,
         }
 
-    with channel(args.addr, slow=getattr(args, "stall_after", None) is not None) as ch:
+    with channel(args.addr, slow=getattr(args, "stall_after", None) is not None, ca=getattr(args, "ca", None)) as ch:
         call = pb_grpc.ViewsStub(ch).Subscribe(request, metadata=metadata, timeout=args.timeout)
         stream(call, show, args, lambda m: m.current)
 
@@ -222,7 +226,7 @@ def cmd_changes(args):
     from sluice.v1 import messages_pb2 as pb
     from sluice.v1 import messages_pb2_grpc as pb_grpc
 
-    with channel(args.addr, slow=getattr(args, "stall_after", None) is not None) as ch:
+    with channel(args.addr, slow=getattr(args, "stall_after", None) is not None, ca=getattr(args, "ca", None)) as ch:
         try:
             page = pb_grpc.MessagesStub(ch).Changes(
                 pb.ChangesRequest(after=args.after, limit=args.limit),
@@ -246,7 +250,7 @@ def cmd_sync(args):
     last_new = time.monotonic()
     printed_empty = False
     poll = min(0.1, args.until_idle) if args.until_idle > 0 else 0
-    with channel(args.addr, slow=getattr(args, "stall_after", None) is not None) as ch:
+    with channel(args.addr, slow=getattr(args, "stall_after", None) is not None, ca=getattr(args, "ca", None)) as ch:
         stub = pb_grpc.MessagesStub(ch)
         while True:
             try:
@@ -282,7 +286,7 @@ def cmd_watch(args):
     from sluice.v1 import messages_pb2 as pb
     from sluice.v1 import messages_pb2_grpc as pb_grpc
 
-    with channel(args.addr, slow=getattr(args, "stall_after", None) is not None) as ch:
+    with channel(args.addr, slow=getattr(args, "stall_after", None) is not None, ca=getattr(args, "ca", None)) as ch:
         call = pb_grpc.MessagesStub(ch).Watch(
             pb.WatchRequest(after=args.after), metadata=bearer(args.jwt), timeout=args.timeout
         )
@@ -331,6 +335,7 @@ def main(argv=None):
     call = argparse.ArgumentParser(add_help=False, parents=[common])
     call.add_argument("--addr", required=True, help="HOST:PORT")
     call.add_argument("--timeout", type=float, help="deadline of the whole call, seconds")
+    call.add_argument("--ca", help="TLS: trust this PEM certificate (default: plain text)")
 
     streaming = argparse.ArgumentParser(add_help=False, parents=[call])
     streaming.add_argument("--messages", type=int, help="stop after N messages")

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::IngestError;
-use crate::tls::TlsFiles;
+use sluice_auth::tls::TlsFiles;
 
 /// The largest request body accepted by default: 1 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;

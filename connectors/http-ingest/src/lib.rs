@@ -50,11 +50,9 @@
 //! **HTTPS.** With [`IngestConfig::tls`] the endpoint serves HTTPS only: rustls with the
 //! aws-lc-rs provider (TLS 1.2 and 1.3), ALPN offering HTTP/2 and HTTP/1.1, no client
 //! certificates (publishers authenticate with their token). The certificate and key are
-//! loaded before the port is bound, so a bad file is a start error; afterwards the first
-//! handshake after [`TlsFiles::reload_every`] compares the files' modification times and
-//! loads a changed pair, keeping the previous one if it does not load (a rotation caught
-//! half-way). Handshakes run on tasks of their own, at most 512 at once and 10 s each, so
-//! a client that never finishes one delays neither accepting nor other clients.
+//! loaded before the port is bound, so a bad file is a start error, and reloaded when the
+//! files change ([`sluice_auth::tls`]). Handshakes run on tasks of their own, so a client
+//! that never finishes one delays neither accepting nor other clients.
 //!
 //! **Line format.** One event per line, `{"topic":T,"data":D}` and `\n`: the same shape the
 //! fanout dataflow reads from Kafka. `D` is the data object as published (key order, numbers
@@ -138,7 +136,6 @@ mod event;
 mod http;
 mod log;
 mod reader;
-mod tls;
 
 pub use config::{
     DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_IN_FLIGHT_BYTES, DEFAULT_PARTITIONS,
@@ -149,7 +146,7 @@ use crate::http::Endpoint;
 pub use crate::http::PublishStats;
 use crate::log::PartitionLog;
 use crate::reader::LogReader;
-pub use crate::tls::TlsFiles;
+pub use sluice_auth::tls::{TlsError, TlsFiles};
 
 /// Why an `http-ingest` source could not start.
 #[derive(Debug, thiserror::Error)]
@@ -188,15 +185,8 @@ pub enum IngestError {
         reason: String,
     },
     /// The TLS certificate or key cannot be read or used.
-    #[error("tls.{key} {}: {reason}", path.display())]
-    Tls {
-        /// Which of the two: `cert` or `key`.
-        key: &'static str,
-        /// The certificate or key file.
-        path: PathBuf,
-        /// What is wrong with it.
-        reason: String,
-    },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// A thread or the runtime could not be started.
     #[error("cannot start the http-ingest source: {0}")]
     Runtime(String),
@@ -250,7 +240,7 @@ impl HttpIngestSource {
         let tls = config
             .tls
             .as_ref()
-            .map(|files| tls::acceptor(files, &config.name))
+            .map(|files| sluice_auth::tls::acceptor(files, &config.name))
             .transpose()?;
         let listener = std::net::TcpListener::bind(&config.listen).map_err(bind_error)?;
         listener.set_nonblocking(true).map_err(bind_error)?;
@@ -375,7 +365,7 @@ impl Drop for HttpIngestSource {
 /// The endpoint's listener, once its runtime has adopted it.
 enum Listening {
     Plain(tokio::net::TcpListener),
-    Tls(tls::TlsListener),
+    Tls(sluice_auth::tls::TlsListener),
 }
 
 /// Starts the server thread and its runtime, and waits until the runtime holds the listener.
@@ -408,7 +398,7 @@ fn spawn_server(
             let adopted = runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener)?;
                 match tls {
-                    Some(acceptor) => tls::TlsListener::new(listener, acceptor, name).map(Listening::Tls),
+                    Some(acceptor) => sluice_auth::tls::TlsListener::new(listener, acceptor, name).map(Listening::Tls),
                     None => Ok(Listening::Plain(listener)),
                 }
             });

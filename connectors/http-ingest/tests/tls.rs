@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{config, publish_body, read, start, text, token};
 use serde_json::json;
-use sluice_connector_http_ingest::{HttpIngestSource, IngestError, TlsFiles};
+use sluice_connector_http_ingest::{HttpIngestSource, IngestError, TlsError, TlsFiles};
 use sluice_runtime::source::Position;
 
 fn fixture(name: &str) -> PathBuf {
@@ -171,7 +171,7 @@ fn bad_certificate_files_are_start_errors_naming_the_file() {
         let mut config = config(dir.path());
         config.tls = Some(TlsFiles::new(&cert, key));
         match HttpIngestSource::start(config) {
-            Err(IngestError::Tls { key, path, reason }) => {
+            Err(IngestError::Tls(TlsError::File { key, path, reason })) => {
                 // The error names the pipeline key of the file it is about.
                 assert_eq!(key, if path == cert { "cert" } else { "key" }, "{path:?}");
                 (path, reason)

@@ -409,6 +409,8 @@ pub struct ServerSpec {
     pub account_stream: Option<AccountStreamSpec>,
     /// The messages sync service (gRPC and HTTP), if served.
     pub messages: Option<MessagesServiceSpec>,
+    /// Serve TLS on both listeners (`[server.tls]`); plain without.
+    pub tls: Option<TlsSpec>,
     /// Where the section starts, for problems about it as a whole.
     pub loc: Loc,
 }

@@ -91,6 +91,7 @@ const SERVER_KEYS: &[&str] = &[
     "stall_timeout_ms",
     "account_stream",
     "messages",
+    "tls",
 ];
 /// Keys of a `kafka` source besides the common ones.
 const KAFKA_SOURCE_KEYS: &[&str] = &["brokers", "topic", "topics", "group_id", "start", "bounded", "options"];
@@ -224,7 +225,7 @@ pub fn parse_partial(file: &Path, text: &str, env: &dyn Fn(&str) -> Option<Strin
 
     let server = w.table(root, "server", "").and_then(|t| {
         let loc = w.key_loc(root, "server").unwrap_or_default();
-        server(&mut w, t, loc)
+        server(&mut w, t, loc, &base_dir)
     });
 
     let mut problems = w.problems;
@@ -1040,19 +1041,7 @@ fn http_ingest_source(
     let segment_bytes = w
         .uint(t, "segment_bytes", path, 4096..=(1 << 40))
         .map_or(64 << 20, |n| n.value);
-    let tls = match w.table(t, "tls", path) {
-        Some(table) => {
-            let (at, tls_path) = (w.key_loc(t, "tls"), join(path, "tls"));
-            w.deny_unknown(table, &tls_path, &["cert", "key"]);
-            let cert = required(w, table, "cert", &tls_path, at);
-            let key = required(w, table, "key", &tls_path, at);
-            Some(TlsSpec {
-                cert: resolve(base, &cert?.value),
-                key: resolve(base, &key?.value),
-            })
-        }
-        None => None,
-    };
+    let tls = tls(w, t, path, base);
     Some(HttpIngestSpec {
         tls,
         listen: listen?,
@@ -1063,6 +1052,19 @@ fn http_ingest_source(
         body_timeout_ms,
         partitions,
         segment_bytes,
+    })
+}
+
+/// The `tls` table of an endpoint (`cert`, `key`), if any.
+fn tls(w: &mut Walker, t: &dyn TableLike, path: &str, base: &Path) -> Option<TlsSpec> {
+    let table = w.table(t, "tls", path)?;
+    let (at, tls_path) = (w.key_loc(t, "tls"), join(path, "tls"));
+    w.deny_unknown(table, &tls_path, &["cert", "key"]);
+    let cert = required(w, table, "cert", &tls_path, at);
+    let key = required(w, table, "key", &tls_path, at);
+    Some(TlsSpec {
+        cert: resolve(base, &cert?.value),
+        key: resolve(base, &key?.value),
     })
 }
 
@@ -1220,7 +1222,7 @@ fn scan_source(w: &mut Walker, t: &dyn TableLike, path: &str, loc: Option<Loc>) 
 }
 
 /// The `[server]` section; references to views are checked with the graph.
-fn server(w: &mut Walker, t: &dyn TableLike, loc: Loc) -> Option<ServerSpec> {
+fn server(w: &mut Walker, t: &dyn TableLike, loc: Loc, base: &Path) -> Option<ServerSpec> {
     w.deny_unknown(t, "server", SERVER_KEYS);
     let address = |w: &mut Walker, key: &str| {
         let a = w.string(t, key, "server")?;
@@ -1292,6 +1294,7 @@ fn server(w: &mut Walker, t: &dyn TableLike, loc: Loc) -> Option<ServerSpec> {
         }
         None => None,
     };
+    let tls = tls(w, t, "server", base);
     // Kept when broken (its problems are reported already), so that the views it names are
     // still checked and its sinks are not also said to lack a server.
     Some(ServerSpec {
@@ -1307,6 +1310,7 @@ fn server(w: &mut Walker, t: &dyn TableLike, loc: Loc) -> Option<ServerSpec> {
         stall_timeout_ms,
         account_stream,
         messages,
+        tls,
         loc,
     })
 }

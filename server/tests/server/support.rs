@@ -70,6 +70,7 @@ pub fn config() -> ServerConfig {
         messages: None,
         client_buffer: 64,
         stall_timeout: Duration::from_secs(10),
+        tls: None,
     }
 }
 

@@ -18,7 +18,23 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-use crate::IngestError;
+/// Why a certificate could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The certificate or key file cannot be read or used.
+    #[error("tls.{key} {}: {reason}", path.display())]
+    File {
+        /// Which of the two, as the pipeline key names it: `cert` or `key`.
+        key: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The TLS configuration could not be built.
+    #[error("TLS: {0}")]
+    Setup(String),
+}
 
 /// How long a client may take to finish its handshake before its connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -60,25 +76,27 @@ fn stamp(files: &TlsFiles) -> Stamp {
 }
 
 /// Loads the certificate chain and key, checking that they belong together.
-fn load(files: &TlsFiles, provider: &CryptoProvider) -> Result<CertifiedKey, IngestError> {
-    let problem = |path: &Path, reason: String| IngestError::Tls {
-        key: if path == files.cert { "cert" } else { "key" },
-        path: path.to_path_buf(),
+fn load(files: &TlsFiles, provider: &CryptoProvider) -> Result<CertifiedKey, TlsError> {
+    let problem = |key: &'static str, reason: String| TlsError::File {
+        key,
+        path: if key == "cert" { &files.cert } else { &files.key }.clone(),
         reason,
     };
     let chain = CertificateDer::pem_file_iter(&files.cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| problem(&files.cert, pem_reason(e)))?;
+        .map_err(|e| problem("cert", pem_reason(e)))?;
     if chain.is_empty() {
-        return Err(problem(&files.cert, "holds no CERTIFICATE block".into()));
+        return Err(problem("cert", "holds no CERTIFICATE block".into()));
     }
-    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| problem(&files.key, pem_reason(e)))?;
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| problem("key", pem_reason(e)))?;
     CertifiedKey::from_der(chain, key, provider).map_err(|e| {
-        let path = match e {
-            rustls::Error::InconsistentKeys(_) => &files.cert,
-            _ => &files.key,
+        // A key that parses but is not the certificate's: the pair is wrong, said of the
+        // certificate; anything else is about the key itself.
+        let which = match e {
+            rustls::Error::InconsistentKeys(_) => "cert",
+            _ => "key",
         };
-        problem(path, format!("cannot be used: {e}"))
+        problem(which, format!("cannot be used: {e}"))
     })
 }
 
@@ -94,7 +112,7 @@ fn pem_reason(error: rustls::pki_types::pem::Error) -> String {
 struct Reloading {
     files: TlsFiles,
     provider: Arc<CryptoProvider>,
-    source: String,
+    endpoint: String,
     state: Mutex<ReloadState>,
 }
 
@@ -118,12 +136,12 @@ impl Reloading {
                     Ok(key) => {
                         state.current = Arc::new(key);
                         state.stamp = now;
-                        tracing::info!(source = %self.source, cert = %self.files.cert.display(), "TLS certificate reloaded");
+                        tracing::info!(endpoint = %self.endpoint, cert = %self.files.cert.display(), "TLS certificate reloaded");
                     }
                     // Often a rotation caught half-way (the certificate written, the key not
                     // yet): the next check tries again, the old pair serves meanwhile.
                     Err(error) => {
-                        tracing::warn!(source = %self.source, %error, "TLS certificate not reloaded; the previous one stays in use")
+                        tracing::warn!(endpoint = %self.endpoint, %error, "TLS certificate not reloaded; the previous one stays in use")
                     }
                 }
             }
@@ -145,14 +163,14 @@ impl ResolvesServerCert for Reloading {
 }
 
 /// The TLS configuration of an endpoint serving `files`, loaded once now so a missing or
-/// bad file stops the source before it starts.
-pub(crate) fn acceptor(files: &TlsFiles, source: &str) -> Result<TlsAcceptor, IngestError> {
+/// bad file stops the endpoint before it starts; `endpoint` names it in log lines.
+pub fn acceptor(files: &TlsFiles, endpoint: &str) -> Result<TlsAcceptor, TlsError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let key = load(files, &provider)?;
     let resolver = Reloading {
         files: files.clone(),
         provider: Arc::clone(&provider),
-        source: source.to_owned(),
+        endpoint: endpoint.to_owned(),
         state: Mutex::new(ReloadState {
             current: Arc::new(key),
             stamp: stamp(files),
@@ -161,7 +179,7 @@ pub(crate) fn acceptor(files: &TlsFiles, source: &str) -> Result<TlsAcceptor, In
     };
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| IngestError::Runtime(format!("TLS: {e}")))?
+        .map_err(|e| TlsError::Setup(e.to_string()))?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
     // What axum serves: HTTP/2 when the client offers it, else HTTP/1.1.
@@ -169,20 +187,27 @@ pub(crate) fn acceptor(files: &TlsFiles, source: &str) -> Result<TlsAcceptor, In
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// A listener that hands axum connections whose TLS handshake is done. Handshakes run on
-/// tasks of their own: accepting goes on while a client is slow to finish its handshake.
-pub(crate) struct TlsListener {
+/// Connections whose TLS handshake is done, for axum (an [`axum::serve::Listener`]) or, as
+/// a channel, for tonic. Handshakes run on tasks of their own: accepting goes on while a
+/// client is slow to finish its handshake.
+pub struct TlsListener {
     ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
     addr: SocketAddr,
 }
 
 impl TlsListener {
-    /// Starts accepting on `listener` (on the current runtime) with `acceptor`.
-    pub(crate) fn new(listener: TcpListener, acceptor: TlsAcceptor, source: String) -> io::Result<TlsListener> {
+    /// Starts accepting on `listener` with `acceptor`, on a task of the current runtime;
+    /// `endpoint` names it in log lines.
+    pub fn new(listener: TcpListener, acceptor: TlsAcceptor, endpoint: String) -> io::Result<TlsListener> {
         let addr = listener.local_addr()?;
         let (sender, ready) = mpsc::channel(64);
-        tokio::spawn(accept_loop(listener, acceptor, sender, source));
+        tokio::spawn(accept_loop(listener, acceptor, sender, endpoint));
         Ok(TlsListener { ready, addr })
+    }
+
+    /// The connections as they become ready, with their peers' addresses.
+    pub fn into_receiver(self) -> mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)> {
+        self.ready
     }
 }
 
@@ -190,7 +215,7 @@ async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     ready: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
-    source: String,
+    endpoint: String,
 ) {
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     let failures = Arc::new(Mutex::new(sluice_runtime::log_limit::LogLimit::new(
@@ -200,17 +225,22 @@ async fn accept_loop(
         let Ok(permit) = Arc::clone(&handshakes).acquire_owned().await else {
             return;
         };
-        let (tcp, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            // The listener was dropped (its server stopped): stop accepting, free the port.
+            () = ready.closed() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(error) => {
                 // Out of file descriptors, most often: wait instead of spinning.
-                tracing::warn!(%source, %error, "cannot accept a connection");
+                tracing::warn!(%endpoint, %error, "cannot accept a connection");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        let (acceptor, ready, failures, source) =
-            (acceptor.clone(), ready.clone(), Arc::clone(&failures), source.clone());
+        let (acceptor, ready, failures, endpoint) =
+            (acceptor.clone(), ready.clone(), Arc::clone(&failures), endpoint.clone());
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
             let error = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -225,7 +255,7 @@ async fn accept_loop(
             };
             let logged = failures.lock().unwrap_or_else(PoisonError::into_inner).allow();
             if let Some(held_back) = logged {
-                tracing::warn!(%source, %peer, %error, failed = held_back + 1, "TLS handshakes failed (plain HTTP to an HTTPS port, an untrusted certificate, a client that stalls)");
+                tracing::warn!(%endpoint, %peer, %error, failed = held_back + 1, "TLS handshakes failed (plain HTTP to an HTTPS port, an untrusted certificate, a client that stalls)");
             }
         });
     }
