@@ -6,6 +6,7 @@
 //! ```text
 //! cargo bench --bench hub                                     # both, with the defaults below
 //! cargo bench --bench hub -- publish --clients 1,16,64 --seconds 10 --partitions 1
+//! cargo bench --bench hub -- publish --tls                    # over HTTPS (the test certificate)
 //! cargo bench --bench hub -- deliver --events 20000 --subscribers 200 --topics 20
 //! ```
 //!
@@ -13,6 +14,8 @@
 //! the endpoint: token check, body decoding, the append to the publish log and its group
 //! commit (`fdatasync`), then reading the log into the dataflow. `--clients` concurrent
 //! HTTP/1.1 keep-alive connections publish for `--seconds`; every `200` counted was durable.
+//! With `--tls` the endpoint serves HTTPS with the test certificate of
+//! `connectors/http-ingest/tests/fixtures/tls`, which the client trusts.
 //!
 //! **deliver**: `../shared/bench/gen.py fanout` writes events and subscribers; the
 //! subscribers' target URLs are pointed at a receiver in this process (axum, answering 200 to
@@ -46,6 +49,7 @@ struct Args {
     events: u64,
     subscribers: u64,
     topics: u64,
+    tls: bool,
 }
 
 fn args() -> Args {
@@ -57,6 +61,7 @@ fn args() -> Args {
         events: 20_000,
         subscribers: 200,
         topics: 20,
+        tls: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -67,6 +72,7 @@ fn args() -> Args {
             "--events" => a.events = it.next().and_then(|v| v.parse().ok()).unwrap_or(a.events),
             "--subscribers" => a.subscribers = it.next().and_then(|v| v.parse().ok()).unwrap_or(a.subscribers),
             "--topics" => a.topics = it.next().and_then(|v| v.parse().ok()).unwrap_or(a.topics),
+            "--tls" => a.tls = true,
             "publish" | "deliver" => a.what.push(arg),
             // `cargo bench` passes `--bench`.
             _ => {}
@@ -102,11 +108,21 @@ fn free_port() -> u16 {
 
 /// A hub pipeline in `dir`: subscribers from `subscribers`, events from the publish endpoint
 /// on `port` or from `events`, deliveries to the webhook sink.
-fn pipeline(dir: &Path, port: u16, partitions: u32, events: Option<&str>) -> String {
+fn pipeline(dir: &Path, port: u16, partitions: u32, events: Option<&str>, tls: bool) -> String {
+    let tls = if tls {
+        let fixtures = tls_fixtures();
+        format!(
+            "tls = {{ cert = '{}', key = '{}' }}\n",
+            fixtures.join("cert-a.pem").display(),
+            fixtures.join("key-a.pem").display()
+        )
+    } else {
+        String::new()
+    };
     let events = match events {
         Some(file) => format!("type = \"file\"\npath = \"{file}\"\nstart_after = [\"subscribers\"]\n"),
         None => format!(
-            "type = \"http-ingest\"\nlisten = \"127.0.0.1:{port}\"\nlog_dir = \"{}\"\njwt_secret = \"{SECRET}\"\npartitions = {partitions}\n",
+            "type = \"http-ingest\"\nlisten = \"127.0.0.1:{port}\"\nlog_dir = \"{}\"\njwt_secret = \"{SECRET}\"\npartitions = {partitions}\n{tls}",
             dir.join("log").display()
         ),
     };
@@ -149,6 +165,10 @@ path = "{dir}/failed.jsonl"
     )
 }
 
+fn tls_fixtures() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("connectors/http-ingest/tests/fixtures/tls")
+}
+
 fn token() -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -161,13 +181,14 @@ fn token() -> String {
 }
 
 fn publish(args: &Args, runtime: &tokio::runtime::Runtime) {
-    println!("publish   clients  seconds  accepted  events/s  p50 ms  p99 ms  max ms");
+    let label = if args.tls { "https  " } else { "publish" };
+    println!("{label}   clients  seconds  accepted  events/s  p50 ms  p99 ms  max ms");
     for &clients in &args.clients {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         std::fs::write(dir.path().join("subscribers.jsonl"), "").expect("subscribers");
         let file = dir.path().join("pipeline.toml");
-        std::fs::write(&file, pipeline(dir.path(), port, args.partitions, None)).expect("pipeline");
+        std::fs::write(&file, pipeline(dir.path(), port, args.partitions, None, args.tls)).expect("pipeline");
         let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args(["run", "--quiet"])
             .arg(&file)
@@ -180,15 +201,18 @@ fn publish(args: &Args, runtime: &tokio::runtime::Runtime) {
             assert!(Instant::now() < deadline, "the endpoint did not come up");
             std::thread::sleep(Duration::from_millis(20));
         }
-        let url = format!("http://127.0.0.1:{port}/publish");
+        let scheme = if args.tls { "https" } else { "http" };
+        let url = format!("{scheme}://127.0.0.1:{port}/publish");
         let auth = format!("Bearer {}", token());
         let until = Instant::now() + Duration::from_secs(args.seconds);
         let started = Instant::now();
         let latencies: Vec<Vec<Duration>> = runtime.block_on(async {
-            let client = reqwest::Client::builder()
-                .pool_max_idle_per_host(clients)
-                .build()
-                .expect("client");
+            let mut client = reqwest::Client::builder().pool_max_idle_per_host(clients);
+            if args.tls {
+                let pem = std::fs::read(tls_fixtures().join("cert-a.pem")).expect("the test certificate");
+                client = client.tls_certs_only([reqwest::Certificate::from_pem(&pem).expect("a certificate")]);
+            }
+            let client = client.build().expect("client");
             let tasks: Vec<_> = (0..clients)
                 .map(|c| {
                     let (client, url, auth) = (client.clone(), url.clone(), auth.clone());
@@ -228,7 +252,7 @@ fn publish(args: &Args, runtime: &tokio::runtime::Runtime) {
         let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)));
         let ms = |d: Option<&Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1000.0);
         println!(
-            "publish   {clients:<8} {secs:<8.1} {:<9} {:<9.0} {:<7.2} {:<7.2} {:.2}",
+            "{label}   {clients:<8} {secs:<8.1} {:<9} {:<9.0} {:<7.2} {:<7.2} {:.2}",
             all.len(),
             all.len() as f64 / secs,
             ms(pct(0.5)),
@@ -285,7 +309,7 @@ fn deliver(args: &Args, runtime: &tokio::runtime::Runtime) {
     }
     std::fs::write(dir.path().join("subscribers.jsonl"), rewritten).expect("subscribers");
     let file = dir.path().join("pipeline.toml");
-    std::fs::write(&file, pipeline(dir.path(), 0, 1, Some("events.jsonl"))).expect("pipeline");
+    std::fs::write(&file, pipeline(dir.path(), 0, 1, Some("events.jsonl"), false)).expect("pipeline");
 
     let started = Instant::now();
     let run = Command::new(env!("CARGO_BIN_EXE_sluice"))
