@@ -1,12 +1,22 @@
-//! HTTPS for the publish endpoint: a certificate that is reloaded when its files change, and
-//! a listener whose handshakes run beside each other, so one slow client delays no other.
+//! TLS for sluice's endpoints (the publish endpoint, the gRPC and HTTP servers): a
+//! certificate reloaded when its files change, and a listener whose handshakes run beside
+//! each other, so one slow client delays no one.
+//!
+//! rustls with the aws-lc-rs provider (TLS 1.2 and 1.3), ALPN offering HTTP/2 and HTTP/1.1,
+//! no client certificates (callers authenticate with their tokens). [`acceptor`] loads the
+//! pair before anything listens, so a bad file is a start error; a thread then checks the
+//! files' modification times and sizes every [`TlsFiles::reload_every`] and swaps in a
+//! changed pair, keeping the previous one if it does not load (a rotation caught half-way).
+//! Handshakes run on tasks of their own: at most 512 at once, 16 from one client address
+//! (its connections past that are closed), 10 s each.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+use std::time::{Duration, SystemTime};
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -41,6 +51,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes in progress at once; past it, accepting waits, so a flood of connections that
 /// never finish their handshake holds a bounded amount of memory.
 const MAX_HANDSHAKES: usize = 512;
+/// Handshakes in progress from one client address; its connections past it are closed.
+const MAX_HANDSHAKES_PER_PEER: usize = 16;
 /// Failed handshakes are logged at most this often, with their count.
 const HANDSHAKE_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -67,12 +79,12 @@ impl TlsFiles {
     }
 }
 
-/// The files' modification times: what a reload compares.
-type Stamp = (Option<SystemTime>, Option<SystemTime>);
+/// The files' modification times and sizes: what a reload compares.
+type Stamp = [Option<(SystemTime, u64)>; 2];
 
 fn stamp(files: &TlsFiles) -> Stamp {
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    (modified(&files.cert), modified(&files.key))
+    let of = |p: &Path| std::fs::metadata(p).and_then(|m| Ok((m.modified()?, m.len()))).ok();
+    [of(&files.cert), of(&files.key)]
 }
 
 /// Loads the certificate chain and key, checking that they belong together.
@@ -89,15 +101,16 @@ fn load(files: &TlsFiles, provider: &CryptoProvider) -> Result<CertifiedKey, Tls
         return Err(problem("cert", "holds no CERTIFICATE block".into()));
     }
     let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| problem("key", pem_reason(e)))?;
-    CertifiedKey::from_der(chain, key, provider).map_err(|e| {
-        // A key that parses but is not the certificate's: the pair is wrong, said of the
-        // certificate; anything else is about the key itself.
-        let which = match e {
-            rustls::Error::InconsistentKeys(_) => "cert",
-            _ => "key",
-        };
-        problem(which, format!("cannot be used: {e}"))
-    })
+    let key = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| problem("key", format!("cannot be used: {e}")))?;
+    let pair = CertifiedKey::new(chain, key);
+    match pair.keys_match() {
+        // Some key types cannot tell; the handshake then shows it.
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => Ok(pair),
+        Err(e) => Err(problem("cert", format!("cannot be used with the key: {e}"))),
+    }
 }
 
 fn pem_reason(error: rustls::pki_types::pem::Error) -> String {
@@ -108,80 +121,87 @@ fn pem_reason(error: rustls::pki_types::pem::Error) -> String {
     }
 }
 
-/// The certificate handshakes are answered with, loaded again when its files change.
+/// The certificate handshakes are answered with. A thread of its own loads it again when
+/// its files change, so a handshake never waits for the filesystem (a hung NFS mount would
+/// otherwise hold every handshake, and the endpoint's runtime, behind a lock).
 struct Reloading {
-    files: TlsFiles,
-    provider: Arc<CryptoProvider>,
-    endpoint: String,
-    state: Mutex<ReloadState>,
-}
-
-struct ReloadState {
-    current: Arc<CertifiedKey>,
-    stamp: Stamp,
-    checked: Instant,
-}
-
-impl Reloading {
-    /// The current certificate, after loading the files again if they changed and the last
-    /// check is `reload_every` old. Checking costs two `stat` calls; it runs on the handshake
-    /// that finds the last check old, so an idle endpoint does no work.
-    fn current(&self) -> Arc<CertifiedKey> {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if state.checked.elapsed() >= self.files.reload_every {
-            state.checked = Instant::now();
-            let now = stamp(&self.files);
-            if now != state.stamp {
-                match load(&self.files, &self.provider) {
-                    Ok(key) => {
-                        state.current = Arc::new(key);
-                        state.stamp = now;
-                        tracing::info!(endpoint = %self.endpoint, cert = %self.files.cert.display(), "TLS certificate reloaded");
-                    }
-                    // Often a rotation caught half-way (the certificate written, the key not
-                    // yet): the next check tries again, the old pair serves meanwhile.
-                    Err(error) => {
-                        tracing::warn!(endpoint = %self.endpoint, %error, "TLS certificate not reloaded; the previous one stays in use")
-                    }
-                }
-            }
-        }
-        Arc::clone(&state.current)
-    }
+    current: RwLock<Arc<CertifiedKey>>,
 }
 
 impl fmt::Debug for Reloading {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Reloading").field("files", &self.files).finish()
+        f.write_str("Reloading")
     }
 }
 
 impl ResolvesServerCert for Reloading {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current())
+        Some(Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner)))
+    }
+}
+
+/// Checks `files` every `reload_every` and swaps a changed pair into `resolver`, until the
+/// resolver is gone (its endpoint stopped). `loaded` is the stamp of the pair in use.
+fn watch_files(
+    resolver: Weak<Reloading>,
+    files: TlsFiles,
+    provider: Arc<CryptoProvider>,
+    endpoint: String,
+    mut loaded: Stamp,
+) {
+    loop {
+        std::thread::sleep(files.reload_every.max(Duration::from_millis(10)));
+        let Some(resolver) = resolver.upgrade() else {
+            return;
+        };
+        let before = stamp(&files);
+        if before == loaded {
+            continue;
+        }
+        match load(&files, &provider) {
+            // Files that changed while they were read may have been read half-written: the
+            // pair is used, but the stamp is not kept, so the next check reads them again.
+            Ok(pair) => {
+                *resolver.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(pair);
+                if stamp(&files) == before {
+                    loaded = before;
+                }
+                tracing::info!(%endpoint, cert = %files.cert.display(), "TLS certificate reloaded");
+            }
+            // Often a rotation caught half-way (the certificate written, the key not yet):
+            // the next check tries again, the old pair serves meanwhile.
+            Err(error) => {
+                tracing::warn!(%endpoint, %error, "TLS certificate not reloaded; the previous one stays in use")
+            }
+        }
     }
 }
 
 /// The TLS configuration of an endpoint serving `files`, loaded once now so a missing or
-/// bad file stops the endpoint before it starts; `endpoint` names it in log lines.
+/// bad file stops the endpoint before it starts; `endpoint` names it in log lines. A thread
+/// watches the files for as long as the configuration is in use.
 pub fn acceptor(files: &TlsFiles, endpoint: &str) -> Result<TlsAcceptor, TlsError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let key = load(files, &provider)?;
-    let resolver = Reloading {
-        files: files.clone(),
-        provider: Arc::clone(&provider),
-        endpoint: endpoint.to_owned(),
-        state: Mutex::new(ReloadState {
-            current: Arc::new(key),
-            stamp: stamp(files),
-            checked: Instant::now(),
-        }),
+    // Stamped before reading: a change made meanwhile is loaded at the first check.
+    let stamped = stamp(files);
+    let pair = load(files, &provider)?;
+    let resolver = Arc::new(Reloading {
+        current: RwLock::new(Arc::new(pair)),
+    });
+    let watcher = {
+        let (resolver, files, provider) = (Arc::downgrade(&resolver), files.clone(), Arc::clone(&provider));
+        let endpoint = endpoint.to_owned();
+        move || watch_files(resolver, files, provider, endpoint, stamped)
     };
+    std::thread::Builder::new()
+        .name("tls-reload".into())
+        .spawn(watcher)
+        .map_err(|e| TlsError::Setup(format!("cannot start the certificate watcher: {e}")))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Setup(e.to_string()))?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
+        .with_cert_resolver(resolver);
     // What axum serves: HTTP/2 when the client offers it, else HTTP/1.1.
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
@@ -211,6 +231,44 @@ impl TlsListener {
     }
 }
 
+/// Handshakes in progress per client address: what one client may hold of the endpoint.
+#[derive(Default)]
+struct PerPeer(Mutex<HashMap<IpAddr, usize>>);
+
+/// One handshake of a client address, given back on drop.
+struct PeerSlot {
+    peers: Arc<PerPeer>,
+    ip: IpAddr,
+}
+
+impl PerPeer {
+    /// A slot for `ip`, unless it has [`MAX_HANDSHAKES_PER_PEER`] in progress already.
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<PeerSlot> {
+        let mut counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = counts.entry(ip).or_default();
+        if *count >= MAX_HANDSHAKES_PER_PEER {
+            return None;
+        }
+        *count += 1;
+        Some(PeerSlot {
+            peers: Arc::clone(self),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut counts = self.peers.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
@@ -218,15 +276,29 @@ async fn accept_loop(
     endpoint: String,
 ) {
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
-    let failures = Arc::new(Mutex::new(sluice_runtime::log_limit::LogLimit::new(
-        HANDSHAKE_LOG_EVERY,
-    )));
+    let peers = Arc::new(PerPeer::default());
+    let limit = || {
+        Arc::new(Mutex::new(sluice_runtime::log_limit::LogLimit::new(
+            HANDSHAKE_LOG_EVERY,
+        )))
+    };
+    let (failures, accept_errors, crowded) = (limit(), limit(), limit());
+    let allow = |limit: &Mutex<sluice_runtime::log_limit::LogLimit>| {
+        limit.lock().unwrap_or_else(PoisonError::into_inner).allow()
+    };
     loop {
-        let Ok(permit) = Arc::clone(&handshakes).acquire_owned().await else {
-            return;
+        // Both waits watch for the listener being dropped (its server stopped), so the port
+        // is freed at once even while every handshake slot is taken.
+        let permit = tokio::select! {
+            biased;
+            () = ready.closed() => return,
+            permit = Arc::clone(&handshakes).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
         };
         let accepted = tokio::select! {
-            // The listener was dropped (its server stopped): stop accepting, free the port.
+            biased;
             () = ready.closed() => return,
             accepted = listener.accept() => accepted,
         };
@@ -234,10 +306,20 @@ async fn accept_loop(
             Ok(accepted) => accepted,
             Err(error) => {
                 // Out of file descriptors, most often: wait instead of spinning.
-                tracing::warn!(%endpoint, %error, "cannot accept a connection");
+                if let Some(held_back) = allow(&accept_errors) {
+                    tracing::warn!(%endpoint, %error, failed = held_back + 1, "cannot accept connections");
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
+        };
+        // One client cannot take every slot with connections that never handshake: past
+        // its share its new connections are closed at once, and others are still accepted.
+        let Some(slot) = peers.take(peer.ip()) else {
+            if let Some(held_back) = allow(&crowded) {
+                tracing::warn!(%endpoint, %peer, closed = held_back + 1, "connections closed: the client has {MAX_HANDSHAKES_PER_PEER} TLS handshakes in progress");
+            }
+            continue;
         };
         let (acceptor, ready, failures, endpoint) =
             (acceptor.clone(), ready.clone(), Arc::clone(&failures), endpoint.clone());
@@ -245,16 +327,19 @@ async fn accept_loop(
             let _ = tcp.set_nodelay(true);
             let error = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => {
-                    drop(permit);
-                    // Only fails when the server stops: the connection is dropped with it.
+                    drop(slot);
+                    // The handshake slot is kept until the server has taken the connection,
+                    // so a server slow to take them slows accepting instead of piling them
+                    // up. Fails only when the server stops: the connection goes with it.
                     let _ = ready.send((stream, peer)).await;
+                    drop(permit);
                     return;
                 }
                 Ok(Err(error)) => error.to_string(),
                 Err(_) => format!("no handshake within {HANDSHAKE_TIMEOUT:?}"),
             };
-            let logged = failures.lock().unwrap_or_else(PoisonError::into_inner).allow();
-            if let Some(held_back) = logged {
+            drop((slot, permit));
+            if let Some(held_back) = allow(&failures) {
                 tracing::warn!(%endpoint, %peer, %error, failed = held_back + 1, "TLS handshakes failed (plain HTTP to an HTTPS port, an untrusted certificate, a client that stalls)");
             }
         });
