@@ -207,6 +207,27 @@ pub fn acceptor(files: &TlsFiles, endpoint: &str) -> Result<TlsAcceptor, TlsErro
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// An endpoint's listener once a runtime has adopted it: plain TCP, or TLS with the
+/// handshake done first.
+pub enum Listening {
+    /// Plain TCP.
+    Plain(TcpListener),
+    /// TLS: connections arrive with their handshake done.
+    Tls(TlsListener),
+}
+
+impl Listening {
+    /// Adopts the non-blocking `listener` on the current runtime, behind `tls` if set. Must
+    /// run inside the runtime: a TLS listener spawns its accept loop there.
+    pub fn adopt(listener: std::net::TcpListener, tls: Option<&TlsAcceptor>, endpoint: &str) -> io::Result<Listening> {
+        let listener = TcpListener::from_std(listener)?;
+        match tls {
+            Some(acceptor) => TlsListener::new(listener, acceptor.clone(), endpoint.to_owned()).map(Listening::Tls),
+            None => Ok(Listening::Plain(listener)),
+        }
+    }
+}
+
 /// Connections whose TLS handshake is done, for axum (an [`axum::serve::Listener`]) or, as
 /// a channel, for tonic. Handshakes run on tasks of their own: accepting goes on while a
 /// client is slow to finish its handshake.

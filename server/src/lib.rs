@@ -36,13 +36,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use sluice_auth::tls::Listening;
 pub use sluice_auth::tls::TlsFiles;
-use sluice_auth::tls::TlsListener;
 use sluice_served::ServedView;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::listen::{Listening, TlsConn};
+use crate::listen::TlsConn;
 
 mod account_stream;
 mod admin;
@@ -317,13 +316,7 @@ fn spawn(
                 }
             };
             // TLS listeners spawn their accept loops, so they are made inside the runtime.
-            let adopt = |l, name: &str| {
-                let listener = TcpListener::from_std(l)?;
-                match &tls {
-                    Some(acceptor) => TlsListener::new(listener, acceptor.clone(), name.to_owned()).map(Listening::Tls),
-                    None => Ok(Listening::Plain(listener)),
-                }
-            };
+            let adopt = |l, name: &str| Listening::adopt(l, tls.as_ref(), name);
             let adopted = runtime.block_on(async {
                 let grpc = grpc.map(|(l, r)| adopt(l, "gRPC server").map(|l| (l, r))).transpose()?;
                 let http = http.map(|(l, r)| adopt(l, "HTTP server").map(|l| (l, r))).transpose()?;

@@ -1,5 +1,5 @@
-//! The server's listeners once its runtime has adopted them: plain TCP, or TLS with the
-//! handshake done first ([`sluice_auth::tls`]), for tonic and for axum.
+//! TLS connections for tonic: the connections of a [`sluice_auth::tls::TlsListener`] as
+//! tonic's incoming stream.
 
 use std::io;
 use std::net::SocketAddr;
@@ -8,20 +8,12 @@ use std::task::{Context, Poll};
 
 use sluice_auth::tls::TlsListener;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::Stream;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
-
-/// A listener on the server's runtime.
-pub(crate) enum Listening {
-    /// Plain TCP.
-    Plain(TcpListener),
-    /// TLS: connections arrive with their handshake done.
-    Tls(TlsListener),
-}
 
 /// A TLS connection as tonic takes it: tonic's own `Connected` for rustls streams needs its
 /// TLS feature, which would build a second TLS stack.

@@ -146,6 +146,7 @@ use crate::http::Endpoint;
 pub use crate::http::PublishStats;
 use crate::log::PartitionLog;
 use crate::reader::LogReader;
+use sluice_auth::tls::Listening;
 pub use sluice_auth::tls::{TlsError, TlsFiles};
 
 /// Why an `http-ingest` source could not start.
@@ -362,12 +363,6 @@ impl Drop for HttpIngestSource {
     }
 }
 
-/// The endpoint's listener, once its runtime has adopted it.
-enum Listening {
-    Plain(tokio::net::TcpListener),
-    Tls(sluice_auth::tls::TlsListener),
-}
-
 /// Starts the server thread and its runtime, and waits until the runtime holds the listener.
 fn spawn_server(
     listener: std::net::TcpListener,
@@ -394,14 +389,7 @@ fn spawn_server(
                     return;
                 }
             };
-            // The TLS listener spawns its accept loop, so it is made inside the runtime.
-            let adopted = runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener)?;
-                match tls {
-                    Some(acceptor) => sluice_auth::tls::TlsListener::new(listener, acceptor, name).map(Listening::Tls),
-                    None => Ok(Listening::Plain(listener)),
-                }
-            });
+            let adopted = runtime.block_on(async { Listening::adopt(listener, tls.as_ref(), &name) });
             match adopted {
                 Ok(listening) => {
                     let _ = ready_tx.send(Ok(()));
